@@ -1,0 +1,1 @@
+"""Settings, the Celery configuration and the cerberus schemas."""

@@ -1,0 +1,1 @@
+"""Device connectors behind one small interface, and their registry."""

@@ -1,0 +1,1 @@
+"""Job submission, the job store, cancellation, MultiNode messaging and the CLI."""

@@ -1,0 +1,126 @@
+"""convoy's Python API: submit a job, follow it, cancel it, read its results.
+
+``submit_job`` validates the whole document before anything is stored or
+queued; a job is either fully recorded and queued or not at all.
+"""
+from __future__ import annotations
+
+import os
+import uuid
+from typing import Any
+
+import redis
+
+from convoy.config.celery_app import app
+from convoy.config.jobs import is_multi, load_job
+from convoy.config.settings import Settings, load_settings
+from convoy.coordinator import canvas, keys
+from convoy.coordinator.cancel import cancel_job as _cancel_job
+from convoy.coordinator.connection import check_redis, get_client, get_store
+from convoy.coordinator.results import job_results as _job_results
+from convoy.coordinator.store import FINAL_STATES
+from convoy.errors import ConvoyError, FieldError, JobValidationError, ServiceUnavailable
+
+#: held while a job's messages are published, so every queue sees jobs in one order
+#: (the oldest job is ahead of younger ones on every queue: no allocation deadlock)
+DISPATCH_LOCK = f"{keys.PREFIX}:dispatch-lock"
+
+
+def _check_queues(job: dict[str, Any], client: redis.Redis) -> None:
+    known = client.smembers(keys.QUEUES)
+    wanted: list[tuple[str, str]] = []
+    if is_multi(job):
+        for i, child in enumerate(job["provision_data"]["jobs"]):
+            wanted.append((f"provision_data.jobs[{i}].job_queue", child["job_queue"]))
+    else:
+        wanted.append(("job_queue", job["job_queue"]))
+    errors = [
+        FieldError(path, f"no device serves queue {queue!r} (known queues: {', '.join(sorted(known)) or 'none'})")
+        for path, queue in wanted if queue not in known
+    ]
+    if errors:
+        raise JobValidationError(errors)
+
+
+def submit_job(job: dict[str, Any] | str | os.PathLike[str], *, settings: Settings | None = None,
+               require_known_queue: bool = True) -> str:
+    """Validate and queue a job (a dict, YAML text or a path); return its id."""
+    settings = settings or load_settings()
+    normalized = load_job(job)
+    check_redis(settings)
+    client = get_client(settings)
+    if require_known_queue:
+        _check_queues(normalized, client)
+    store = get_store(settings)
+    job_id = str(uuid.uuid4())
+    pipe = client.pipeline(transaction=True)
+    if is_multi(normalized):
+        children = normalized["provision_data"]["jobs"]
+        child_ids = [str(uuid.uuid4()) for _ in children]
+        store.create(job_id, normalized, queue="multi", pipe=pipe)
+        for child_id, child in zip(child_ids, children):
+            store.create(child_id, child, queue=child["job_queue"], parent_job_id=job_id,
+                         role=child.get("role"), pipe=pipe)
+            pipe.rpush(keys.job_children(job_id), child_id)
+        signature = canvas.multi_job(app, job_id, normalized, child_ids, settings)
+    else:
+        child_ids = []
+        store.create(job_id, normalized, queue=normalized["job_queue"], pipe=pipe)
+        signature = canvas.single_job(app, job_id, normalized)
+    pipe.execute()
+    if child_ids:
+        _create_group(client, job_id, normalized, child_ids)
+    _dispatch(client, store, job_id, child_ids, normalized, signature, settings)
+    return job_id
+
+
+def _create_group(client: redis.Redis, job_id: str, job: dict[str, Any], child_ids: list[str]) -> None:
+    from convoy.coordinator.multinode.group import create_group
+
+    members = {cid: child.get("role") or child["job_queue"]
+               for cid, child in zip(child_ids, job["provision_data"]["jobs"])}
+    create_group(client, job_id, members, timeout=float(job.get("timeouts", {}).get("multinode", 600)))
+
+
+def _dispatch(client: redis.Redis, store, job_id: str, child_ids: list[str], job: dict[str, Any],
+              signature, settings: Settings) -> None:
+    """Publish the job's messages; on failure leave nothing runnable behind."""
+    try:
+        with client.lock(DISPATCH_LOCK, timeout=60, blocking_timeout=60):
+            if child_ids:
+                store.transition(job_id, "provision", allowed_from=["waiting"])
+                store.start_phase(job_id, "provision")
+            signature.apply_async()
+            if child_ids:
+                canvas.allocation_timeout(app, job_id, job["allocation_timeout"], settings).apply_async()
+    except Exception as exc:  # the broker or Redis failed mid-way: cancel what was recorded
+        for jid in [job_id, *child_ids]:
+            try:
+                store.transition(jid, "cancelled", message=f"not queued: {exc}", outcome="cancelled")
+            except redis.RedisError:
+                pass
+        raise ServiceUnavailable(settings.effective_broker_url, f"could not queue job: {exc}") from None
+
+
+def job_status(job_id: str, *, settings: Settings | None = None) -> str:
+    """The job's state: waiting, provision, allocated, reserve, test, cleanup, complete, cancelled."""
+    return get_store(settings).state(job_id)
+
+
+def job_results(job_id: str, *, settings: Settings | None = None) -> dict[str, Any]:
+    """Testflinger-style results: per-phase status and output, device_info, children."""
+    return _job_results(get_store(settings), job_id)
+
+
+def cancel_job(job_id: str, *, settings: Settings | None = None) -> None:
+    """Cancel a job (and, for a multi job, every child); cleanup still runs."""
+    _cancel_job(get_store(settings), job_id, settings or load_settings())
+
+
+def wait_for_job(job_id: str, timeout: float | None = None, *, settings: Settings | None = None) -> str:
+    """Block until the job reaches a final state; return it (raises ConvoyError on timeout)."""
+    store = get_store(settings)
+    store.state(job_id)  # JobNotFound early
+    if not store.wait_until([job_id], lambda: store.state(job_id) in FINAL_STATES, timeout):
+        raise ConvoyError(f"job {job_id} still {store.state(job_id)} after {timeout:g}s")
+    return store.state(job_id)

@@ -1,0 +1,113 @@
+"""Every Redis key and channel convoy uses, in one place.
+
+Keys are namespaced under ``convoy:`` so a shared Redis stays readable.  Each
+helper returns the key for one object; nothing else in the code base builds
+key strings by hand.
+"""
+from __future__ import annotations
+
+PREFIX = "convoy"
+
+# --- jobs -----------------------------------------------------------------
+#: sorted set: job id -> submission time (all jobs, newest last)
+JOBS = f"{PREFIX}:jobs"
+
+
+def job(job_id: str) -> str:
+    """Hash: the job record (state, queue, document, device_info, ...)."""
+    return f"{PREFIX}:job:{job_id}"
+
+
+def job_phases(job_id: str) -> str:
+    """Hash: phase name -> JSON {status (exit code), started, ended}."""
+    return f"{PREFIX}:job:{job_id}:phases"
+
+
+def job_output(job_id: str, phase: str) -> str:
+    """String: output text of one phase (appended as it arrives)."""
+    return f"{PREFIX}:job:{job_id}:output:{phase}"
+
+
+def job_events(job_id: str) -> str:
+    """Stream: state changes and output chunks, read by ``poll`` and waiters."""
+    return f"{PREFIX}:job:{job_id}:events"
+
+
+def job_control(job_id: str) -> str:
+    """Stream: signals to the task that runs the job (cancel, test, release)."""
+    return f"{PREFIX}:job:{job_id}:control"
+
+
+def job_children(job_id: str) -> str:
+    """List: child job ids of a multi job, in ``provision_data.jobs`` order."""
+    return f"{PREFIX}:job:{job_id}:children"
+
+
+def job_once(job_id: str, what: str) -> str:
+    """String set with NX: makes a one-time action (abort, cleanup) happen once."""
+    return f"{PREFIX}:job:{job_id}:once:{what}"
+
+
+def queue_waiting(queue: str) -> str:
+    """Sorted set: ids of jobs waiting for a device of ``queue``."""
+    return f"{PREFIX}:queue:{queue}:waiting"
+
+
+# --- devices --------------------------------------------------------------
+#: set of every device name that ever registered
+DEVICES = f"{PREFIX}:devices"
+#: set of every queue some device serves
+QUEUES = f"{PREFIX}:queues"
+#: string with a TTL: present while a coordinator worker beats
+COORDINATOR_ALIVE = f"{PREFIX}:coordinator:alive"
+
+
+def device(name: str) -> str:
+    """Hash: device record (host, queues, connector, state, job_id)."""
+    return f"{PREFIX}:device:{name}"
+
+
+def device_alive(name: str) -> str:
+    """String with a TTL: present while the device's worker beats."""
+    return f"{PREFIX}:device:{name}:alive"
+
+
+# --- MultiNode groups (the group id is the parent job id) -----------------
+def group_members(group_id: str) -> str:
+    """Hash: member job id -> role."""
+    return f"{PREFIX}:group:{group_id}:members"
+
+
+def group_info(group_id: str) -> str:
+    """Hash: group settings (timeout, cache file path, ...)."""
+    return f"{PREFIX}:group:{group_id}:info"
+
+
+def group_message(group_id: str, message_id: str) -> str:
+    """Hash: sender job id -> JSON data of ``lava-send <message_id>``."""
+    return f"{PREFIX}:group:{group_id}:msg:{message_id}"
+
+
+def group_sync(group_id: str, message_id: str) -> str:
+    """Hash: state of the reusable ``lava-sync <message_id>`` barrier."""
+    return f"{PREFIX}:group:{group_id}:sync:{message_id}"
+
+
+def group_failed(group_id: str) -> str:
+    """Hash: failed member job id -> reason; non-empty fails every wait."""
+    return f"{PREFIX}:group:{group_id}:failed"
+
+
+def group_channel(group_id: str) -> str:
+    """Pub/sub channel that wakes the group's waiters (never carries state)."""
+    return f"{PREFIX}:group:{group_id}:wake"
+
+
+def group_api_log(group_id: str) -> str:
+    """List: JSON records of MultiNode API calls (for results and poll)."""
+    return f"{PREFIX}:group:{group_id}:calls"
+
+
+def group_keys(group_id: str) -> str:
+    """Set: the group's message and sync keys, so expiry and deletion find them all."""
+    return f"{PREFIX}:group:{group_id}:keys"

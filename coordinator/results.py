@@ -1,0 +1,62 @@
+"""A job's results as users read them (``convoy results``, ``results.json``).
+
+The shape follows Testflinger: ``<phase>_status`` (exit code) and
+``<phase>_output`` per phase, plus convoy's ``job_state``, ``outcome`` and,
+for a multi job, its children.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+from convoy.coordinator.store import JobStore
+
+
+def outcome(record: dict[str, Any], phases: dict[str, dict[str, Any]]) -> str:
+    """pass / fail / cancelled / running: what a user wants to know first."""
+    state = record["state"]
+    if record.get("outcome"):
+        return record["outcome"]
+    if state not in ("complete", "cancelled"):
+        return "running"
+    if record.get("cancel_requested") and not record.get("parent_job_id"):
+        return "cancelled"
+    if any(p.get("status", 0) != 0 for p in phases.values()) or record.get("message"):
+        return "fail"
+    return "pass"
+
+
+def job_results(store: JobStore, job_id: str) -> dict[str, Any]:
+    record = store.get(job_id)
+    phases = store.phases(job_id)
+    results: dict[str, Any] = {
+        "job_id": job_id,
+        "job_state": record["state"],
+        "outcome": outcome(record, phases),
+        "job_queue": record["job_queue"],
+    }
+    for field in ("message", "parent_job_id", "role", "device_info", "device", "created_at", "updated_at"):
+        if record.get(field):
+            results[field] = record[field]
+    for phase, data in phases.items():
+        if "status" in data:
+            results[f"{phase}_status"] = data["status"]
+        results[f"{phase}_output"] = store.output(job_id, phase)
+    children = store.children(job_id)
+    if children:
+        results["children"] = [_child_summary(store, child_id) for child_id in children]
+        from convoy.coordinator.multinode.group import api_calls
+
+        calls = api_calls(store.r, job_id)
+        if calls:
+            results["multinode"] = calls
+    return results
+
+
+def _child_summary(store: JobStore, child_id: str) -> dict[str, Any]:
+    record = store.get(child_id)
+    summary = {"job_id": child_id, "job_queue": record["job_queue"], "job_state": record["state"],
+               "outcome": outcome(record, store.phases(child_id))}
+    for field in ("role", "device_info", "device"):
+        if record.get(field):
+            summary[field] = record[field]
+    return summary

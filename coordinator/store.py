@@ -1,0 +1,214 @@
+"""The job store: job records, states, phases and output in Redis.
+
+Every state change and output chunk is also appended to the job's event
+stream, so that watchers (``convoy poll``, ``wait_for_job``, a parent waiting
+for its children) block on ``XREAD`` instead of polling.  State transitions
+are atomic (a Lua script) so a cancel and a worker starting the job can never
+both win.
+"""
+from __future__ import annotations
+
+import json
+import time
+from datetime import datetime, timezone
+from typing import Any, Callable, Iterable
+
+import redis
+
+from convoy.coordinator import keys
+from convoy.errors import JobNotFound
+
+STATES = ("waiting", "provision", "allocated", "reserve", "test", "cleanup", "complete", "cancelled")
+FINAL_STATES = frozenset({"complete", "cancelled"})
+PHASES = ("provision", "allocate", "reserve", "test", "cleanup")
+EVENTS_MAXLEN = 20000
+
+# KEYS[1]=record KEYS[2]=events; ARGV[1]=new state, ARGV[2]=allowed from (comma list, "" = any
+# non-final), ARGV[3]=timestamp, ARGV[4..]=extra field/value pairs
+_TRANSITION = """
+local cur = redis.call('HGET', KEYS[1], 'state')
+if not cur then return {0, ''} end
+if cur == 'complete' or cur == 'cancelled' then return {0, cur} end
+if ARGV[2] ~= '' then
+  local ok = false
+  for s in string.gmatch(ARGV[2], '[^,]+') do if s == cur then ok = true end end
+  if not ok then return {0, cur} end
+end
+redis.call('HSET', KEYS[1], 'state', ARGV[1], 'updated_at', ARGV[3])
+for i = 4, #ARGV, 2 do redis.call('HSET', KEYS[1], ARGV[i], ARGV[i+1]) end
+redis.call('XADD', KEYS[2], 'MAXLEN', '~', '20000', '*', 'type', 'state', 'state', ARGV[1], 'from', cur)
+return {1, cur}
+"""
+
+
+def now_iso() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="milliseconds")
+
+
+class JobStore:
+    """Job records in Redis; one instance per process is enough (thread-safe client)."""
+
+    def __init__(self, client: redis.Redis) -> None:
+        self.r = client
+        self._transition = client.register_script(_TRANSITION)
+
+    # --- records ------------------------------------------------------------
+    def create(self, job_id: str, document: dict[str, Any], *, queue: str,
+               parent_job_id: str | None = None, role: str | None = None,
+               pipe: redis.client.Pipeline | None = None) -> None:
+        """Store a new job record in state ``waiting`` (inside ``pipe`` when given)."""
+        record = {
+            "job_id": job_id,
+            "state": "waiting",
+            "job_queue": queue,
+            "document": json.dumps(document),
+            "created_at": now_iso(),
+            "updated_at": now_iso(),
+        }
+        if parent_job_id:
+            record["parent_job_id"] = parent_job_id
+        if role:
+            record["role"] = role
+        target = pipe if pipe is not None else self.r
+        target.hset(keys.job(job_id), mapping=record)
+        target.zadd(keys.JOBS, {job_id: time.time()})
+        target.zadd(keys.queue_waiting(queue), {job_id: time.time()})
+        target.xadd(keys.job_events(job_id), {"type": "state", "state": "waiting", "from": ""},
+                    maxlen=EVENTS_MAXLEN, approximate=True)
+
+    def exists(self, job_id: str) -> bool:
+        return bool(self.r.exists(keys.job(job_id)))
+
+    def get(self, job_id: str) -> dict[str, Any]:
+        """The job record with JSON fields decoded; raises JobNotFound."""
+        raw = self.r.hgetall(keys.job(job_id))
+        if not raw:
+            raise JobNotFound(job_id)
+        record: dict[str, Any] = dict(raw)
+        for field in ("document", "device_info"):
+            if field in record:
+                record[field] = json.loads(record[field])
+        return record
+
+    def state(self, job_id: str) -> str:
+        state = self.r.hget(keys.job(job_id), "state")
+        if state is None:
+            raise JobNotFound(job_id)
+        return state
+
+    def states(self, job_ids: Iterable[str]) -> dict[str, str]:
+        ids = list(job_ids)
+        pipe = self.r.pipeline(transaction=False)
+        for job_id in ids:
+            pipe.hget(keys.job(job_id), "state")
+        return dict(zip(ids, pipe.execute()))
+
+    def set_fields(self, job_id: str, **fields: Any) -> None:
+        encoded = {k: json.dumps(v) if isinstance(v, (dict, list)) else str(v) for k, v in fields.items()}
+        self.r.hset(keys.job(job_id), mapping=encoded)
+
+    def transition(self, job_id: str, to: str, *, allowed_from: Iterable[str] = (),
+                   **fields: Any) -> tuple[bool, str]:
+        """Move the job to state ``to`` if it is in ``allowed_from`` (any non-final when empty).
+
+        Returns (changed, previous state).  Final states never change.
+        """
+        extra: list[str] = []
+        for k, v in fields.items():
+            extra += [k, json.dumps(v) if isinstance(v, (dict, list)) else str(v)]
+        changed, previous = self._transition(
+            keys=[keys.job(job_id), keys.job_events(job_id)],
+            args=[to, ",".join(allowed_from), now_iso(), *extra],
+        )
+        if changed:
+            record = self.r.hget(keys.job(job_id), "job_queue")
+            if record and previous == "waiting":
+                self.r.zrem(keys.queue_waiting(record), job_id)
+        return bool(changed), previous
+
+    # --- phases and output ---------------------------------------------------
+    def start_phase(self, job_id: str, phase: str) -> None:
+        self.r.hset(keys.job_phases(job_id), phase, json.dumps({"started": now_iso()}))
+        self._event(job_id, {"type": "phase", "phase": phase, "event": "start"})
+
+    def end_phase(self, job_id: str, phase: str, status: int) -> None:
+        previous = self.r.hget(keys.job_phases(job_id), phase)
+        data = json.loads(previous) if previous else {}
+        data.update({"status": int(status), "ended": now_iso()})
+        self.r.hset(keys.job_phases(job_id), phase, json.dumps(data))
+        self._event(job_id, {"type": "phase", "phase": phase, "event": "end", "status": str(status)})
+
+    def phases(self, job_id: str) -> dict[str, dict[str, Any]]:
+        return {k: json.loads(v) for k, v in self.r.hgetall(keys.job_phases(job_id)).items()}
+
+    def append_output(self, job_id: str, phase: str, text: str) -> None:
+        if not text:
+            return
+        pipe = self.r.pipeline(transaction=False)
+        pipe.append(keys.job_output(job_id, phase), text)
+        pipe.xadd(keys.job_events(job_id), {"type": "output", "phase": phase, "data": text},
+                  maxlen=EVENTS_MAXLEN, approximate=True)
+        pipe.execute()
+
+    def output(self, job_id: str, phase: str) -> str:
+        return self.r.get(keys.job_output(job_id, phase)) or ""
+
+    def _event(self, job_id: str, fields: dict[str, str]) -> None:
+        self.r.xadd(keys.job_events(job_id), fields, maxlen=EVENTS_MAXLEN, approximate=True)
+
+    # --- children ------------------------------------------------------------
+    def children(self, job_id: str) -> list[str]:
+        return self.r.lrange(keys.job_children(job_id), 0, -1)
+
+    # --- control signals (to the task running the job) -----------------------
+    def signal(self, job_id: str, name: str, **data: str) -> None:
+        """Send ``name`` (cancel, test, release, start) to the job's running task."""
+        self.r.xadd(keys.job_control(job_id), {"signal": name, **data}, maxlen=1000, approximate=True)
+
+    def once(self, job_id: str, what: str, ttl: int = 7 * 24 * 3600) -> bool:
+        """True the first time it is called for (job, what); False ever after."""
+        return bool(self.r.set(keys.job_once(job_id, what), "1", nx=True, ex=ttl))
+
+    def happened(self, job_id: str, what: str) -> bool:
+        """Whether :meth:`once` was already called for (job, what)."""
+        return bool(self.r.exists(keys.job_once(job_id, what)))
+
+    # --- watching -----------------------------------------------------------------
+    def last_event_ids(self, job_ids: Iterable[str]) -> dict[str, str]:
+        pipe = self.r.pipeline(transaction=False)
+        ids = list(job_ids)
+        for job_id in ids:
+            pipe.xrevrange(keys.job_events(job_id), count=1)
+        out = {}
+        for job_id, entries in zip(ids, pipe.execute()):
+            out[keys.job_events(job_id)] = entries[0][0] if entries else "0-0"
+        return out
+
+    def wait_until(self, job_ids: Iterable[str], done: Callable[[], bool],
+                   timeout: float | None, client: redis.Redis | None = None) -> bool:
+        """Block until ``done()`` is true, re-checking only when one of the jobs has an event.
+
+        Subscribe-then-check: the stream positions are taken before ``done()``
+        runs, so an event between the check and the read is never missed.
+        Returns False on timeout.
+        """
+        reader = client or self.r
+        streams = self.last_event_ids(job_ids)
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            if done():
+                return True
+            if deadline is None:
+                block = 30000
+            else:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    return False
+                block = max(1, int(min(remaining, 30) * 1000))
+            for stream, entries in reader.xread(streams, block=block) or []:
+                streams[stream] = entries[-1][0]
+
+    def events(self, job_id: str, after: str = "0-0", block_ms: int | None = None,
+               count: int | None = None) -> list[tuple[str, dict[str, str]]]:
+        result = self.r.xread({keys.job_events(job_id): after}, block=block_ms, count=count)
+        return result[0][1] if result else []

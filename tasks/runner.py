@@ -1,0 +1,78 @@
+"""Run a job's test commands as a bash script, streaming output, stoppable by cancel."""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import threading
+from pathlib import Path
+from typing import Callable, Mapping
+
+KILL_GRACE_SECONDS = 5.0
+#: exit code recorded when a phase is stopped by cancel or timeout (like a shell's SIGTERM)
+STOPPED_EXIT_CODE = 143
+
+
+def run_script(script: str, *, cwd: Path, env: Mapping[str, str], on_output: Callable[[str], None],
+               cancel: threading.Event, timeout: float | None = None, name: str = "test_cmds") -> int:
+    """Run ``script`` with ``bash -e`` in ``cwd``; return its exit code.
+
+    Output (stdout and stderr together) goes to ``on_output`` as it comes.
+    When ``cancel`` is set or ``timeout`` passes, the script's whole process
+    group gets SIGTERM, then SIGKILL after a grace period.
+    """
+    cwd.mkdir(parents=True, exist_ok=True)
+    script_path = cwd / f".{name}.sh"
+    script_path.write_text(script if script.endswith("\n") else script + "\n")
+    proc = subprocess.Popen(["bash", "-e", str(script_path)], cwd=cwd, env=dict(env),
+                            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            start_new_session=True)
+    reader = threading.Thread(target=_pump, args=(proc, on_output), daemon=True)
+    reader.start()
+    stopper_done = threading.Event()
+
+    def stop_on_cancel() -> None:
+        # wakes when cancel is set, or when the script ends (stopper_done)
+        while not stopper_done.is_set():
+            if cancel.wait(0.5):
+                _terminate(proc)
+                return
+
+    stopper = threading.Thread(target=stop_on_cancel, daemon=True)
+    stopper.start()
+    try:
+        code = proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        on_output(f"\n*** {name} timed out after {timeout:g}s; stopping it ***\n")
+        _terminate(proc)
+        code = proc.wait()
+    finally:
+        stopper_done.set()
+    reader.join(timeout=10)
+    if cancel.is_set() and code != 0:
+        return STOPPED_EXIT_CODE if code < 0 else code
+    return code if code >= 0 else 128 - code
+
+
+def _pump(proc: subprocess.Popen[bytes], on_output: Callable[[str], None]) -> None:
+    assert proc.stdout is not None
+    fd = proc.stdout.fileno()
+    while True:
+        chunk = os.read(fd, 65536)
+        if not chunk:
+            return
+        on_output(chunk.decode("utf-8", errors="replace"))
+
+
+def _terminate(proc: subprocess.Popen[bytes]) -> None:
+    try:
+        os.killpg(proc.pid, signal.SIGTERM)
+    except ProcessLookupError:
+        return
+    try:
+        proc.wait(timeout=KILL_GRACE_SECONDS)
+    except subprocess.TimeoutExpired:
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass

@@ -1,0 +1,40 @@
+"""Helpers for integration tests (plain functions; fixtures live in conftest.py)."""
+from __future__ import annotations
+
+import sys
+import time
+import uuid
+from pathlib import Path
+from typing import Callable
+
+from convoy.coordinator import keys
+from convoy.coordinator.connection import get_store
+
+CONVOY = str(Path(sys.executable).parent / "convoy")
+REPO = Path(__file__).resolve().parents[2]
+
+
+def unique_queue(name: str) -> str:
+    """A queue name no other test uses (tests share one Redis)."""
+    return f"{name}-{uuid.uuid4().hex[:8]}"
+
+
+def states_seen(job_id: str) -> list[str]:
+    entries = get_store().r.xrange(keys.job_events(job_id))
+    return [fields["state"] for _, fields in entries if fields.get("type") == "state"]
+
+
+def wait_for_state(job_id: str, state: str, timeout: float = 60) -> None:
+    store = get_store()
+    assert store.wait_until([job_id], lambda: store.state(job_id) == state, timeout), \
+        f"job {job_id} never reached {state}; it is {store.state(job_id)}"
+
+
+def wait_until(condition: Callable[[], object], timeout: float) -> bool:
+    """For conditions no event announces (a process starting): re-check until a deadline."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        time.sleep(0.1)
+    return False

@@ -1,0 +1,1 @@
+"""Device workers started from an agent file, the embedded Redis, heartbeats."""

@@ -1,0 +1,63 @@
+"""Device heartbeats: a key with a TTL that exists while the device's worker lives.
+
+``convoy agents`` and ``convoy queue-status`` read these to tell online,
+busy and offline devices apart.
+"""
+from __future__ import annotations
+
+import os
+import threading
+
+import redis
+
+from convoy.connectors.base import DeviceConfig
+from convoy.coordinator import keys
+from convoy.coordinator.store import now_iso
+
+BEAT_SECONDS = 5.0
+ALIVE_TTL_SECONDS = 15
+
+
+def register_device(client: redis.Redis, device: DeviceConfig, host: str) -> None:
+    """Record the device and its queues so jobs for them are accepted and listed."""
+    pipe = client.pipeline()
+    pipe.sadd(keys.DEVICES, device.name)
+    for queue in device.queues:
+        pipe.sadd(keys.QUEUES, queue)
+    pipe.hset(keys.device(device.name), mapping={
+        "name": device.name, "queues": ",".join(device.queues), "connector": device.connector,
+        "host": host, "pid": os.getpid(), "started_at": now_iso(),
+    })
+    pipe.hsetnx(keys.device(device.name), "state", "idle")
+    pipe.set(keys.device_alive(device.name), now_iso(), ex=ALIVE_TTL_SECONDS)
+    pipe.execute()
+
+
+class Heartbeat:
+    """Refreshes a device's alive key from a daemon thread until stopped."""
+
+    def __init__(self, client: redis.Redis, device: str, key: str | None = None) -> None:
+        self.client = client
+        self.device = device
+        self.key = key or keys.device_alive(device)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name=f"heartbeat-{device}", daemon=True)
+
+    def start(self) -> "Heartbeat":
+        self.client.set(self.key, now_iso(), ex=ALIVE_TTL_SECONDS)
+        self._thread.start()
+        return self
+
+    def _run(self) -> None:
+        while not self._stop.wait(BEAT_SECONDS):
+            try:
+                self.client.set(self.key, now_iso(), ex=ALIVE_TTL_SECONDS)
+            except redis.RedisError:
+                pass  # Redis is back soon or the device shows offline: both are right
+
+    def stop(self) -> None:
+        self._stop.set()
+        try:
+            self.client.delete(self.key)
+        except redis.RedisError:
+            pass
