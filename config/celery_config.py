@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from convoy.config.result_backend import backend_url
 from convoy.config.settings import Settings
 
 DEFAULT_PRIORITY = 5
@@ -12,7 +13,7 @@ def celery_config(settings: Settings) -> dict[str, Any]:
     """Celery settings: JSON only, late acks, one message at a time, events on."""
     return {
         "broker_url": settings.effective_broker_url,
-        "result_backend": settings.redis_url,
+        "result_backend": backend_url(settings.redis_url),
         # JSON only: a pickle payload would let a broker writer run code on workers.
         "task_serializer": "json",
         "result_serializer": "json",

@@ -23,8 +23,14 @@ CLEANUP = "convoy.parent.cleanup"
 ALLOCATION_TIMEOUT = "convoy.parent.allocation_timeout"
 
 
+#: convoy keeps results in its own job store; the chord counts parts through the
+#: backend's chord hook, which works without stored results.  Ignoring results
+#: also spares the submitting process a result subscription per task.
+NO_RESULT = {"ignore_result": True}
+
+
 def _priority(job: dict[str, Any]) -> dict[str, Any]:
-    return {"priority": job["job_priority"]} if "job_priority" in job else {}
+    return {"priority": job["job_priority"], **NO_RESULT} if "job_priority" in job else dict(NO_RESULT)
 
 
 def single_job(app: Celery, job_id: str, job: dict[str, Any]) -> Signature:
@@ -35,10 +41,13 @@ def single_job(app: Celery, job_id: str, job: dict[str, Any]) -> Signature:
 def parent_body(app: Celery, parent_id: str, settings: Settings) -> Signature:
     queue = settings.coordinator_queue
     return chain(
-        app.signature(COLLECT, args=(parent_id,), queue=queue, task_id=f"{parent_id}.collect"),
-        app.signature(RESERVE, args=(parent_id,), queue=queue, immutable=True, task_id=f"{parent_id}.reserve"),
-        app.signature(TEST, args=(parent_id,), queue=queue, immutable=True, task_id=f"{parent_id}.test"),
-        app.signature(CLEANUP, args=(parent_id,), queue=queue, immutable=True, task_id=f"{parent_id}.cleanup"),
+        app.signature(COLLECT, args=(parent_id,), queue=queue, task_id=f"{parent_id}.collect", **NO_RESULT),
+        app.signature(RESERVE, args=(parent_id,), queue=queue, immutable=True, task_id=f"{parent_id}.reserve",
+                      **NO_RESULT),
+        app.signature(TEST, args=(parent_id,), queue=queue, immutable=True, task_id=f"{parent_id}.test",
+                      **NO_RESULT),
+        app.signature(CLEANUP, args=(parent_id,), queue=queue, immutable=True, task_id=f"{parent_id}.cleanup",
+                      **NO_RESULT),
     )
 
 
@@ -54,10 +63,10 @@ def multi_job(app: Celery, parent_id: str, job: dict[str, Any], child_ids: list[
 
 def allocation_timeout(app: Celery, parent_id: str, seconds: float, settings: Settings) -> Signature:
     return app.signature(ALLOCATION_TIMEOUT, args=(parent_id,), queue=settings.coordinator_queue,
-                         countdown=seconds, task_id=f"{parent_id}.allocation-timeout")
+                         countdown=seconds, task_id=f"{parent_id}.allocation-timeout", **NO_RESULT)
 
 
 def cleanup_now(app: Celery, parent_id: str, settings: Settings) -> Signature:
     """The parent's cleanup, queued directly when allocation is aborted."""
     return app.signature(CLEANUP, args=(parent_id,), queue=settings.coordinator_queue,
-                         task_id=f"{parent_id}.cleanup-abort")
+                         task_id=f"{parent_id}.cleanup-abort", **NO_RESULT)
