@@ -1,0 +1,1 @@
+"""Emulated devices: real SSH servers on loopback addresses."""

@@ -1,0 +1,90 @@
+"""The ``emulated`` connector: provisions a device served by the emulated farm.
+
+The connector and the farm share the host's filesystem: provisioning resets
+the device's home directly (see :mod:`convoy.connectors.emulated.image`),
+then proves the result over real SSH with the agent key, as a connector for
+a physical board would.  Test knobs (``provision_delay``, ``provision_fail``,
+``cleanup_delay``) come from the agent file, never from jobs.
+"""
+from __future__ import annotations
+
+import threading
+import time
+from pathlib import Path
+from typing import Any, ClassVar
+
+from convoy.connectors.base import Connector, DeviceConfig, Log, SSHTarget
+from convoy.connectors.emulated.image import (append_authorized_keys, clear_home, device_paths,
+                                              device_settings, image_name, reset_home)
+from convoy.connectors.sshkeys import check_ssh, read_public_key
+from convoy.errors import DeviceError
+
+
+class EmulatedConnector(Connector):
+    """Provision = wait ``provision_delay``, reset the home from the image, check SSH."""
+
+    name: ClassVar[str] = "emulated"
+    #: SSH reachability check after provisioning
+    ssh_attempts: int = 5
+    ssh_timeout: float = 5.0
+
+    def __init__(self, device: DeviceConfig, agent_key: Path, *, state_dir: Path | None = None) -> None:
+        super().__init__(device, agent_key)
+        if state_dir is None:
+            from convoy.config.settings import load_settings
+
+            state_dir = load_settings().state_dir
+        self.state_dir = Path(state_dir)
+        self.settings = device_settings(device)
+        if not self.settings.address:
+            raise DeviceError(device.name, "config.address is required for an emulated device")
+        self.address: str = self.settings.address
+        self.paths = device_paths(device, self.state_dir)
+
+    def ssh_target(self) -> SSHTarget:
+        return SSHTarget(host=self.address, port=self.settings.port, username=self.settings.username)
+
+    def provision(self, provision_data: dict[str, Any], cancel: threading.Event, log: Log) -> dict[str, Any]:
+        name, image = self.device.name, image_name(provision_data)
+        log(f"provisioning {name} with image {image}")
+        delay = self.settings.provision_delay
+        if delay:
+            log(f"emulating a {delay:g}s installation")
+        cancelled = cancel.wait(delay) if delay else cancel.is_set()
+        if cancelled:
+            raise DeviceError(name, "provisioning cancelled")
+        if self.settings.provision_fail:
+            raise DeviceError(name, "provisioning failed: the agent file sets provision_fail for this device")
+        agent_pub = read_public_key(self.agent_key, name)
+        distro = provision_data.get("distro")
+        try:
+            reset_home(self.paths, name, image, [agent_pub], distro=str(distro) if distro else None)
+        except OSError as exc:
+            raise DeviceError(name, f"cannot reset the home {self.paths.home}: {exc}") from None
+        log(f"installed {image} into {self.paths.home}; checking SSH as "
+            f"{self.settings.username}@{self.address}:{self.settings.port}")
+        check_ssh(name, self.address, self.settings.port, self.settings.username, self.agent_key,
+                  attempts=self.ssh_attempts, timeout=self.ssh_timeout, cancel=cancel,
+                  hint=" (is the device farm serving it? see `convoy devices`)")
+        log(f"{name} is ready")
+        return {"device_ip": self.address, "ssh_port": self.settings.port,
+                "ssh_username": self.settings.username, "device_name": name, "image": image}
+
+    def cleanup(self, log: Log) -> None:
+        """Wipe the home; only the agent key stays authorised (reservation keys go)."""
+        if self.settings.cleanup_delay:
+            log(f"emulating a {self.settings.cleanup_delay:g}s cleanup")
+            time.sleep(self.settings.cleanup_delay)
+        try:
+            clear_home(self.paths, [read_public_key(self.agent_key, self.device.name)])
+        except OSError as exc:
+            raise DeviceError(self.device.name, f"cannot clean the home {self.paths.home}: {exc}") from None
+        log(f"cleaned up {self.device.name}")
+
+    def install_keys(self, public_keys: list[str], username: str, log: Log) -> None:
+        """Authorise ``public_keys`` by writing the file directly (fallback to ssh-copy-id)."""
+        if username != self.settings.username:
+            raise DeviceError(self.device.name, f"no user {username!r} on this device "
+                                                f"(its user is {self.settings.username!r})")
+        added = append_authorized_keys(self.paths, public_keys)
+        log(f"authorised {added} new key(s) for {username} on {self.device.name}")

@@ -1,0 +1,319 @@
+"""A device farm: many emulated devices served by one asyncio process.
+
+``serve_devices`` is what ``convoy devices`` runs; :class:`DeviceFarm` runs
+the same thing in a child process for tests and ``convoy run``, so that a
+test (or a Celery worker) never shares an event loop or signal handlers
+with the SSH servers.  CLI::
+
+    python -m convoy.connectors.emulated.farm --config devices.json --state-dir DIR
+
+The config file (JSON or YAML) is a list of devices, or ``{"devices": [...]}``,
+each ``{"name", "queues", "connector", "config"}`` like an agent file.
+Devices whose connector is not ``emulated`` are skipped.
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import os
+import random
+import select
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from pathlib import Path
+from types import TracebackType
+from typing import Any, Iterable
+
+from convoy.connectors.base import DeviceConfig
+from convoy.connectors.emulated.image import device_paths, device_settings
+from convoy.errors import ConvoyError, DeviceError
+
+__all__ = ["DeviceFarm", "allocate_addresses", "default_port", "device_paths", "load_devices",
+           "serve_devices", "main"]
+
+log = logging.getLogger("convoy.connectors.emulated.farm")  # not __main__ under -m
+_RESERVED = {"127.0.0.1", "127.0.1.1"}
+FARM = "farm"  # DeviceError reads "device farm: ..."
+
+
+def _can_bind(address: str, port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the server will
+        try:
+            sock.bind((address, port))
+        except OSError:
+            return False
+    return True
+
+
+def allocate_addresses(n: int, port: int = 22, *, exclude: Iterable[str] = ()) -> list[str]:
+    """``n`` distinct random loopback addresses 127.x.y.z on which ``port`` can be bound now."""
+    taken = set(_RESERVED) | set(exclude)
+    found: list[str] = []
+    for _ in range(50 * n + 200):
+        if len(found) == n:
+            break
+        address = f"127.{random.randint(0, 255)}.{random.randint(0, 255)}.{random.randint(2, 254)}"
+        if address not in taken and _can_bind(address, port):
+            taken.add(address)
+            found.append(address)
+    if len(found) < n:
+        raise DeviceError(FARM, f"cannot find {n} loopback addresses on which port {port} is free")
+    return found
+
+
+def default_port() -> int:
+    """22 when this process may bind it (root, on a loopback address nobody holds), else 2222."""
+    probe = f"127.{random.randint(0, 255)}.{random.randint(0, 255)}.{random.randint(2, 254)}"
+    return 22 if _can_bind(probe, 22) else 2222
+
+
+def _device_from_dict(data: dict[str, Any]) -> DeviceConfig:
+    try:
+        return DeviceConfig(name=str(data["name"]), queues=tuple(data.get("queues", ())),
+                            connector=str(data.get("connector", "emulated")),
+                            config=dict(data.get("config") or {}))
+    except (KeyError, TypeError, ValueError) as exc:
+        raise ConvoyError(f"invalid device entry {data!r}: {exc}") from None
+
+
+def _device_to_dict(device: DeviceConfig) -> dict[str, Any]:
+    return {"name": device.name, "queues": list(device.queues), "connector": device.connector,
+            "config": {k: str(v) if isinstance(v, Path) else v for k, v in device.config.items()}}
+
+
+def load_devices(path: Path) -> list[DeviceConfig]:
+    """Devices from a JSON/YAML file: a list, or a mapping with ``devices``."""
+    import yaml
+
+    data = yaml.safe_load(Path(path).read_text())
+    if isinstance(data, dict):
+        data = data.get("devices")
+    if not isinstance(data, list) or not all(isinstance(d, dict) for d in data):
+        raise ConvoyError(f"{path}: expected a list of devices (or a mapping with 'devices')")
+    return [_device_from_dict(d) for d in data]
+
+
+async def _serve(devices: list[DeviceConfig], state_dir: Path, ready: threading.Event | None,
+                 stop: threading.Event | None) -> None:
+    from convoy.connectors.emulated.server import EmulatedDevice  # asyncssh only where served
+
+    loop = asyncio.get_running_loop()
+    stopping = asyncio.Event()
+    handled: list[int] = []
+    if threading.current_thread() is threading.main_thread():
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stopping.set)
+            handled.append(sig)
+    if stop is not None:
+        def relay() -> None:
+            stop.wait()
+            try:
+                loop.call_soon_threadsafe(stopping.set)
+            except RuntimeError:  # loop already closed
+                pass
+        threading.Thread(target=relay, name="farm-stop", daemon=True).start()
+    servers = [EmulatedDevice(d, state_dir) for d in devices if d.connector == "emulated"]
+    if not servers:
+        log.warning("no emulated devices to serve")
+    started = []
+    try:
+        for server in servers:
+            await server.start()
+            started.append(server)
+        log.info("serving %d emulated device(s)", len(started))
+        if ready is not None:
+            ready.set()
+        await stopping.wait()
+        log.info("stopping")
+    finally:
+        await asyncio.gather(*(server.stop() for server in started), return_exceptions=True)
+        for sig in handled:
+            loop.remove_signal_handler(sig)
+
+
+def serve_devices(devices: list[DeviceConfig], state_dir: Path, ready: threading.Event | None = None,
+                  *, stop: threading.Event | None = None) -> None:
+    """Serve every ``emulated`` device until SIGTERM/SIGINT (main thread) or ``stop`` is set.
+
+    ``ready`` is set once every device listens.  Raises :class:`DeviceError`
+    if a device's config is invalid or its address cannot be bound.
+    """
+    ssh_log = logging.getLogger("asyncssh")
+    if ssh_log.level == logging.NOTSET:
+        ssh_log.setLevel(logging.WARNING)  # its INFO lines include the commands clients run
+    asyncio.run(_serve(list(devices), Path(state_dir), ready, stop))
+
+
+def _resolve(devices: list[DeviceConfig]) -> list[DeviceConfig]:
+    """Give emulated devices without an address (and port) free ones."""
+    emulated = [d for d in devices if d.connector == "emulated"]
+    for device in emulated:
+        device_settings(device)  # fail here, in the caller, on a bad config
+    port = default_port() if any("port" not in d.config for d in emulated) else 22
+    taken = {d.config["address"] for d in emulated if d.config.get("address")}
+    resolved = []
+    for device in devices:
+        if device.connector == "emulated":
+            config = {"port": port, **device.config}
+            if not config.get("address"):
+                config["address"] = allocate_addresses(1, config["port"], exclude=taken)[0]
+                taken.add(config["address"])
+            device = DeviceConfig(device.name, device.queues, device.connector, config)
+        resolved.append(device)
+    return resolved
+
+
+class DeviceFarm:
+    """Emulated devices served by a child process while the ``with`` block runs.
+
+    Devices without ``address`` get a free loopback address (and, without
+    ``port``, port 22 if this process may bind it, else 2222); the resolved
+    configs are in :attr:`devices`.  The child logs to ``<state_dir>/farm.log``
+    and exits by itself if this process dies.
+    """
+
+    def __init__(self, devices: list[DeviceConfig], state_dir: Path, *, startup_timeout: float = 30.0) -> None:
+        self.state_dir = Path(state_dir)
+        self.devices = _resolve(list(devices))
+        self.startup_timeout = startup_timeout
+        self.log_path = self.state_dir / "farm.log"
+        self._proc: subprocess.Popen[bytes] | None = None
+        self._watch_w: int | None = None
+        self._log_offset = 0
+        self._config: Path | None = None
+
+    def device(self, name: str) -> DeviceConfig:
+        return next(d for d in self.devices if d.name == name)
+
+    @property
+    def pid(self) -> int | None:
+        return self._proc.pid if self._proc else None
+
+    def start(self) -> "DeviceFarm":
+        """Start the child and wait until every device accepts TCP connections."""
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        self._config = config = self.state_dir / f"farm-{uuid.uuid4().hex[:8]}.json"
+        config.write_text(json.dumps([_device_to_dict(d) for d in self.devices], indent=1))
+        ready_r, ready_w = os.pipe()
+        watch_r, self._watch_w = os.pipe()
+        cmd = [sys.executable, "-m", "convoy.connectors.emulated.farm", "--config", str(config),
+               "--state-dir", str(self.state_dir), "--ready-fd", str(ready_w), "--watch-fd", str(watch_r)]
+        self._log_offset = self.log_path.stat().st_size if self.log_path.exists() else 0
+        with open(self.log_path, "ab") as logfile:
+            self._proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=logfile, stderr=subprocess.STDOUT,
+                                          pass_fds=(ready_w, watch_r), start_new_session=True)
+        os.close(ready_w)
+        os.close(watch_r)
+        try:
+            self._wait_ready(ready_r)
+        except BaseException:
+            self.stop()
+            raise
+        finally:
+            os.close(ready_r)
+        return self
+
+    def _wait_ready(self, ready_r: int) -> None:
+        deadline = time.monotonic() + self.startup_timeout
+        readable, _, _ = select.select([ready_r], [], [], self.startup_timeout)
+        if not readable or not os.read(ready_r, 64):  # timeout, or EOF: the child died
+            assert self._proc is not None
+            try:
+                self._proc.wait(timeout=max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                raise DeviceError(FARM, f"devices not ready after {self.startup_timeout:g}s; "
+                                        f"see {self.log_path}") from None
+            raise DeviceError(FARM, f"exited with status {self._proc.returncode}: {self._log_tail()}")
+        for device in self.devices:
+            if device.connector != "emulated":
+                continue
+            settings = device_settings(device)
+            try:
+                socket.create_connection((settings.address, settings.port),
+                                         timeout=max(0.1, deadline - time.monotonic())).close()
+            except OSError as exc:
+                raise DeviceError(device.name, f"not accepting connections: {exc}") from None
+
+    def _log_tail(self, lines: int = 3) -> str:
+        """The last lines this run wrote to the (shared, appended) log."""
+        try:
+            with open(self.log_path, "rb") as handle:
+                handle.seek(self._log_offset)
+                text = handle.read().decode(errors="replace")
+        except OSError:
+            return "(no log)"
+        return " | ".join(text.strip().splitlines()[-lines:]) or "(no output)"
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """SIGTERM the child (running commands are hung up), SIGKILL it if it lingers."""
+        if self._proc is not None and self._proc.poll() is None:
+            self._proc.terminate()
+            try:
+                self._proc.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                self._proc.kill()
+                self._proc.wait()
+        if self._watch_w is not None:
+            os.close(self._watch_w)
+            self._watch_w = None
+        if self._config is not None:
+            self._config.unlink(missing_ok=True)
+            self._config = None
+
+    def __enter__(self) -> "DeviceFarm":
+        return self.start()
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.stop()
+
+
+def _signal_ready(ready: threading.Event, fd: int) -> None:
+    if ready.wait():
+        os.write(fd, b"ready\n")
+        os.close(fd)
+
+
+def _watch_parent(fd: int, stop: threading.Event) -> None:
+    while os.read(fd, 64):  # returns b"" once every write end is closed: the parent is gone
+        pass
+    stop.set()
+
+
+def main(argv: list[str] | None = None) -> int:
+    """CLI: serve the devices of ``--config`` until SIGTERM/SIGINT."""
+    from convoy.config.settings import load_settings
+
+    parser = argparse.ArgumentParser(prog="python -m convoy.connectors.emulated.farm",
+                                     description="Serve emulated devices (SSH servers on loopback addresses).")
+    parser.add_argument("--config", required=True, type=Path, help="JSON/YAML list of devices")
+    parser.add_argument("--state-dir", type=Path, default=None, help="default: convoy's state directory")
+    parser.add_argument("--ready-fd", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--watch-fd", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--log-level", default="INFO")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    ready, stop = threading.Event(), threading.Event()
+    if args.ready_fd is not None:
+        threading.Thread(target=_signal_ready, args=(ready, args.ready_fd), daemon=True).start()
+    if args.watch_fd is not None:
+        threading.Thread(target=_watch_parent, args=(args.watch_fd, stop), daemon=True).start()
+    try:
+        devices = load_devices(args.config)
+        serve_devices(devices, args.state_dir or load_settings().state_dir, ready, stop=stop)
+    except ConvoyError as exc:
+        print(f"convoy devices: {exc}", file=sys.stderr)
+        return exc.exit_code
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

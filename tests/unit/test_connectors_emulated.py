@@ -1,0 +1,150 @@
+"""Emulated devices without a server: settings, files, images, addresses, connector edge cases."""
+from __future__ import annotations
+
+import ipaddress
+import json
+import os
+import stat
+import threading
+from pathlib import Path
+
+import pytest
+
+from convoy.connectors.base import DeviceConfig
+from convoy.connectors.emulated import image
+from convoy.connectors.emulated.connector import EmulatedConnector
+from convoy.connectors.emulated.farm import DeviceFarm, _can_bind, allocate_addresses, load_devices
+from convoy.connectors.sshkeys import ensure_agent_key, public_key_path, read_public_key
+from convoy.errors import DeviceError
+
+
+def dev(name: str = "d1", **config) -> DeviceConfig:
+    return DeviceConfig(name, ("q",), "emulated", {"address": "127.8.9.10", **config})
+
+
+def test_settings_defaults_and_paths(tmp_path: Path) -> None:
+    settings = image.device_settings(dev())
+    assert (settings.port, settings.username, settings.provision_delay, settings.provision_fail,
+            settings.cleanup_delay) == (22, "ubuntu", 0.0, False, 0.0)
+    paths = image.device_paths(dev(), tmp_path)
+    assert paths.home == tmp_path / "devices" / "d1" / "home"
+    assert paths.authorized_keys == paths.home / ".ssh" / "authorized_keys"
+    assert paths.host_key == tmp_path / "devices" / "d1" / "ssh_host_ed25519_key"
+    assert image.device_paths(dev(home=str(tmp_path / "elsewhere")), tmp_path).home == tmp_path / "elsewhere"
+
+
+@pytest.mark.parametrize("config, key", [
+    ({"port": "22"}, "config.port"), ({"port": 70000}, "config.port"),
+    ({"provision_delay": -1}, "config.provision_delay"), ({"cleanup_delay": "x"}, "config.cleanup_delay"),
+    ({"provision_fail": "yes"}, "config.provision_fail"), ({"username": "bad user"}, "config.username"),
+    ({"address": 127}, "config.address"),
+])
+def test_bad_settings_name_the_key(config: dict, key: str) -> None:
+    with pytest.raises(DeviceError, match=key):
+        image.device_settings(dev(**config))
+
+
+def test_device_names_cannot_escape_the_state_dir() -> None:
+    with pytest.raises(DeviceError, match="device names"):
+        image.device_settings(dev(name="../x"))
+
+
+@pytest.mark.parametrize("data, expected", [
+    ({}, "emulated-default"), ({"distro": "noble"}, "noble"), ({"url": "http://h/i.img.xz"}, "http://h/i.img.xz"),
+    ({"image": "core24"}, "core24"), ({"os": "debian"}, "debian"), ({"distro": "", "image": "x"}, "x"),
+])
+def test_image_name(data: dict, expected: str) -> None:
+    assert image.image_name(data) == expected
+
+
+def test_reset_and_clear_home(tmp_path: Path) -> None:
+    paths = image.device_paths(dev(), tmp_path)
+    (paths.home / "sub").mkdir(parents=True)
+    (paths.home / "sub" / "f").write_text("x")
+    (paths.home / "link").symlink_to(tmp_path)
+    release = image.reset_home(paths, "d1", "img\nINJECTED=1", ["ssh-ed25519 AAAA agent"], distro="noble")
+    assert sorted(p.name for p in paths.home.iterdir()) == [".ssh", "os-release"]
+    assert tmp_path.exists()  # the symlink was removed, not followed
+    text = paths.os_release.read_text()
+    assert text.startswith("ID=convoy-emulated\nIMAGE=img INJECTED=1\nVERSION_CODENAME=noble\nPROVISIONED_AT=")
+    assert text.endswith("DEVICE=d1\n") and release["IMAGE"] == "img INJECTED=1"
+    assert stat.S_IMODE(paths.authorized_keys.stat().st_mode) == 0o600
+    assert stat.S_IMODE(paths.ssh_dir.stat().st_mode) == 0o700
+    assert image.append_authorized_keys(paths, ["ssh-ed25519 BBBB user", "ssh-ed25519 AAAA agent", ""]) == 1
+    assert paths.authorized_keys.read_text() == "ssh-ed25519 AAAA agent\nssh-ed25519 BBBB user\n"
+    image.clear_home(paths, ["ssh-ed25519 AAAA agent"])
+    assert sorted(p.name for p in paths.home.iterdir()) == [".ssh"]
+    assert paths.authorized_keys.read_text() == "ssh-ed25519 AAAA agent\n"
+
+
+def test_allocate_addresses_are_distinct_bindable_loopback() -> None:
+    addresses = allocate_addresses(20, 2222)
+    assert len(set(addresses)) == 20
+    for address in addresses:
+        ip = ipaddress.ip_address(address)
+        assert ip.is_loopback and address not in {"127.0.0.1", "127.0.1.1"}
+        assert _can_bind(address, 2222)
+
+
+def test_farm_resolves_missing_addresses_without_starting(tmp_path: Path) -> None:
+    farm = DeviceFarm([DeviceConfig("a", ("q",)), dev("b", port=2200),
+                       DeviceConfig("n", ("q",), "noprovision", {"device_ip": "10.1.1.1"})], tmp_path)
+    a, b, n = farm.devices
+    assert a.config["address"] != b.config["address"] and a.config["port"] in (22, 2222)
+    assert b.config == {"address": "127.8.9.10", "port": 2200}
+    assert n.config == {"device_ip": "10.1.1.1"}
+    assert farm.pid is None
+
+
+def test_load_devices_accepts_a_list_or_an_agent_style_mapping(tmp_path: Path) -> None:
+    listed = tmp_path / "list.json"
+    listed.write_text(json.dumps([{"name": "a", "queues": ["q"], "config": {"address": "127.1.2.3"}}]))
+    mapping = tmp_path / "agent.yaml"
+    mapping.write_text("devices:\n  - name: b\n    queues: [q]\n    connector: emulated\n")
+    assert load_devices(listed) == [DeviceConfig("a", ("q",), "emulated", {"address": "127.1.2.3"})]
+    assert load_devices(mapping) == [DeviceConfig("b", ("q",), "emulated", {})]
+
+
+def test_connector_needs_an_address_and_uses_the_given_state_dir(tmp_path: Path) -> None:
+    with pytest.raises(DeviceError, match="config.address is required"):
+        EmulatedConnector(DeviceConfig("d", ("q",)), tmp_path / "key", state_dir=tmp_path)
+    connector = EmulatedConnector(dev(port=2201, username="pi"), tmp_path / "key", state_dir=tmp_path)
+    assert connector.ssh_target().port == 2201 and connector.ssh_target().username == "pi"
+
+
+def test_connector_default_state_dir_comes_from_settings(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.setenv("CONVOY_STATE_DIR", str(tmp_path / "from-env"))
+    assert EmulatedConnector(dev(), tmp_path / "key").state_dir == tmp_path / "from-env"
+
+
+def test_provision_fail_and_cancel_happen_before_touching_the_home(tmp_path: Path) -> None:
+    key = ensure_agent_key(tmp_path / "keys")
+    failing = EmulatedConnector(dev(provision_fail=True), key, state_dir=tmp_path)
+    failing.paths.home.mkdir(parents=True)
+    (failing.paths.home / "keep").write_text("x")
+    with pytest.raises(DeviceError, match="provision_fail"):
+        failing.provision({}, threading.Event(), lambda line: None)
+    cancel = threading.Event()
+    cancel.set()
+    with pytest.raises(DeviceError, match="cancelled"):
+        EmulatedConnector(dev(), key, state_dir=tmp_path).provision({}, cancel, lambda line: None)
+    assert (failing.paths.home / "keep").exists()
+
+
+def test_agent_key_is_created_once_with_private_permissions(tmp_path: Path) -> None:
+    keys: list[Path] = []
+    threads = [threading.Thread(target=lambda: keys.append(ensure_agent_key(tmp_path / "keys"))) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    key = keys[0]
+    assert set(keys) == {tmp_path / "keys" / "agent_ed25519"}
+    assert stat.S_IMODE(key.stat().st_mode) == 0o600
+    public = read_public_key(key)
+    assert public.startswith("ssh-ed25519 ")
+    assert ensure_agent_key(tmp_path / "keys") == key and read_public_key(key) == public
+    assert sorted(os.listdir(tmp_path / "keys")) == [".agent_key.lock", "agent_ed25519", "agent_ed25519.pub"]
+    public_key_path(key).unlink()
+    with pytest.raises(DeviceError, match="cannot read the public key"):
+        read_public_key(key, "d1")
