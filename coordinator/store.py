@@ -24,7 +24,8 @@ PHASES = ("provision", "allocate", "reserve", "test", "cleanup")
 EVENTS_MAXLEN = 20000
 
 # KEYS[1]=record KEYS[2]=events; ARGV[1]=new state, ARGV[2]=allowed from (comma list, "" = any
-# non-final), ARGV[3]=timestamp, ARGV[4..]=extra field/value pairs
+# non-final), ARGV[3]=timestamp, ARGV[4..]=extra field/value pairs.  The event's ``ts`` is
+# Redis's own clock (seconds.microseconds), so latencies between jobs share one clock.
 _TRANSITION = """
 local cur = redis.call('HGET', KEYS[1], 'state')
 if not cur then return {0, ''} end
@@ -36,7 +37,9 @@ if ARGV[2] ~= '' then
 end
 redis.call('HSET', KEYS[1], 'state', ARGV[1], 'updated_at', ARGV[3])
 for i = 4, #ARGV, 2 do redis.call('HSET', KEYS[1], ARGV[i], ARGV[i+1]) end
-redis.call('XADD', KEYS[2], 'MAXLEN', '~', '20000', '*', 'type', 'state', 'state', ARGV[1], 'from', cur)
+local t = redis.call('TIME')
+redis.call('XADD', KEYS[2], 'MAXLEN', '~', '20000', '*', 'type', 'state', 'state', ARGV[1], 'from', cur,
+           'ts', t[1] .. '.' .. string.format('%06d', tonumber(t[2])))
 return {1, cur}
 """
 

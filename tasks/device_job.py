@@ -29,6 +29,7 @@ from convoy.tasks import states
 from convoy.tasks.control import ControlWatcher
 from convoy.tasks.device_runtime import DeviceRuntime, current_device
 from convoy.tasks.devices import claim_device, release_device
+from convoy.tasks.multinode_env import multinode_env, multinode_files
 from convoy.tasks.runner import STOPPED_EXIT_CODE, run_script
 from convoy.tasks.sshclient import write_ssh_setup
 
@@ -113,10 +114,21 @@ class DeviceJob:
         self.store.transition(self.job_id, "test")
 
         def body() -> int:
-            return run_script(script, cwd=self.dir, env=self.test_env(), on_output=self.logger("test"),
-                              cancel=self.control.cancel_event, timeout=self.job.get("global_timeout"))
+            env = self.test_env()
+            return run_script(script, cwd=self.dir, env=env, on_output=self.logger("test"),
+                              cancel=self.control.cancel_event, timeout=self.job.get("global_timeout"),
+                              private_files=multinode_files(self.dir, env))
 
-        return self.phase("test", body)
+        status = self.phase("test", body)
+        if status != 0 and self.parent_id:
+            self.fail_member("cancelled" if self.cancelled else f"failed: test_cmds exited {status}")
+        return status
+
+    def fail_member(self, reason: str) -> None:
+        """Tell the MultiNode group this member is gone, so no member waits for it."""
+        from convoy.coordinator.multinode.group import fail_member
+
+        fail_member(self.store.r, self.parent_id, self.job_id, reason)
 
     def test_env(self) -> dict[str, str]:
         info = self.store.get(self.job_id).get("device_info") or {}
@@ -136,6 +148,7 @@ class DeviceJob:
         if self.parent_id:
             env["CONVOY_GROUP_ID"] = self.parent_id
             env["CONVOY_ROLE"] = self.record.get("role") or self.job["job_queue"]
+            env.update(multinode_env(self.store.get(self.parent_id)["document"]))
         return env
 
     def cleanup(self) -> int:
@@ -201,7 +214,10 @@ class DeviceJob:
         assert self.control is not None
         while True:
             signal = self.control.wait_any(("cancel", "release", "test"), timeout=HOLD_CHECK_SECONDS)
-            if signal in ("cancel", "release"):
+            if signal == "cancel":
+                self.fail_member("was cancelled")
+                return
+            if signal == "release":
                 return
             if signal == "test":
                 self.test()

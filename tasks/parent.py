@@ -26,6 +26,7 @@ from convoy.coordinator.connection import get_store
 from convoy.coordinator.store import FINAL_STATES, JobStore
 from convoy.tasks import states
 from convoy.tasks.control import ControlWatcher
+from convoy.tasks.multinode_env import multinode_env, multinode_files
 from convoy.tasks.runner import run_script
 from convoy.tasks.sshclient import write_ssh_setup
 
@@ -92,7 +93,9 @@ def reserve(self: Task, parent_id: str) -> None:
     store.start_phase(parent_id, "reserve")
     states.announce(self, "reserve")
     with ControlWatcher(store.r, parent_id) as control:
-        status = run_reservation(store, parent_id, job, control, _out(store, parent_id, "reserve"))
+        status = run_reservation(store, parent_id, job, control, _out(store, parent_id, "reserve"),
+                                 on_reserved=lambda devices: states.announce(
+                                     self, "reserved", devices=[d.hint for d in devices]))
     store.end_phase(parent_id, "reserve", status)
 
 
@@ -117,9 +120,10 @@ def test(self: Task, parent_id: str) -> None:
     status = 0
     with ControlWatcher(store.r, parent_id) as control:
         if test_data.get("test_cmds"):
-            status = run_script(test_data["test_cmds"], cwd=parent_dir(parent_id),
-                                env=parent_test_env(store, parent_id, job), on_output=out,
-                                cancel=control.cancel_event, timeout=job.get("global_timeout"))
+            env = parent_test_env(store, parent_id, job)
+            status = run_script(test_data["test_cmds"], cwd=parent_dir(parent_id), env=env, on_output=out,
+                                cancel=control.cancel_event, timeout=job.get("global_timeout"),
+                                private_files=multinode_files(parent_dir(parent_id), env))
         if testing_children:
             status = max(status, _wait_children_tests(store, testing_children, job, out))
     store.end_phase(parent_id, "test", status)
@@ -157,7 +161,7 @@ def parent_test_env(store: JobStore, parent_id: str, job: dict[str, Any]) -> dic
     env.update({str(k): str(v) for k, v in ((job.get("test_data") or {}).get("env") or {}).items()})
     env["PATH"] = os.pathsep.join([str(bin_dir), str(Path(sys.executable).parent), env.get("PATH", "")])
     env.update({"CONVOY_JOB_ID": parent_id, "CONVOY_GROUP_ID": parent_id, "CONVOY_REDIS_URL": settings.redis_url,
-                "TEST_USERNAME": username})
+                "TEST_USERNAME": username, **multinode_env(job)})
     for i, info in enumerate(infos, start=1):
         env[f"DEVICE_IP_{i}"] = str(info.get("device_ip", ""))
     return env

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from convoy.connectors.base import Connector, DeviceConfig, Log, SSHTarget
+from convoy.connectors.emulated.processes import kill_device_processes
 from convoy.connectors.emulated.image import (append_authorized_keys, clear_home, device_paths,
                                               device_settings, image_name, reset_home)
 from convoy.connectors.sshkeys import check_ssh, read_public_key
@@ -75,6 +76,9 @@ class EmulatedConnector(Connector):
         if self.settings.cleanup_delay:
             log(f"emulating a {self.settings.cleanup_delay:g}s cleanup")
             time.sleep(self.settings.cleanup_delay)
+        ended = kill_device_processes(self.device.name)
+        if ended:
+            log(f"ended {ended} process(es) still running on {self.device.name}")
         try:
             clear_home(self.paths, [read_public_key(self.agent_key, self.device.name)])
         except OSError as exc:

@@ -37,6 +37,7 @@ import asyncssh
 
 from convoy.connectors.base import DeviceConfig
 from convoy.connectors.emulated.image import device_paths, device_settings
+from convoy.connectors.emulated.processes import MARKER
 from convoy.errors import DeviceError
 
 log = logging.getLogger(__name__)
@@ -294,6 +295,7 @@ class EmulatedDevice:
                 env[key] = value
         peer = process.get_extra_info("peername") or ("", 0)
         sock = process.get_extra_info("sockname") or ("", 0)
+        env[MARKER] = self.device.name  # lets cleanup find what was started here, daemons included
         env.update(HOME=str(self.paths.home), USER=self.username, LOGNAME=self.username,
                    SHELL=SHELL, PWD=str(self.paths.home),
                    SSH_CONNECTION=f"{peer[0]} {peer[1]} {sock[0]} {sock[1]}",

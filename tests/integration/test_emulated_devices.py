@@ -398,3 +398,14 @@ def test_serve_devices_in_process_until_stopped(tmp_path: Path) -> None:
     assert not thread.is_alive() and not errors
     with pytest.raises(OSError):
         socket.create_connection((address, 2222), timeout=5).close()
+
+
+def test_cleanup_ends_daemons_started_on_the_device(env: Env) -> None:
+    result = env.ssh("dev-a", "setsid sleep 300 </dev/null >/dev/null 2>&1 & echo $! > daemon.pid")
+    assert result.returncode == 0
+    pid = int((env.home("dev-a") / "daemon.pid").read_text())
+    assert process_alive(pid), "the daemon must outlive its ssh session"
+    lines: list[str] = []
+    env.connectors["dev-a"].cleanup(lines.append)
+    wait_for(lambda: not process_alive(pid), timeout=10, what="the daemon to end")
+    assert any("ended 1 process" in line for line in lines), lines

@@ -50,3 +50,22 @@ def test_timeout_stops_the_script(tmp_path):
     code, out = run("sleep 300", tmp_path, timeout=0.5)
     assert code == STOPPED_EXIT_CODE
     assert "timed out" in out
+
+
+def test_private_files_give_each_script_its_own_cache_file(tmp_path):
+    from convoy.tasks.runner import private_mounts_supported
+
+    if not private_mounts_supported():
+        import pytest
+
+        pytest.skip("no mount namespaces here: scripts share the cache file")
+    shared = "/tmp/convoy-test-private-cache.txt"
+    outputs = []
+    for name in ("one", "two"):
+        mine = tmp_path / name / "cache.txt"
+        code = run_script(f"echo {name} > {shared}\ncat {shared}", cwd=tmp_path, env=dict(os.environ),
+                          on_output=outputs.append, cancel=threading.Event(), private_files={shared: mine})
+        assert code == 0
+        assert mine.read_text() == f"{name}\n"
+    assert "".join(outputs) == "one\ntwo\n"
+    assert open(shared).read() == "", "the shared path itself must stay untouched"
