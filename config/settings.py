@@ -32,6 +32,8 @@ class Settings:
     launchpad_keys_url: str = DEFAULT_LAUNCHPAD_KEYS_URL
     #: how long a whole job may live in the broker unacknowledged (seconds)
     visibility_timeout: int = 48 * 3600
+    #: the longest reservation this deployment grants (Testflinger's max_reservation_time)
+    max_reservation: float = 6 * 3600
 
     @property
     def effective_broker_url(self) -> str:
@@ -62,6 +64,8 @@ def load_settings(environ: dict[str, str] | None = None) -> Settings:
         kwargs["github_keys_url"] = env["CONVOY_GITHUB_KEYS_URL"]
     if env.get("CONVOY_LAUNCHPAD_KEYS_URL"):
         kwargs["launchpad_keys_url"] = env["CONVOY_LAUNCHPAD_KEYS_URL"]
+    if env.get("CONVOY_MAX_RESERVATION"):
+        kwargs["max_reservation"] = float(env["CONVOY_MAX_RESERVATION"])
     if env.get("CONVOY_VISIBILITY_TIMEOUT"):
         kwargs["visibility_timeout"] = int(env["CONVOY_VISIBILITY_TIMEOUT"])
     return Settings(**kwargs)

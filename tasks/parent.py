@@ -107,6 +107,9 @@ def test(self: Task, parent_id: str) -> None:
         return
     job = store.get(parent_id)["document"]
     test_data = job.get("test_data") or {}
+    if (store.phases(parent_id).get("reserve") or {}).get("status", 0) != 0:
+        _out(store, parent_id, "test")("reserve phase failed; skipping the test phase")
+        return
     children = store.children(parent_id)
     testing_children = [cid for cid in children if ((store.get(cid)["document"].get("test_data") or {}).get("test_cmds"))]
     if not test_data.get("test_cmds") and not testing_children:

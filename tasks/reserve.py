@@ -202,6 +202,10 @@ def _run(store: Any, parent_id: str, job: dict[str, Any], control: Any, out: Out
         out("no devices to reserve; the reserve phase fails")
         return 1
     timeout = reserve_timeout(job)
+    if timeout > settings.max_reservation:
+        out(f"reserve_data.timeout {timeout:g}s exceeds this deployment's maximum reservation; "
+            f"reserving for {settings.max_reservation:g}s (CONVOY_MAX_RESERVATION)")
+        timeout = settings.max_reservation
     cancel: threading.Event = control.cancel_event
 
     key_ids = list((job.get("reserve_data") or {}).get("ssh_keys") or [])

@@ -48,3 +48,24 @@ def test_example_runs_to_complete_with_its_artifacts(example, tmp_path):
         assert results["test_status"] == 0
         # one iperf3 server takes one client at a time, as on real devices: at least one run completes
         assert "iperf Done." in results["test_output"], results["test_output"][-2000:]
+
+
+def test_reservation_example_runs_unchanged_against_a_loopback_key_server(tmp_path):
+    """The example reserves for two hours; the deployment's cap (CONVOY_MAX_RESERVATION) makes it 2 s here."""
+    import subprocess as sp
+
+    from keyserver import KeyServer
+
+    key = tmp_path / "user_ed25519"
+    sp.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(key)], check=True, stdin=sp.DEVNULL)
+    public = key.with_suffix(".pub").read_text()
+    with KeyServer({("gh", "github-username"): public, ("lp", "launchpad-username"): public}) as server:
+        result = convoy_run("multi-device-reservation.yaml", tmp_path / "artifacts",
+                            {**server.env(), "CONVOY_MAX_RESERVATION": "2"})
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    (job_dir,) = list((tmp_path / "artifacts").iterdir())
+    results = json.loads((job_dir / "results.json").read_text())
+    assert results["outcome"] == "pass" and results["reserve_status"] == 0
+    assert "*** CONVOY SYSTEMS RESERVED ***" in results["reserve_output"]
+    assert results["reserve_output"].count("ubuntu@127.") >= 3
+    assert "reserving for 2s" in results["reserve_output"]
