@@ -57,6 +57,7 @@ def multi_job(app: Celery, parent_id: str, job: dict[str, Any], child_ids: list[
         app.signature(CHILD_JOB, args=(child_id,), queue=child["job_queue"], task_id=child_id,
                       **_priority(job))
         for child_id, child in zip(child_ids, job["provision_data"]["jobs"])
+        if child.get("connection") != "ssh"  # secondary connections hold no device
     ]
     return chord(header, parent_body(app, parent_id, settings))
 

@@ -29,6 +29,7 @@ from convoy.tasks import states
 from convoy.tasks.control import ControlWatcher
 from convoy.tasks.device_runtime import DeviceRuntime, current_device
 from convoy.tasks.devices import claim_device, release_device
+from convoy.tasks.delayed_start import start_request, wait_for_start
 from convoy.tasks.multinode_env import multinode_env, multinode_files
 from convoy.tasks.runner import STOPPED_EXIT_CODE, run_script
 from convoy.tasks.sshclient import write_ssh_setup
@@ -115,6 +116,11 @@ class DeviceJob:
 
         def body() -> int:
             env = self.test_env()
+            spec = start_request(self.job)
+            if spec and self.parent_id:
+                status = wait_for_start(self.store.r, self.parent_id, spec, self.logger("test"))
+                if status != 0:
+                    return status
             return run_script(script, cwd=self.dir, env=env, on_output=self.logger("test"),
                               cancel=self.control.cancel_event, timeout=self.job.get("global_timeout"),
                               private_files=multinode_files(self.dir, env))
@@ -190,6 +196,8 @@ class DeviceJob:
             self.task.request.chord = None  # not allocated: never counts towards the chord
             return None
         with ControlWatcher(self.store.r, self.job_id) as self.control:
+            # a cancelled member fails every MultiNode wait of its group at once, its own included
+            self.control.on_signal(lambda name: name == "cancel" and self.fail_member("was cancelled"))
             try:
                 if self.provision() != 0 or self.cancelled:
                     self.task.request.chord = None
@@ -214,10 +222,7 @@ class DeviceJob:
         assert self.control is not None
         while True:
             signal = self.control.wait_any(("cancel", "release", "test"), timeout=HOLD_CHECK_SECONDS)
-            if signal == "cancel":
-                self.fail_member("was cancelled")
-                return
-            if signal == "release":
+            if signal in ("cancel", "release"):
                 return
             if signal == "test":
                 self.test()

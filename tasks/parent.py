@@ -9,37 +9,28 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-import sys
 import time
-from pathlib import Path
 from typing import Any
 
 from celery import Task
 
 from convoy.config.celery_app import app
 from convoy.config.settings import load_settings
-from convoy.connectors.base import SSHTarget
 from convoy.coordinator import canvas
 from convoy.coordinator.cancel import ALLOCATING, ALLOCATION_TIMED_OUT, abort_allocation, cancel_device_job
 from convoy.coordinator.connection import get_store
 from convoy.coordinator.store import FINAL_STATES, JobStore
 from convoy.tasks import states
 from convoy.tasks.control import ControlWatcher
-from convoy.tasks.multinode_env import multinode_env, multinode_files
+from convoy.tasks.coordinator_env import device_targets, is_guest, parent_dir, parent_test_env
+from convoy.tasks.guests import start_guest
+from convoy.tasks.multinode_env import multinode_files
 from convoy.tasks.runner import run_script
-from convoy.tasks.sshclient import write_ssh_setup
 
 log = logging.getLogger(__name__)
 
 #: how long cleanup waits for every child to release its device
 CHILD_RELEASE_TIMEOUT = 600.0
-
-
-def parent_dir(job_id: str) -> Path:
-    path = load_settings().jobs_dir / job_id
-    path.mkdir(parents=True, exist_ok=True)
-    return path
 
 
 def _skip(store: JobStore, parent_id: str) -> bool:
@@ -50,15 +41,6 @@ def _skip(store: JobStore, parent_id: str) -> bool:
 
 def _out(store: JobStore, job_id: str, phase: str):
     return lambda text: store.append_output(job_id, phase, text if text.endswith("\n") else text + "\n")
-
-
-def device_targets(store: JobStore, parent_id: str, username: str | None = None) -> list[tuple[str, dict[str, Any]]]:
-    """(child id, device_info) of every child, in ``provision_data.jobs`` order."""
-    return [(cid, store.get(cid).get("device_info") or {}) for cid in store.children(parent_id)]
-
-
-def ssh_target(info: dict[str, Any], username: str) -> SSHTarget:
-    return SSHTarget(host=str(info["device_ip"]), port=int(info.get("ssh_port", 22)), username=username)
 
 
 @app.task(bind=True, name=canvas.COLLECT)
@@ -110,9 +92,11 @@ def test(self: Task, parent_id: str) -> None:
     if (store.phases(parent_id).get("reserve") or {}).get("status", 0) != 0:
         _out(store, parent_id, "test")("reserve phase failed; skipping the test phase")
         return
-    children = store.children(parent_id)
-    testing_children = [cid for cid in children if ((store.get(cid)["document"].get("test_data") or {}).get("test_cmds"))]
-    if not test_data.get("test_cmds") and not testing_children:
+    children = [store.get(cid) for cid in store.children(parent_id)]
+    guests = [c["job_id"] for c in children if is_guest(c["document"])]
+    testing_children = [c["job_id"] for c in children if not is_guest(c["document"])
+                        and (c["document"].get("test_data") or {}).get("test_cmds")]
+    if not test_data.get("test_cmds") and not testing_children and not guests:
         return
     store.transition(parent_id, "test")
     store.start_phase(parent_id, "test")
@@ -122,6 +106,7 @@ def test(self: Task, parent_id: str) -> None:
         store.signal(cid, "test")
     status = 0
     with ControlWatcher(store.r, parent_id) as control:
+        guest_runs = [start_guest(store, parent_id, gid, control.cancel_event) for gid in guests]
         if test_data.get("test_cmds"):
             env = parent_test_env(store, parent_id, job)
             status = run_script(test_data["test_cmds"], cwd=parent_dir(parent_id), env=env, on_output=out,
@@ -129,6 +114,12 @@ def test(self: Task, parent_id: str) -> None:
                                 private_files=multinode_files(parent_dir(parent_id), env))
         if testing_children:
             status = max(status, _wait_children_tests(store, testing_children, job, out))
+        for gid, run in zip(guests, guest_runs):
+            run.join()
+            code = (store.phases(gid).get("test") or {}).get("status", 1)
+            if code != 0:
+                out(f"guest {gid}: test_cmds exited {code}")
+                status = max(status, 1)
     store.end_phase(parent_id, "test", status)
 
 
@@ -150,26 +141,6 @@ def _wait_children_tests(store: JobStore, children: list[str], job: dict[str, An
     return status
 
 
-def parent_test_env(store: JobStore, parent_id: str, job: dict[str, Any]) -> dict[str, str]:
-    """Environment of the parent's test_cmds: DEVICE_IP_1..N, SSH set up for every device."""
-    from convoy.connectors.sshkeys import ensure_agent_key
-
-    settings = load_settings()
-    username = (job.get("test_data") or {}).get("test_username", "ubuntu")
-    infos = [info for _, info in device_targets(store, parent_id)]
-    key = ensure_agent_key(settings.keys_dir)
-    bin_dir = write_ssh_setup(parent_dir(parent_id), key,
-                              [ssh_target(i, username) for i in infos if i.get("device_ip")])
-    env = dict(os.environ)
-    env.update({str(k): str(v) for k, v in ((job.get("test_data") or {}).get("env") or {}).items()})
-    env["PATH"] = os.pathsep.join([str(bin_dir), str(Path(sys.executable).parent), env.get("PATH", "")])
-    env.update({"CONVOY_JOB_ID": parent_id, "CONVOY_GROUP_ID": parent_id, "CONVOY_REDIS_URL": settings.redis_url,
-                "TEST_USERNAME": username, **multinode_env(job)})
-    for i, info in enumerate(infos, start=1):
-        env[f"DEVICE_IP_{i}"] = str(info.get("device_ip", ""))
-    return env
-
-
 @app.task(bind=True, name=canvas.CLEANUP)
 def cleanup(self: Task, parent_id: str) -> None:
     """Release every child (each cleans its device), then end the parent. Runs once."""
@@ -182,8 +153,10 @@ def cleanup(self: Task, parent_id: str) -> None:
     out = _out(store, parent_id, "cleanup")
     children = store.children(parent_id)
     for cid in children:
-        if store.state(cid) not in FINAL_STATES:
-            store.signal(cid, "release")
+        state = store.state(cid)
+        if state not in FINAL_STATES:
+            # a child still running its own test_cmds is stopped; an idle one is released
+            store.signal(cid, "cancel" if state == "test" else "release")
             # a child still waiting in its queue never gets a device: cancel it now
             store.transition(cid, "cancelled", allowed_from=["waiting"], outcome="cancelled",
                              message=f"parent job {parent_id} ended before it started")
