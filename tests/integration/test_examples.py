@@ -69,3 +69,15 @@ def test_reservation_example_runs_unchanged_against_a_loopback_key_server(tmp_pa
     assert "*** CONVOY SYSTEMS RESERVED ***" in results["reserve_output"]
     assert results["reserve_output"].count("ubuntu@127.") >= 3
     assert "reserving for 2s" in results["reserve_output"]
+
+
+def test_run_with_an_agent_file_uses_exactly_its_devices(tmp_path):
+    env = {k: v for k, v in os.environ.items() if k not in ("CONVOY_REDIS_URL", "CONVOY_STATE_DIR")}
+    result = subprocess.run([CONVOY, "run", str(REPO / "examples" / "single-device.yaml"), "--agent",
+                             str(REPO / "config" / "agents" / "emulated.yaml"), "--artifacts", str(tmp_path)],
+                            capture_output=True, text=True, timeout=300, env=env)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert "starting 2 device(s): emulated-1" in result.stdout
+    (job_dir,) = list(tmp_path.iterdir())
+    results = json.loads((job_dir / "results.json").read_text())
+    assert results["device"] in ("emulated-1", "emulated-2")

@@ -1,0 +1,161 @@
+"""Agent files: every device checked at start, with the path of each problem."""
+from __future__ import annotations
+
+import dataclasses
+import socket
+from pathlib import Path
+
+import pytest
+
+from convoy.config import agents as agents_module
+from convoy.config.agents import AgentConfig, load_agent
+from convoy.connectors.base import DeviceConfig
+from convoy.errors import AgentConfigError, JobValidationError
+
+EXAMPLE = Path(__file__).resolve().parents[2] / "config" / "agents" / "emulated.yaml"
+
+
+def problems(source) -> list[tuple[str, str]]:
+    with pytest.raises(AgentConfigError) as info:
+        load_agent(source)
+    assert isinstance(info.value, JobValidationError) and info.value.what == "agent file"
+    return [(e.path, e.message) for e in info.value.errors]
+
+
+def test_example_agent_file():
+    agent = load_agent(EXAMPLE)
+    assert agent == load_agent(str(EXAMPLE))
+    assert agent.name == "emulated-host"
+    assert [d.name for d in agent.devices] == ["emulated-1", "emulated-2"]
+    assert all(d.queues == ("emulated",) and d.connector == "emulated" for d in agent.devices)
+    assert all("address" not in d.config for d in agent.devices)
+    assert agent.devices[0].config == {"username": "ubuntu", "provision_delay": 0}
+    assert agent.queues == ("emulated",)
+    assert agent.device("emulated-2") is agent.devices[1]
+
+
+def test_defaults_and_normalisation():
+    agent = load_agent({"devices": [
+        {"name": "a", "queue": "rpi4b"},
+        {"name": "b", "queues": ["x", "y", "x"], "config": {"provision_delay": "1m", "cleanup_delay": 0,
+                                                             "address": "127.0.3.1", "port": 2222}},
+        {"name": "c", "queue": "z", "connector": "noprovision", "config": {"device_ip": "10.0.0.5"}},
+        {"name": "d", "queue": "z", "config": None},
+    ]})
+    assert isinstance(agent, AgentConfig) and agent.name == socket.gethostname()
+    assert agent.devices[0] == DeviceConfig(name="a", queues=("rpi4b",), connector="emulated", config={})
+    assert agent.devices[1].queues == ("x", "y")
+    assert agent.devices[1].config == {"provision_delay": 60, "cleanup_delay": 0,
+                                       "address": "127.0.3.1", "port": 2222}
+    assert agent.devices[2].config == {"device_ip": "10.0.0.5"}
+    assert agent.devices[3].config == {}
+    assert agent.queues == ("rpi4b", "x", "y", "z")
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        agent.name = "other"  # type: ignore[misc]
+
+
+BAD_AGENT = """\
+name: "bad name"
+surprise: 1
+devices:
+  - name: dev-1
+    queues: [rpi4b, multi, "two words"]
+    config:
+      address: 10.0.0.1
+      port: 0
+      colour: red
+      provision_delay: -1
+      provision_fail: "no"
+      username: "1 user"
+  - name: dev-1
+    queue: a
+    queues: [b]
+  - name: dev-3
+  - just-a-string
+  - name: dev-5
+    queue: q
+    connector: noprovision
+    config: {port: "22"}
+  - name: "-dash"
+    queues: []
+  - name: dev-7
+    queue: q
+    config: {address: 127.0.0.2}
+  - name: dev-8
+    queue: q
+    config: {address: 127.0.0.2, port: 22}
+"""
+
+
+def test_every_problem_is_reported_with_its_path():
+    assert problems(BAD_AGENT) == [
+        ("name", "invalid agent name 'bad name': use letters, digits, '.', '_' or '-'"),
+        ("surprise", "unknown field"),
+        ("devices[0].queues[1]", "'multi' is reserved for multi jobs; a device cannot serve it"),
+        ("devices[0].queues[2]", "invalid queue name 'two words': use letters, digits, '.', '_', ':' or '-', "
+                                 "starting with a letter or digit, at most 128 characters"),
+        ("devices[0].config.address", "an emulated device lives on a loopback address (127.0.0.0/8), got 10.0.0.1"),
+        ("devices[0].config.colour", "unknown field"),
+        ("devices[0].config.port", "min value is 1"),
+        ("devices[0].config.provision_delay", "must not be negative, got -1"),
+        ("devices[0].config.provision_fail", "must be of boolean type"),
+        ("devices[0].config.username", "not a valid user name: '1 user'"),
+        ("devices[1].queue", "give either `queue` or `queues`, not both"),
+        ("devices[1].name", "duplicate device name 'dev-1' (also devices[0])"),
+        ("devices[2].queues", "required field (a list of queues, or `queue: NAME`)"),
+        ("devices[3]", "a device must be a mapping, got string"),
+        ("devices[4].config.device_ip", "required field"),
+        ("devices[4].config.port", "must be of integer type"),
+        ("devices[5].name", "invalid device name '-dash': use letters, digits, '.', '_' or '-', "
+                            "starting with a letter or digit, at most 64 characters"),
+        ("devices[5].queues", "must list at least one queue"),
+        ("devices[7].config.address", "127.0.0.2 (same port) is already used by devices[6]"),
+    ]
+
+
+@pytest.mark.parametrize("source, expected", [
+    ("[]", [("", "agent file must be a mapping, got list")]),
+    ("", [("", "agent file must be a mapping, got nothing (empty document)")]),
+    ("name: x\n", [("devices", "required field")]),
+    ("devices: []\n", [("devices", "must list at least one device")]),
+    ("devices: {a: 1}\n", [("devices", "must be of list type")]),
+    ("devices: [{name: a, queue: q, config: [1]}]\n", [("devices[0].config", "must be of dict type")]),
+    ("devices: [{name: a, queue: q, config: {address: nope}}]\n",
+     [("devices[0].config.address", "not an IPv4 address: 'nope'")]),
+    ("devices: [{name: a, queue: 3}]\n", [("devices[0].queue", "must be of string type")]),
+    ("devices: [{queue: q}]\n", [("devices[0].name", "required field")]),
+    ("devices: &d [{name: a, queue: q}]\nmore: *d\n",
+     [("", "YAML aliases/anchors are not allowed (found *d) at line 2, column 7")]),
+    ("devices: [{name: a, queue: q, config: !!python/object/apply:os.system [true]}]\n",
+     [("", "unsupported YAML tag '!!python/object/apply:os.system' (convoy reads plain YAML only) "
+           "at line 1, column 39")]),
+    ("devices: [{name: a, queue: q, config: {1: 2}}]\n",
+     [("devices[0].config.1", "keys must be strings, got integer 1 (quote it)")]),
+])
+def test_bad_agent_documents(source, expected):
+    assert problems(source) == expected
+
+
+def test_missing_file():
+    assert problems(Path("/nonexistent/agent.yaml")) == [("", "file not found: /nonexistent/agent.yaml")]
+
+
+def test_unknown_connector_with_registry(monkeypatch):
+    monkeypatch.setattr(agents_module, "known_connectors", lambda: {"emulated", "noprovision"})
+    assert problems({"devices": [{"name": "a", "queue": "q", "connector": "lxd"}]}) == [
+        ("devices[0].connector", "unknown connector 'lxd' (known: emulated, noprovision)")]
+
+
+def test_any_identifier_without_registry(monkeypatch):
+    monkeypatch.setattr(agents_module, "known_connectors", lambda: None)
+    agent = load_agent({"devices": [{"name": "a", "queue": "q", "connector": "vendor.board-x",
+                                     "config": {"anything": [1, 2]}}]})
+    assert agent.devices[0].connector == "vendor.board-x"
+    assert agent.devices[0].config == {"anything": [1, 2]}
+    assert problems({"devices": [{"name": "a", "queue": "q", "connector": "no spaces!"}]}) == [
+        ("devices[0].connector", "invalid connector name 'no spaces!'")]
+
+
+def test_known_connectors_reads_the_registry_when_present():
+    known = agents_module.known_connectors()
+    assert known is None or {"emulated", "noprovision"} <= known
