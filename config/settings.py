@@ -48,24 +48,26 @@ class Settings:
         return self.state_dir / "keys"
 
 
+#: environment variable -> (Settings field, conversion)
+_FROM_ENV: dict[str, tuple[str, type]] = {
+    "CONVOY_REDIS_URL": ("redis_url", str),
+    "CONVOY_BROKER_URL": ("broker_url", str),
+    "CONVOY_STATE_DIR": ("state_dir", Path),
+    "CONVOY_COORDINATOR_QUEUE": ("coordinator_queue", str),
+    "CONVOY_GITHUB_KEYS_URL": ("github_keys_url", str),
+    "CONVOY_LAUNCHPAD_KEYS_URL": ("launchpad_keys_url", str),
+    "CONVOY_MAX_RESERVATION": ("max_reservation", float),
+    "CONVOY_VISIBILITY_TIMEOUT": ("visibility_timeout", int),
+}
+
+
 def load_settings(environ: dict[str, str] | None = None) -> Settings:
-    """Read settings from ``environ`` (default: the process environment)."""
+    """Read settings from ``environ`` (default: the process environment); unset or empty means default."""
     env = os.environ if environ is None else environ
-    kwargs: dict = {}
-    if env.get("CONVOY_REDIS_URL"):
-        kwargs["redis_url"] = env["CONVOY_REDIS_URL"]
-    if env.get("CONVOY_BROKER_URL"):
-        kwargs["broker_url"] = env["CONVOY_BROKER_URL"]
-    if env.get("CONVOY_STATE_DIR"):
-        kwargs["state_dir"] = Path(env["CONVOY_STATE_DIR"])
-    if env.get("CONVOY_COORDINATOR_QUEUE"):
-        kwargs["coordinator_queue"] = env["CONVOY_COORDINATOR_QUEUE"]
-    if env.get("CONVOY_GITHUB_KEYS_URL"):
-        kwargs["github_keys_url"] = env["CONVOY_GITHUB_KEYS_URL"]
-    if env.get("CONVOY_LAUNCHPAD_KEYS_URL"):
-        kwargs["launchpad_keys_url"] = env["CONVOY_LAUNCHPAD_KEYS_URL"]
-    if env.get("CONVOY_MAX_RESERVATION"):
-        kwargs["max_reservation"] = float(env["CONVOY_MAX_RESERVATION"])
-    if env.get("CONVOY_VISIBILITY_TIMEOUT"):
-        kwargs["visibility_timeout"] = int(env["CONVOY_VISIBILITY_TIMEOUT"])
-    return Settings(**kwargs)
+    try:
+        return Settings(**{field: convert(env[name]) for name, (field, convert) in _FROM_ENV.items()
+                           if env.get(name)})
+    except ValueError as exc:
+        from convoy.errors import ConvoyError
+
+        raise ConvoyError(f"bad setting in the environment: {exc}") from None

@@ -38,3 +38,14 @@ def wait_until(condition: Callable[[], object], timeout: float) -> bool:
             return True
         time.sleep(0.1)
     return False
+
+
+def assert_all_released(parent_id: str) -> None:
+    """Every child cancelled; every child that held a device cleaned it and left it idle."""
+    store = get_store()
+    for child_id in store.children(parent_id):
+        record = store.get(child_id)
+        assert record["state"] == "cancelled", f"child {child_id} is {record['state']}"
+        if record.get("device"):
+            assert "cleanup" in store.phases(child_id), f"child {child_id} held a device but never cleaned it"
+            assert store.r.hget(keys.device(record["device"]), "state") == "idle"

@@ -15,7 +15,7 @@ from convoy.coordinator import keys
 from convoy.coordinator.api import cancel_job, job_results, submit_job, wait_for_job
 from convoy.coordinator.connection import get_store
 
-from helpers import states_seen, unique_queue, wait_for_state
+from helpers import assert_all_released, states_seen, unique_queue, wait_for_state
 
 pytestmark = pytest.mark.integration
 JOB_TIMEOUT = 120
@@ -28,17 +28,6 @@ def multi(*queues: str, test_cmds: str | None = None, **extra) -> dict:
         job["test_data"] = {"test_cmds": test_cmds}
     job.update(extra)
     return job
-
-
-def assert_all_released(parent_id: str) -> None:
-    """Every child cancelled, its cleanup ran, its device idle."""
-    store = get_store()
-    for child_id in store.children(parent_id):
-        record = store.get(child_id)
-        assert record["state"] == "cancelled", f"child {child_id} is {record['state']}"
-        if record.get("device"):
-            assert "cleanup" in store.phases(child_id), f"child {child_id} held a device but never cleaned it"
-            assert store.r.hget(keys.device(record["device"]), "state") == "idle"
 
 
 def test_two_devices_allocate_together_and_job_list_is_in_order(start_cluster):

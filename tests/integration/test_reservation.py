@@ -19,7 +19,7 @@ from convoy.coordinator.api import cancel_job, job_results, submit_job, wait_for
 from convoy.coordinator.connection import get_store
 from convoy.workers.cluster import emulated_devices
 
-from helpers import CONVOY, states_seen, unique_queue, wait_for_state
+from helpers import CONVOY, assert_all_released, states_seen, unique_queue, wait_for_state
 from keyserver import KeyServer
 
 pytestmark = pytest.mark.integration
@@ -90,16 +90,6 @@ def wait_reserved(parent_id: str) -> str:
     return output
 
 
-def assert_released(parent_id: str) -> None:
-    """Every child cancelled after cleaning its device; every device idle."""
-    store = get_store()
-    for child_id in store.children(parent_id):
-        record = store.get(child_id)
-        assert record["state"] == "cancelled", f"child {child_id} is {record['state']}"
-        assert "cleanup" in store.phases(child_id), f"child {child_id} never cleaned its device"
-        assert store.r.hget(keys.device(record["device"]), "state") == "idle"
-
-
 def test_keys_reach_every_device_and_convoy_cancel_ends_the_reservation(start_cluster, users, cluster_redis_url):
     queues = [unique_queue("rsv") for _ in range(3)]
     start_cluster({q: 1 for q in queues})
@@ -128,7 +118,7 @@ def test_keys_reach_every_device_and_convoy_cancel_ends_the_reservation(start_cl
     assert results["reserve_status"] == 0 and results["cleanup_status"] == 0
     assert "reservation ended early by cancel" in results["reserve_output"]
     assert states_seen(parent)[-3:] == ["reserve", "cleanup", "cancelled"]
-    assert_released(parent)
+    assert_all_released(parent)
     for info in infos:  # cleanup reset authorized_keys: the reservation's keys are gone
         assert ssh(users.alice, info).returncode == 255
 
@@ -152,7 +142,7 @@ def test_a_device_that_cannot_take_the_keys_is_reported_and_the_others_stay_rese
     cancel_job(parent)
     assert wait_for_job(parent, timeout=JOB_TIMEOUT) == "cancelled"
     assert job_results(parent)["reserve_status"] == 0
-    assert_released(parent)
+    assert_all_released(parent)
 
 
 def test_an_unknown_key_id_fails_the_reserve_phase_and_the_job_still_cleans_up(start_cluster, users):
@@ -167,7 +157,7 @@ def test_an_unknown_key_id_fails_the_reserve_phase_and_the_job_still_cleans_up(s
     assert "could not import SSH key gh:nobody: no such GitHub user (HTTP 404" in output
     assert "no keys were copied" in output and BANNER not in output and "copied keys to" not in output
     assert users.server.hits[("gh", "nobody")] == 1  # a 404 is not retried
-    assert_released(parent)
+    assert_all_released(parent)
 
 
 def test_a_reservation_ends_by_itself_at_its_timeout(start_cluster, users):
@@ -180,4 +170,4 @@ def test_a_reservation_ends_by_itself_at_its_timeout(start_cluster, users):
     assert BANNER in results["reserve_output"]
     assert "reservation timed out after 1 seconds" in results["reserve_output"]
     assert states_seen(parent) == ["waiting", "provision", "allocated", "reserve", "cleanup", "complete"]
-    assert_released(parent)
+    assert_all_released(parent)
