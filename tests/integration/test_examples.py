@@ -81,3 +81,13 @@ def test_run_with_an_agent_file_uses_exactly_its_devices(tmp_path):
     (job_dir,) = list(tmp_path.iterdir())
     results = json.loads((job_dir / "results.json").read_text())
     assert results["device"] in ("emulated-1", "emulated-2")
+
+
+@pytest.mark.skipif(not os.environ.get("CONVOY_TEST_BROKER_URL"),
+                    reason="set CONVOY_TEST_BROKER_URL (e.g. amqp://guest:guest@127.0.0.1:5672//) to test another broker")
+def test_a_multi_job_runs_with_another_broker(tmp_path):
+    """Celery's messages on e.g. RabbitMQ; Redis stays the job store and result backend."""
+    result = convoy_run("two-device.yaml", tmp_path, {"CONVOY_BROKER_URL": os.environ["CONVOY_TEST_BROKER_URL"]})
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    (job_dir,) = list(tmp_path.iterdir())
+    assert json.loads((job_dir / "results.json").read_text())["outcome"] == "pass"
