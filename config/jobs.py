@@ -16,6 +16,7 @@ import os
 from collections import Counter
 from typing import Any
 
+from convoy.config import lava
 from convoy.config.schemas import (
     CHILD_JOB,
     DEFAULT_MULTINODE_TIMEOUT,
@@ -89,6 +90,8 @@ def validate_job(doc: Any) -> dict:
     """Validate a whole job and return it normalised; raise JobValidationError listing every problem."""
     if not isinstance(doc, dict):
         raise JobValidationError([FieldError("", f"job must be a mapping, got {kind_of(doc)}")])
+    if lava.looks_like_lava(doc):  # LAVA's job form: translated, then validated as a convoy job
+        return lava.validate_lava_job(doc)
     errors = check_plain_data(doc)
     if errors:
         raise JobValidationError(errors)

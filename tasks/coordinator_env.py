@@ -57,7 +57,7 @@ def parent_test_env(store: JobStore, parent_id: str, job: dict[str, Any],
     env.update({str(k): str(v) for k, v in ((job.get("test_data") or {}).get("env") or {}).items()})
     env["PATH"] = os.pathsep.join([str(bin_dir), str(Path(sys.executable).parent), env.get("PATH", "")])
     env.update({"CONVOY_JOB_ID": parent_id, "CONVOY_GROUP_ID": parent_id, "CONVOY_REDIS_URL": settings.redis_url,
-                "TEST_USERNAME": username, **multinode_env(store.get(parent_id)["document"])})
+                "TEST_USERNAME": username, **multinode_env(job)})
     for i, info in enumerate(infos, start=1):
         env[f"DEVICE_IP_{i}"] = str(info.get("device_ip", ""))
     return env

@@ -154,7 +154,7 @@ class DeviceJob:
         if self.parent_id:
             env["CONVOY_GROUP_ID"] = self.parent_id
             env["CONVOY_ROLE"] = self.record.get("role") or self.job["job_queue"]
-            env.update(multinode_env(self.store.get(self.parent_id)["document"]))
+            env.update(multinode_env(self.job))  # children inherit the group's settings unless they set their own
         return env
 
     def cleanup(self) -> int:

@@ -8,13 +8,13 @@ CACHE_FILE = "/tmp/lava_multi_node_cache.txt"
 NETWORK_CACHE_FILE = "/tmp/lava_multi_node_network_cache.txt"
 
 
-def multinode_env(group_job: Mapping[str, Any]) -> dict[str, str]:
-    """MultiNode settings of the group (the parent job): default wait timeout, cache path."""
+def multinode_env(job: Mapping[str, Any]) -> dict[str, str]:
+    """MultiNode settings of a member (or the parent): default wait timeout, cache path."""
     env: dict[str, str] = {}
-    timeout = (group_job.get("timeouts") or {}).get("multinode")
+    timeout = (job.get("timeouts") or {}).get("multinode")
     if timeout:
         env["CONVOY_MULTINODE_TIMEOUT"] = str(timeout)
-    cache = (group_job.get("multinode") or {}).get("cache_file")
+    cache = (job.get("multinode") or {}).get("cache_file")
     if cache:
         env["CONVOY_MULTINODE_CACHE"] = str(cache)
     return env

@@ -1,0 +1,394 @@
+"""LAVA's job form: translated into convoy jobs, or rejected with the LAVA field that cannot be.
+
+The documents in tests/data/lava_jobs are LAVA's own examples from
+/work/shared/reference (the secondary-connections job and its roles, the
+device_group example); examples/lava-*.yaml are the documented API examples
+written as LAVA jobs.
+"""
+from __future__ import annotations
+
+import copy
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+
+from convoy.config.jobs import job_queues, load_job, validate_job
+from convoy.config.lava import looks_like_lava, translate
+from convoy.errors import JobValidationError
+
+ROOT = Path(__file__).resolve().parents[2]
+LAVA = ROOT / "tests" / "data" / "lava_jobs"
+EXAMPLES = sorted((ROOT / "examples").glob("lava-*.yaml"))
+
+
+def problems(source) -> list[tuple[str, str]]:
+    with pytest.raises(JobValidationError) as info:
+        load_job(source)
+    return [(e.path, e.message) for e in info.value.errors]
+
+
+def the_problem(source) -> tuple[str, str]:
+    found = problems(source)
+    assert len(found) == 1, found
+    return found[0]
+
+
+def children(job: dict) -> list[dict]:
+    return job["provision_data"]["jobs"]
+
+
+def lava_job(roles: dict, actions: list | None = None, **top) -> dict:
+    doc = {"job_name": "t", "protocols": {"lava-multinode": {"roles": roles}}, **top}
+    if actions is not None:
+        doc["actions"] = actions
+    return doc
+
+
+def inline(*steps: str, name: str = "t", **extra) -> dict:
+    return {"from": "inline", "name": name, "path": f"inline/{name}.yaml",
+            "repository": {"metadata": {"format": "Lava-Test Test Definition 1.0", "name": name},
+                           "run": {"steps": list(steps)}, **extra}}
+
+
+def lava_test(*definitions: dict, role: list[str] | None = None) -> dict:
+    body: dict = {"definitions": list(definitions)}
+    if role is not None:
+        body["role"] = role
+    return {"test": body}
+
+
+TWO_ROLES = {"server": {"device_type": "qemu", "count": 1}, "client": {"device_type": "qemu", "count": 2}}
+
+
+# ----------------------------------------------------------- LAVA's documents
+def test_secondary_connection_roles_become_a_host_and_three_delayed_guests():
+    job = load_job(LAVA / "secondary-connection-roles.yaml")
+    host, *guests = children(job)
+    assert job["job_queue"] == "multi"
+    assert host["role"] == "host" and host["job_queue"] == "beaglebone-black"
+    assert host["timeouts"]["multinode"] == 600 and host["allocate_data"] == {"allocate": True}
+    assert len(guests) == 3
+    for guest in guests:
+        assert guest["role"] == "guest" and guest["connection"] == "ssh" and guest["host_role"] == "host"
+        assert "job_queue" not in guest and "allocate_data" not in guest  # a guest holds no device
+        assert guest["multinode"] == {"request": "lava-start", "expect_role": "host", "timeout": 900}
+    assert job_queues(job) == {"beaglebone-black": 1}
+
+
+def test_the_translation_normalises_exactly_like_the_same_job_written_for_convoy():
+    convoy_form = {
+        "job_queue": "multi",
+        "provision_data": {"jobs": [
+            {"role": "host", "job_queue": "beaglebone-black", "count": 1, "timeouts": {"multinode": "10m"}},
+            {"role": "guest", "connection": "ssh", "host_role": "host", "count": 3, "timeouts": {"multinode": "15m"},
+             "multinode": {"request": "lava-start", "expect_role": "host", "timeout": "15m"}},
+        ]},
+    }
+    assert load_job(LAVA / "secondary-connection-roles.yaml") == validate_job(convoy_form)
+
+
+def test_device_group_form_gives_roles_counts_queues_tags_and_the_v1_timeout():
+    job = load_job(LAVA / "device-group.json")
+    assert job["name"] == "simple multinode job" and job["global_timeout"] == 18000
+    assert [(c["role"], c["job_queue"], c["tags"]) for c in children(job)] == [
+        ("omap4", "panda", ["mytag1"]), ("omap4", "panda", ["mytag1"]), ("omap3", "beaglexm", ["mytag2"])]
+    assert all(c["global_timeout"] == 18000 for c in children(job))
+    assert job_queues(job) == {"panda": 2, "beaglexm": 1}
+
+
+def test_device_group_v1_deploys_record_the_image_per_role():
+    doc = json.loads((LAVA / "device-group-actions.json").read_text())
+    doc["actions"] = doc["actions"][:2]  # without the git test definition
+    job = validate_job(doc)
+    images = {c["role"]: c["provision_data"]["image"] for c in children(job)}
+    assert images["omap4"].endswith("panda-raring_developer_20130529-347.img.gz")
+    assert images["omap3"].endswith("beagle-ubuntu-desktop.img.gz")
+
+
+def test_device_group_v1_test_shell_from_git_is_rejected():
+    assert the_problem(LAVA / "device-group-actions.json") == (
+        "actions[2].parameters.testdef_repos[0]", "only inline test definitions can be translated (got git-repo)")
+
+
+def test_complete_secondary_connections_job_is_rejected_for_its_git_definitions_only():
+    found = problems(LAVA / "bbb-ssh-guest.yaml")
+    assert [path for path, _ in found] == ["actions[4].test.definitions[1].from",
+                                           "actions[5].test.definitions[0].from"]
+    assert all(message.startswith("only inline test definitions can be translated (got git)")
+               for _, message in found)
+
+
+def test_complete_secondary_connections_job_without_git_translates_every_part():
+    doc = yaml.safe_load((LAVA / "bbb-ssh-guest.yaml").read_text())
+    doc["actions"][4]["test"]["definitions"].pop(1)
+    doc["actions"][5]["test"]["definitions"].pop(0)
+    job = validate_job(doc)
+    host, *guests = children(job)
+    assert job["name"] == "bbb-guest-ssh" and job["global_timeout"] == 1800  # timeouts.job: 30 minutes
+    assert host["provision_data"] == {
+        "deploy": "tftp", "os": "debian", "boot": "u-boot",
+        "images": {"kernel": "https://images.validation.linaro.org/functional-test-images/bbb/zImage",
+                   "nfsrootfs": "https://images.validation.linaro.org/debian-jessie-rootfs.tar.gz",
+                   "dtb": "https://images.validation.linaro.org/functional-test-images/bbb/am335x-bone.dtb"}}
+    host_cmds = host["test_data"]["test_cmds"].splitlines()
+    assert [line for line in host_cmds if not line.startswith("#")] == [
+        "ntpdate-debian", "lava-network broadcast eth0", "lava-send ipv4 ipaddr=$(lava-echo-ipv4 eth0)",
+        "lava-send lava_start", "lava-sync clients"]
+    assert any("install.deps" in line and "openssh-server ntpdate" in line for line in host_cmds)
+    assert len(guests) == 3
+    for guest in guests:
+        # the deploy's protocol request (lava-wait ipv4, 5 minutes) runs first, then the test steps
+        assert guest["test_data"]["test_cmds"].splitlines()[0] == "lava-wait --timeout 300 ipv4"
+        assert [line for line in guest["test_data"]["test_cmds"].splitlines() if not line.startswith("#")][1:] == [
+            "df -h", "free", "lava-sync clients"]
+        assert guest["provision_data"] == {}  # no device to provision
+
+
+# --------------------------------------------------------- examples/lava-*.yaml
+def test_every_lava_example_is_a_lava_job_that_translates():
+    assert len(EXAMPLES) >= 6
+    for path in EXAMPLES:
+        assert looks_like_lava(yaml.safe_load(path.read_text())), path
+        job = load_job(path)
+        assert job["job_queue"] == "multi" and all(c.get("test_data", {}).get("test_cmds") for c in children(job))
+
+
+def test_client_server_example_steps_become_each_roles_test_cmds():
+    job = load_job(ROOT / "examples" / "lava-client-server.yaml")
+    server, client = children(job)
+    assert (server["role"], client["role"]) == ("server", "client")
+    assert server["test_data"]["test_cmds"].splitlines()[1:] == [
+        "SPACE=`df -h | grep \"/$\" | awk '{print $4}'`", "echo $SPACE", "lava-send server-ready free-space=$SPACE"]
+    assert client["test_data"]["test_cmds"].splitlines()[1] == "lava-wait server-ready"
+    assert job["timeouts"]["multinode"] == 120 and server["provision_data"]["os"] == "debian"
+
+
+# -------------------------------------------------------------- translation
+def test_actions_without_a_role_apply_to_all_roles_in_order_across_actions_and_definitions():
+    job = validate_job(lava_job(TWO_ROLES, [
+        lava_test(inline("echo all-1"), inline("echo all-2")),
+        lava_test(inline("echo server-only"), role=["server"]),
+        lava_test(inline("echo client-only", "echo client-again"), role=["client"]),
+        lava_test(inline("echo all-3")),
+    ]))
+    server, client, _ = children(job)
+
+    def steps(child):
+        return [line for line in child["test_data"]["test_cmds"].splitlines() if not line.startswith("#")]
+
+    assert steps(server) == ["echo all-1", "echo all-2", "echo server-only", "echo all-3"]
+    assert steps(client) == ["echo all-1", "echo all-2", "echo client-only", "echo client-again", "echo all-3"]
+    assert children(job)[2] == client
+
+
+def test_params_and_parameters_are_exported_before_the_steps():
+    definition = inline("echo $SPEED $NAME", params={"SPEED": 10, "NAME": "default"})
+    definition["parameters"] = {"NAME": "it's mine"}
+    job = validate_job(lava_job({"peer": {"device_type": "qemu"}}, [lava_test(definition)]))
+    lines = children(job)[0]["test_data"]["test_cmds"].splitlines()
+    assert lines[1:] == ["export SPEED=10", "export NAME='it'\"'\"'s mine'", "echo $SPEED $NAME"]
+
+
+def test_role_timeouts_group_timeout_job_timeout_and_ignored_fields():
+    doc = lava_job({"a": {"device_type": "qemu", "timeout": {"minutes": 1, "seconds": 30}, "essential": True},
+                    "b": {"device_type": "x86", "request": "lava-start", "expect_role": "a",
+                          "timeout": {"hours": 1}, "context": {"arch": "amd64"}, "tags": ["fast"]}},
+                   timeouts={"job": {"minutes": 20}, "action": {"minutes": 1}, "connection": {"minutes": 2}},
+                   visibility="public", priority="high", metadata={"k": "v"}, notify={"criteria": {}},
+                   secrets={"TOKEN": "x"})
+    doc["protocols"]["lava-multinode"]["timeout"] = {"minutes": 6}
+    job = validate_job(doc)
+    a, b = children(job)
+    assert job["global_timeout"] == 1200 and job["timeouts"]["multinode"] == 360
+    assert a["timeouts"]["multinode"] == 90 and "multinode" not in a
+    assert b["multinode"] == {"request": "lava-start", "expect_role": "a", "timeout": 3600}
+    assert b["provision_data"] == {"context": {"arch": "amd64"}} and b["tags"] == ["fast"]
+    assert job_queues(job) == {"qemu": 1, "x86": 1}
+
+
+def test_convoy_fields_pass_through_a_lava_job():
+    job = validate_job(lava_job(TWO_ROLES, allocation_timeout="5m", job_priority=3,
+                                multinode={"cache_file": "/tmp/my_cache.txt"}))
+    assert job["allocation_timeout"] == 300 and job["job_priority"] == 3
+    assert all(c["multinode"]["cache_file"] == "/tmp/my_cache.txt" for c in children(job))
+
+
+def test_a_job_without_roles_becomes_a_single_device_job():
+    job = load_job("""
+device_type: qemu
+job_name: single
+timeouts: {job: {minutes: 5}}
+actions:
+- deploy: {to: tmpfs, os: debian}
+- boot: {method: qemu}
+- test:
+    definitions:
+    - from: inline
+      name: smoke
+      path: inline/smoke.yaml
+      repository:
+        metadata: {format: Lava-Test Test Definition 1.0, name: smoke}
+        run: {steps: [uname -a]}
+""")
+    assert job["job_queue"] == "qemu" and job["name"] == "single" and job["global_timeout"] == 300
+    assert job["provision_data"] == {"deploy": "tmpfs", "os": "debian", "boot": "qemu"}
+    assert job["test_data"]["test_cmds"].splitlines()[1:] == ["uname -a"]
+    assert job_queues(job) == {"qemu": 1}
+
+
+def test_translate_reports_where_each_convoy_field_came_from():
+    job, origins = translate(yaml.safe_load((LAVA / "secondary-connection-roles.yaml").read_text()))
+    assert origins["provision_data.jobs[1].multinode.expect_role"] == "protocols.lava-multinode.roles.guest.expect_role"
+    assert origins["provision_data.jobs[0].job_queue"] == "protocols.lava-multinode.roles.host.device_type"
+    assert job["provision_data"]["jobs"][1]["count"] == 3  # not expanded yet: convoy does that
+
+
+def test_input_is_not_modified():
+    doc = yaml.safe_load((LAVA / "bbb-ssh-guest.yaml").read_text())
+    before = copy.deepcopy(doc)
+    with pytest.raises(JobValidationError):
+        validate_job(doc)
+    assert doc == before
+
+
+def test_convoy_jobs_are_not_mistaken_for_lava_jobs():
+    assert not looks_like_lava({"job_queue": "multi", "provision_data": {"jobs": [{"job_queue": "q"}]}})
+    assert looks_like_lava({"device_group": []}) and looks_like_lava({"protocols": {}})
+
+
+# -------------------------------------------------------------- rejections
+@pytest.mark.parametrize("source, path, text", [
+    ("url", "actions[0].test.definitions[0].from", "only inline test definitions can be translated (got url)"),
+    ("git", "actions[0].test.definitions[0].from", "only inline test definitions can be translated (got git)"),
+    (None, "actions[0].test.definitions[0].from", "required"),
+])
+def test_remote_test_definitions_are_rejected(source, path, text):
+    definition = {"name": "smoke", "path": "x.yaml", "repository": "https://example.org/tests.git"}
+    if source:
+        definition["from"] = source
+    found = the_problem(lava_job(TWO_ROLES, [lava_test(definition)]))
+    assert found[0] == path and text in found[1]
+
+
+@pytest.mark.parametrize("action, path, text", [
+    ({"deploy": {"to": "lxc", "os": "debian"}}, "actions[0].deploy.to", "lava-lxc"),
+    ({"deploy": {"to": "docker", "image": "debian"}}, "actions[0].deploy.to", "docker"),
+    ({"deploy": {"to": "teleport"}}, "actions[0].deploy.to", "deploy method 'teleport' cannot be translated"),
+    ({"deploy": {"os": "debian"}}, "actions[0].deploy.to", "required"),
+    ({"boot": {"method": "lxc"}}, "actions[0].boot.method", "lava-lxc"),
+    ({"test": {"interactive": [{"name": "uboot"}]}}, "actions[0].test.interactive", "interactive"),
+    ({"test": {"monitors": [{"name": "m"}]}}, "actions[0].test.monitors", "monitors"),
+    ({"test": {"timeout": {"minutes": 1}}}, "actions[0].test.definitions", "required"),
+    ({"command": {"name": "pre_power"}}, "actions[0].command", "deploy, boot and test actions only"),
+    ({"deploy": {"to": "tftp"}, "boot": {"method": "u-boot"}}, "actions[0]", "one key"),
+    ({"reboot": {}}, "actions[0].reboot", "deploy, boot and test actions only"),
+    ({"test": {"definitions": [inline("echo", "")], "role": ["nobody"]}}, "actions[0].test.role[0]",
+     "no role 'nobody' (roles: server, client)"),
+    ({"deploy": {"to": "ssh", "protocols": {"lava-vland": [{}]}}}, "actions[0].deploy.protocols.lava-vland",
+     "only the lava-multinode protocol"),
+    ({"deploy": {"to": "ssh", "protocols": {"lava-multinode": [{"request": "lava-start", "messageID": "x"}]}}},
+     "actions[0].deploy.protocols.lava-multinode[0].request", "must be one of"),
+])
+def test_actions_convoy_cannot_translate_are_rejected_with_their_path(action, path, text):
+    found = the_problem(lava_job(TWO_ROLES, [action]))
+    assert found[0] == path and text in found[1], found
+
+
+def test_test_definition_details_are_checked():
+    bad_step = inline("echo ok", "x")
+    bad_step["repository"]["run"]["steps"][1] = {"echo client got": "x"}
+    git_install = inline("true", install={"git-repos": ["https://example.org/x.git"], "deps": ["curl"]})
+    no_steps = inline()
+    del no_steps["repository"]["run"]
+    found = problems(lava_job(TWO_ROLES, [lava_test(bad_step, git_install, no_steps)]))
+    assert found == [
+        ("actions[0].test.definitions[0].repository.run.steps[1]",
+         "must be a shell command (a string), got mapping (quote a step that contains ': ')"),
+        ("actions[0].test.definitions[1].repository.install.git-repos",
+         "convoy does not change the device's software sources; provide it in the image"),
+        ("actions[0].test.definitions[2].repository.run.steps", "required: the list of shell steps to run"),
+    ]
+
+
+def test_a_role_is_deployed_once():
+    found = the_problem(lava_job(TWO_ROLES, [{"deploy": {"to": "tftp", "os": "a"}},
+                                             {"deploy": {"to": "nfs", "os": "b", "role": ["client"]}}]))
+    assert found == ("actions[1].deploy",
+                     "role client is already deployed by actions[0].deploy; convoy provisions a device once per job")
+
+
+@pytest.mark.parametrize("roles, path, text", [
+    ({"server": {"count": 1}}, "protocols.lava-multinode.roles.server.device_type", "required field"),
+    ({"server": {"device_type": "qemu", "connection": "adb"}}, "protocols.lava-multinode.roles.server.connection",
+     "only connection: ssh"),
+    ({"server": {"device_type": "bad queue!"}}, "protocols.lava-multinode.roles.server.device_type",
+     "invalid queue name"),
+    ({"server": {"device_type": "multi"}}, "protocols.lava-multinode.roles.server.device_type",
+     "cannot be a multi job"),
+    ({"server": {"device_type": "qemu", "count": 0}}, "protocols.lava-multinode.roles.server.count", "min value is 1"),
+    ({"bad role": {"device_type": "qemu"}}, "protocols.lava-multinode.roles.bad role", "invalid role"),
+    ({"server": {"device_type": "qemu", "timeout": {"minuts": 5}}},
+     "protocols.lava-multinode.roles.server.timeout.minuts", "unknown unit"),
+    ({"server": {"device_type": "qemu", "timeout": "soon"}}, "protocols.lava-multinode.roles.server.timeout",
+     "not a duration"),
+    ({"server": {"device_type": "qemu", "flavour": "x"}}, "protocols.lava-multinode.roles.server.flavour",
+     "unknown field of a role"),
+    ({"server": {"device_type": "qemu"}, "guest": {"connection": "ssh"}},
+     "protocols.lava-multinode.roles.guest.host_role", "required field (with connection: ssh)"),
+    ({"server": {"device_type": "qemu"}, "guest": {"connection": "ssh", "host_role": "nobody"}},
+     "protocols.lava-multinode.roles.guest.host_role", "no child job has role 'nobody'"),
+    ({"server": {"device_type": "qemu"}, "g": {"connection": "ssh", "host_role": "server", "request": "lava-start"}},
+     "protocols.lava-multinode.roles.g.expect_role", "required field (with request: lava-start)"),
+    ({"server": {"device_type": "qemu", "request": "lava-stop", "expect_role": "server"}},
+     "protocols.lava-multinode.roles.server.request", "unallowed value lava-stop"),
+])
+def test_roles_convoy_cannot_accept_are_rejected_at_the_lava_field(roles, path, text):
+    found = the_problem(lava_job(roles))
+    assert found[0] == path and text in found[1], found
+
+
+@pytest.mark.parametrize("doc, path, text", [
+    ({"protocols": {"lava-lxc": {"name": "c"}}, "device_type": "x"}, "protocols.lava-lxc",
+     "only the lava-multinode protocol"),
+    ({"protocols": {"lava-multinode": {"roles": {}}}}, "protocols.lava-multinode.roles", "non-empty mapping"),
+    ({"protocols": {"lava-multinode": {"roles": {"a": {"device_type": "q"}}, "timeouts": 5}}},
+     "protocols.lava-multinode.timeouts", "unknown field"),
+    ({"device_group": [{"role": "a", "device_type": "q"}], "protocols": {"lava-multinode": {"roles": {}}}},
+     "device_group", "give the roles once"),
+    ({"device_group": [{"role": "a", "device_type": "q"}, {"role": "a", "device_type": "q"}]},
+     "device_group[1].role", "given twice"),
+    ({"device_group": [{"device_type": "q"}]}, "device_group[0].role", "required"),
+    ({"device_group": [{"role": "a", "device_type": "q", "count": "two"}]}, "device_group[0].count",
+     "must be of integer type"),
+    ({"actions": []}, "device_type", "required"),
+    ({"device_type": "q", "actions": [{"test": {"definitions": [inline("true")], "role": ["a"]}}]},
+     "actions[0].test.role", "only used in MultiNode jobs"),
+    ({"device_group": [{"role": "a", "device_type": "q"}], "job_queue": "q"}, "job_queue", "not a field of a LAVA job"),
+    ({"device_group": [{"role": "a", "device_type": "q"}], "timeouts": {"job": {"minutes": 0}}}, "timeouts.job",
+     "positive duration"),
+    ({"device_group": [{"role": "a", "device_type": "q"}], "job_name": 5}, "job_name", "must be of string type"),
+    ({"device_group": [{"role": "a", "device_type": "q"}],
+      "actions": [{"command": "lava_command_run", "parameters": {"commands": ["ls"]}}]},
+     "actions[0].command", "LAVA V1 command 'lava_command_run' cannot be translated"),
+])
+def test_job_level_problems_are_rejected_at_the_lava_field(doc, path, text):
+    found = the_problem(doc)
+    assert found[0] == path and text in found[1], found
+
+
+def test_every_problem_is_reported_at_once():
+    found = problems(lava_job(
+        {"server": {"device_type": "bad queue!"}, "client": {"device_type": "qemu", "count": 0}},
+        [{"deploy": {"to": "lxc"}}, lava_test({"from": "git", "repository": "x", "name": "n", "path": "p"})],
+        flavour=1))
+    assert [path for path, _ in found] == [
+        "actions[0].deploy.to", "actions[1].test.definitions[0].from", "flavour",
+        "protocols.lava-multinode.roles.client.count", "protocols.lava-multinode.roles.server.device_type"]
+
+
+def test_convoy_adds_nothing_about_a_role_the_translation_already_rejected():
+    assert problems(lava_job({"server": {"connection": "adb"}, "client": {"device_type": "qemu", "count": 0}})) == [
+        ("protocols.lava-multinode.roles.client.count", "min value is 1"),
+        ("protocols.lava-multinode.roles.server.connection", "only connection: ssh can be translated (got 'adb')")]
