@@ -1,0 +1,1 @@
+"""LAVA MultiNode API on Redis: message store, barriers and the lava-* commands."""
