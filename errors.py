@@ -7,8 +7,6 @@ callers can act on them without parsing messages.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 
 class ConvoyError(Exception):
     """Root of every error convoy raises on purpose."""
@@ -16,12 +14,27 @@ class ConvoyError(Exception):
     exit_code: int = 1
 
 
-@dataclass(frozen=True)
 class FieldError:
-    """One problem in a document, at a dotted field path (``provision_data.jobs[1].job_queue``)."""
+    """One problem in a document, at a dotted field path (``provision_data.jobs[1].job_queue``).
 
-    path: str
-    message: str
+    A plain class rather than a dataclass: this module is imported by every
+    ``lava-*`` command, and ``dataclasses`` costs milliseconds at start.
+    """
+
+    __slots__ = ("path", "message")
+
+    def __init__(self, path: str, message: str) -> None:
+        self.path = path
+        self.message = message
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, FieldError) and (self.path, self.message) == (other.path, other.message)
+
+    def __hash__(self) -> int:
+        return hash((self.path, self.message))
+
+    def __repr__(self) -> str:
+        return f"FieldError(path={self.path!r}, message={self.message!r})"
 
     def __str__(self) -> str:
         return f"{self.path or '<document>'}: {self.message}"

@@ -31,8 +31,8 @@ def wait_for_start(client: Any, group_id: str, spec: Mapping[str, Any], out: Cal
     out(f"delayed start: waiting for {START_MESSAGE} from role {role}")
     try:
         wait_all(client, group_id, START_MESSAGE, role=role, timeout=timeout)
-    except BarrierTimeout:
-        out(f"delayed start: timed out after {timeout:g}s waiting for {START_MESSAGE} from role {role}")
+    except BarrierTimeout as exc:
+        out(f"delayed start: timed out after {exc.timeout:g}s waiting for {START_MESSAGE} from role {role}")
         return 1
     except GroupMemberFailed as exc:
         out(f"delayed start: {exc}")
