@@ -117,3 +117,32 @@ def check_ssh(device: str, host: str, port: int, username: str, key_file: Path, 
             raise DeviceError(device, "cancelled while checking SSH reachability")
     raise DeviceError(device, f"not reachable over SSH as {username}@{host}:{port} "
                               f"after {attempts} attempt(s): {reason}{hint}")
+
+
+def check_ssh_banner(device: str, host: str, port: int, *, attempts: int = 5, timeout: float = 5.0,
+                     retry_delay: float = 0.5, cancel: threading.Event | None = None, hint: str = "") -> None:
+    """Check that an SSH server answers on ``host:port`` (its ``SSH-2.0`` banner); raise DeviceError if not.
+
+    A full login costs a key exchange (about 0.1 s of CPU on both ends); an
+    emulated device's keys and home were written by convoy a moment before,
+    so its server answering is what is left to prove.
+    """
+    import socket
+
+    cancel = cancel if cancel is not None else threading.Event()
+    reason = "no attempt made"
+    for attempt in range(max(1, attempts)):
+        if cancel.is_set():
+            raise DeviceError(device, "cancelled while checking SSH reachability")
+        try:
+            with socket.create_connection((host, port), timeout=timeout) as sock:
+                sock.settimeout(timeout)
+                banner = sock.recv(256)
+            if banner.startswith(b"SSH-2.0-"):
+                return
+            reason = f"no SSH banner (got {banner[:40]!r})"
+        except OSError as exc:
+            reason = str(exc) or type(exc).__name__
+        if attempt + 1 < attempts and cancel.wait(retry_delay):
+            raise DeviceError(device, "cancelled while checking SSH reachability")
+    raise DeviceError(device, f"no SSH server answers at {host}:{port} after {attempts} attempt(s): {reason}{hint}")

@@ -21,8 +21,6 @@ from convoy.coordinator.results import job_results as _job_results
 from convoy.coordinator.store import FINAL_STATES
 from convoy.errors import ConvoyError, FieldError, JobValidationError, ServiceUnavailable
 
-#: the queue name recorded for a secondary-connection child, which needs no device
-GUEST_QUEUE = "secondary-connection"
 #: held while a job's messages are published, so every queue sees jobs in one order
 #: (the oldest job is ahead of younger ones on every queue: no allocation deadlock)
 DISPATCH_LOCK = f"{keys.PREFIX}:dispatch-lock"
@@ -62,7 +60,7 @@ def submit_job(job: dict[str, Any] | str | os.PathLike[str], *, settings: Settin
         child_ids = [str(uuid.uuid4()) for _ in children]
         store.create(job_id, normalized, queue="multi", pipe=pipe)
         for child_id, child in zip(child_ids, children):
-            store.create(child_id, child, queue=child.get("job_queue") or GUEST_QUEUE, parent_job_id=job_id,
+            store.create(child_id, child, queue=child.get("job_queue") or canvas.GUEST_QUEUE, parent_job_id=job_id,
                          role=child.get("role"), pipe=pipe)
             pipe.rpush(keys.job_children(job_id), child_id)
         signature = canvas.multi_job(app, job_id, normalized, child_ids, settings)
@@ -80,7 +78,7 @@ def submit_job(job: dict[str, Any] | str | os.PathLike[str], *, settings: Settin
 def _create_group(client: redis.Redis, job_id: str, job: dict[str, Any], child_ids: list[str]) -> None:
     from convoy.coordinator.multinode.group import create_group
 
-    members = {cid: child.get("role") or child.get("job_queue") or GUEST_QUEUE
+    members = {cid: child.get("role") or child.get("job_queue") or canvas.GUEST_QUEUE
                for cid, child in zip(child_ids, job["provision_data"]["jobs"])}
     create_group(client, job_id, members, timeout=float(job.get("timeouts", {}).get("multinode", 600)))
 

@@ -14,6 +14,9 @@ from celery.canvas import Signature
 
 from convoy.config.settings import Settings
 
+#: the queue name recorded for a secondary-connection child, which needs no device
+GUEST_QUEUE = "secondary-connection"
+
 RUN_JOB = "convoy.device.run_job"
 CHILD_JOB = "convoy.device.child_job"
 COLLECT = "convoy.parent.collect"

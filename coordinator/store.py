@@ -106,6 +106,20 @@ class JobStore:
             pipe.hget(keys.job(job_id), "state")
         return dict(zip(ids, pipe.execute()))
 
+    def fields(self, job_ids: Iterable[str], *names: str) -> list[dict[str, Any]]:
+        """``names`` of each job's record in one round trip (JSON fields decoded)."""
+        ids = list(job_ids)
+        pipe = self.r.pipeline(transaction=False)
+        for job_id in ids:
+            pipe.hmget(keys.job(job_id), names)
+        out = []
+        for values in pipe.execute():
+            row = {}
+            for name, value in zip(names, values):
+                row[name] = json.loads(value) if value is not None and name in ("document", "device_info") else value
+            out.append(row)
+        return out
+
     def set_fields(self, job_id: str, **fields: Any) -> None:
         encoded = {k: json.dumps(v) if isinstance(v, (dict, list)) else str(v) for k, v in fields.items()}
         self.r.hset(keys.job(job_id), mapping=encoded)
@@ -164,9 +178,10 @@ class JobStore:
         return self.r.lrange(keys.job_children(job_id), 0, -1)
 
     # --- control signals (to the task running the job) -----------------------
-    def signal(self, job_id: str, name: str, **data: str) -> None:
-        """Send ``name`` (cancel, test, release, start) to the job's running task."""
-        self.r.xadd(keys.job_control(job_id), {"signal": name, **data}, maxlen=1000, approximate=True)
+    def signal(self, job_id: str, name: str, pipe: redis.client.Pipeline | None = None, **data: str) -> None:
+        """Send ``name`` (cancel, test, release, start) to the job's running task (inside ``pipe`` when given)."""
+        target = pipe if pipe is not None else self.r
+        target.xadd(keys.job_control(job_id), {"signal": name, **data}, maxlen=1000, approximate=True)
 
     def once(self, job_id: str, what: str, ttl: int = 7 * 24 * 3600) -> bool:
         """True the first time it is called for (job, what); False ever after."""

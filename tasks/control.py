@@ -20,10 +20,13 @@ class ControlWatcher:
     """Collects a job's control signals in a background thread."""
 
     def __init__(self, client: redis.Redis, job_id: str) -> None:
-        # a connection of its own: XREAD BLOCK holds it
-        self._client = redis.Redis(connection_pool=redis.ConnectionPool(
+        # a connection of its own: XREAD BLOCK holds it; ``client`` unblocks it at exit
+        self._main = client
+        self._client = redis.Redis(single_connection_client=True, connection_pool=redis.ConnectionPool(
             connection_class=client.connection_pool.connection_class,
             **client.connection_pool.connection_kwargs))
+        self._connection_id: int | None = None
+        self._started = threading.Event()
         self.job_id = job_id
         self._events = {name: threading.Event() for name in SIGNALS}
         self._any = threading.Condition()
@@ -33,10 +36,16 @@ class ControlWatcher:
 
     def __enter__(self) -> "ControlWatcher":
         self._thread.start()
+        self._started.wait(5)
         return self
 
     def __exit__(self, *exc: object) -> None:
         self._stop.set()
+        if self._connection_id is not None:
+            try:  # end the blocking read now instead of at its timeout
+                self._main.client_unblock(self._connection_id)
+            except redis.RedisError:
+                pass
         self._thread.join(timeout=3)
         self._client.close()
 
@@ -47,9 +56,15 @@ class ControlWatcher:
     def _run(self) -> None:
         last = "0-0"
         stream = keys.job_control(self.job_id)
+        try:
+            self._connection_id = self._client.client_id()
+        except redis.RedisError:
+            pass  # no id: exit waits for the read's timeout instead
+        finally:
+            self._started.set()
         while not self._stop.is_set():
             try:
-                result = self._client.xread({stream: last}, block=1000)
+                result = self._client.xread({stream: last}, block=5000)
             except redis.RedisError:
                 self._stop.wait(0.5)  # Redis went away: reconnect after a short pause
                 continue

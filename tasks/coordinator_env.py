@@ -11,6 +11,7 @@ from typing import Any
 
 from convoy.config.settings import load_settings
 from convoy.connectors.base import SSHTarget
+from convoy.coordinator.canvas import GUEST_QUEUE
 from convoy.coordinator.store import JobStore
 from convoy.tasks.multinode_env import multinode_env
 from convoy.tasks.sshclient import write_ssh_setup
@@ -29,8 +30,10 @@ def is_guest(document: dict[str, Any]) -> bool:
 
 def device_targets(store: JobStore, parent_id: str) -> list[tuple[str, dict[str, Any]]]:
     """(child id, device_info) of every child holding a device, in ``provision_data.jobs`` order."""
-    records = [store.get(cid) for cid in store.children(parent_id)]
-    return [(r["job_id"], r.get("device_info") or {}) for r in records if not is_guest(r["document"])]
+    children = store.children(parent_id)
+    rows = store.fields(children, "device_info", "job_queue")
+    # a guest (secondary connection) is recorded on no device queue of its own
+    return [(cid, row["device_info"] or {}) for cid, row in zip(children, rows) if row["job_queue"] != GUEST_QUEUE]
 
 
 def ssh_target(info: dict[str, Any], username: str) -> SSHTarget:

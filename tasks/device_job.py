@@ -213,8 +213,8 @@ class DeviceJob:
     def allocated(self) -> dict[str, Any]:
         info = self.store.get(self.job_id).get("device_info") or {}
         self.store.transition(self.job_id, "allocated", allowed_from=["provision"])
-        self.logger("provision")("allocated; holding the device for the parent job")
         states.report_allocated(self.task, {"job_id": self.job_id, "device_info": info})
+        self.logger("provision")("allocated; holding the device for the parent job")
         return info
 
     def hold(self) -> None:

@@ -52,9 +52,9 @@ def collect(self: Task, results: list[Any], parent_id: str) -> None:
     job_list = [{"job_id": cid, "device_info": info} for cid, info in device_targets(store, parent_id)]
     path = parent_dir(parent_id) / "job_list.json"
     path.write_text(json.dumps(job_list, indent=2) + "\n")
-    store.set_fields(parent_id, allocated_at=f"{time.time():.6f}")
+    # the parent moves on first; the bookkeeping below is for the record
+    store.transition(parent_id, "allocated", allowed_from=["provision"], allocated_at=f"{time.time():.6f}")
     store.end_phase(parent_id, "provision", 0)
-    store.transition(parent_id, "allocated", allowed_from=["provision"])
     store.start_phase(parent_id, "allocate")
     _out(store, parent_id, "allocate")(f"all {len(job_list)} devices allocated; wrote {path}")
     store.end_phase(parent_id, "allocate", 0)
@@ -152,12 +152,15 @@ def cleanup(self: Task, parent_id: str) -> None:
     states.announce(self, "cleanup")
     out = _out(store, parent_id, "cleanup")
     children = store.children(parent_id)
-    for cid in children:
-        state = store.state(cid)
-        if state not in FINAL_STATES:
-            # a child still running its own test_cmds is stopped; an idle one is released
-            store.signal(cid, "cancel" if state == "test" else "release")
-            # a child still waiting in its queue never gets a device: cancel it now
+    current = store.states(children)
+    with store.r.pipeline(transaction=False) as pipe:
+        for cid, state in current.items():
+            if state not in FINAL_STATES:
+                # a child still running its own test_cmds is stopped; an idle one is released
+                store.signal(cid, "cancel" if state == "test" else "release", pipe=pipe)
+        pipe.execute()
+    for cid, state in current.items():
+        if state == "waiting":  # still in its queue: it never gets a device
             store.transition(cid, "cancelled", allowed_from=["waiting"], outcome="cancelled",
                              message=f"parent job {parent_id} ended before it started")
     released = store.wait_until(children, lambda: all(s in FINAL_STATES for s in store.states(children).values()),

@@ -17,7 +17,7 @@ from convoy.connectors.base import Connector, DeviceConfig, Log, SSHTarget
 from convoy.connectors.emulated.processes import kill_device_processes
 from convoy.connectors.emulated.image import (append_authorized_keys, clear_home, device_paths,
                                               device_settings, image_name, reset_home)
-from convoy.connectors.sshkeys import check_ssh, read_public_key
+from convoy.connectors.sshkeys import check_ssh_banner, read_public_key
 from convoy.errors import DeviceError
 
 
@@ -62,11 +62,11 @@ class EmulatedConnector(Connector):
             reset_home(self.paths, name, image, [agent_pub], distro=str(distro) if distro else None)
         except OSError as exc:
             raise DeviceError(name, f"cannot reset the home {self.paths.home}: {exc}") from None
-        log(f"installed {image} into {self.paths.home}; checking SSH as "
-            f"{self.settings.username}@{self.address}:{self.settings.port}")
-        check_ssh(name, self.address, self.settings.port, self.settings.username, self.agent_key,
-                  attempts=self.ssh_attempts, timeout=self.ssh_timeout, cancel=cancel,
-                  hint=" (is the device farm serving it? see `convoy devices`)")
+        log(f"installed {image} into {self.paths.home}; checking its SSH server at "
+            f"{self.address}:{self.settings.port}")
+        check_ssh_banner(name, self.address, self.settings.port, attempts=self.ssh_attempts,
+                         timeout=self.ssh_timeout, cancel=cancel,
+                         hint=" (is the device farm serving it? see `convoy devices`)")
         log(f"{name} is ready")
         return {"device_ip": self.address, "ssh_port": self.settings.port,
                 "ssh_username": self.settings.username, "device_name": name, "image": image}
