@@ -10,6 +10,7 @@ the errors of a parent and all its children into one report.
 from __future__ import annotations
 
 import functools
+import threading
 import ipaddress
 import re
 from collections.abc import Callable, Mapping
@@ -435,11 +436,27 @@ def _flatten(tree: Mapping[Any, Any], prefix: str, out: list[FieldError]) -> Non
                 out.append(FieldError(path, str(item)))
 
 
+_validators = threading.local()
+
+
+def _validator_for(schema: dict[str, Any], context: str) -> ConvoyValidator:
+    """One validator per (schema, context) and thread: building one re-checks the whole schema,
+    which cost about 2 ms per child of a multi job."""
+    cache = getattr(_validators, "cache", None)
+    if cache is None:
+        cache = _validators.cache = {}
+    key = (id(schema), context)
+    if key not in cache:
+        cache[key] = (schema, ConvoyValidator(schema, context=context, budget={"dropped": 0}))
+    return cache[key][1]
+
+
 def run(schema: dict[str, Any], document: dict[str, Any], *, prefix: str = "",
         context: str = "") -> tuple[dict[str, Any], list[FieldError]]:
     """Validate and normalise ``document``; return (normalised, errors with ``prefix``ed paths)."""
-    budget = {"dropped": 0}
-    validator = ConvoyValidator(schema, context=context, budget=budget)
+    validator = _validator_for(schema, context)
+    budget = validator._config["budget"]
+    budget["dropped"] = 0
     validator.validate(document)
     errors: list[FieldError] = []
     _flatten(validator.errors, prefix, errors)

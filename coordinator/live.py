@@ -32,6 +32,7 @@ class LiveView:
         self.show_output = show_output
         self.labels = job_labels(store, job_id)
         self._partial: dict[tuple[str, str], str] = {}
+        self._calls_seen = 0
 
     def _write(self, line: str) -> None:
         self.out.write(line + "\n")
@@ -83,3 +84,16 @@ class LiveView:
             for entry_id, fields in entries:
                 streams[stream] = entry_id
                 self._render(by_stream[stream], fields)
+        self._show_multinode_calls()
+
+    def _show_multinode_calls(self) -> None:
+        """The group's MultiNode API calls made since the last look (``multinode-sync-ready: pass``)."""
+        if len(self.labels) < 2:
+            return
+        from convoy.coordinator.multinode.group import api_calls
+
+        for call in api_calls(self.store.r, self.job_id, self._calls_seen):
+            self._calls_seen += 1
+            label = self.labels.get(call.get("job_id", ""), str(call.get("job_id", ""))[:8])
+            detail = f" ({call['detail']})" if call.get("detail") else ""
+            self._write(f"[{label}] {call.get('name')}: {call.get('result')}{detail}")

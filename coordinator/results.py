@@ -41,14 +41,18 @@ def job_results(store: JobStore, job_id: str) -> dict[str, Any]:
         if "status" in data:
             results[f"{phase}_status"] = data["status"]
         results[f"{phase}_output"] = store.output(job_id, phase)
+    from convoy.coordinator.multinode.group import api_calls
+
     children = store.children(job_id)
     if children:
         results["children"] = [_child_summary(store, child_id) for child_id in children]
-        from convoy.coordinator.multinode.group import api_calls
-
         calls = api_calls(store.r, job_id)
-        if calls:
-            results["multinode"] = calls
+    elif record.get("parent_job_id"):  # a member: its own calls
+        calls = [c for c in api_calls(store.r, record["parent_job_id"]) if c.get("job_id") == job_id]
+    else:
+        calls = []
+    if calls:
+        results["multinode"] = calls
     return results
 
 

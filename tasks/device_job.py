@@ -123,11 +123,13 @@ class DeviceJob:
                     return status
             return run_script(script, cwd=self.dir, env=env, on_output=self.logger("test"),
                               cancel=self.control.cancel_event, timeout=self.job.get("global_timeout"),
-                              private_files=multinode_files(self.dir, env))
+                              private_files=multinode_files(self.dir, env),
+                              on_start=lambda pid: self.store.set_fields(self.job_id, script_pgid=pid))
 
         status = self.phase("test", body)
+        self.store.set_fields(self.job_id, script_pgid="")  # ended: nothing for a recovery to kill
         if status != 0 and self.parent_id:
-            self.fail_member("cancelled" if self.cancelled else f"failed: test_cmds exited {status}")
+            self.fail_member("was cancelled" if self.cancelled else f"failed: test_cmds exited {status}")
         return status
 
     def fail_member(self, reason: str) -> None:

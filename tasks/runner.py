@@ -53,14 +53,16 @@ def script_command(script_path: Path, private_files: Mapping[str, Path] | None =
 
 def run_script(script: str, *, cwd: Path, env: Mapping[str, str], on_output: Callable[[str], None],
                cancel: threading.Event, timeout: float | None = None, name: str = "test_cmds",
-               private_files: Mapping[str, Path] | None = None) -> int:
+               private_files: Mapping[str, Path] | None = None,
+               on_start: Callable[[int], None] | None = None) -> int:
     """Run ``script`` with ``bash -e`` in ``cwd``; return its exit code.
 
     Output (stdout and stderr together) goes to ``on_output`` as it comes.
     When ``cancel`` is set or ``timeout`` passes, the script's whole process
     group gets SIGTERM, then SIGKILL after a grace period.  With
     ``private_files`` ({shared path: job's file}) the script sees its own
-    file at each shared path.
+    file at each shared path.  ``on_start(pid)`` learns the script's process
+    group, so that a worker restarted after a crash can end an orphaned script.
     """
     cwd.mkdir(parents=True, exist_ok=True)
     script_path = cwd / f".{name}.sh"
@@ -68,6 +70,8 @@ def run_script(script: str, *, cwd: Path, env: Mapping[str, str], on_output: Cal
     proc = subprocess.Popen(script_command(script_path, private_files), cwd=cwd, env=dict(env),
                             stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                             start_new_session=True)
+    if on_start is not None:
+        on_start(proc.pid)
     reader = threading.Thread(target=_pump, args=(proc, on_output), daemon=True)
     reader.start()
     stopper_done = threading.Event()
@@ -103,6 +107,15 @@ def _pump(proc: subprocess.Popen[bytes], on_output: Callable[[str], None]) -> No
         if not chunk:
             return
         on_output(chunk.decode("utf-8", errors="replace"))
+
+
+def kill_process_group(pgid: int) -> bool:
+    """SIGKILL a script's process group left behind by a dead worker; True if there was one."""
+    try:
+        os.killpg(pgid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        return False
+    return True
 
 
 def _terminate(proc: subprocess.Popen[bytes]) -> None:

@@ -16,6 +16,7 @@ from convoy.coordinator.store import FINAL_STATES, JobStore
 from convoy.errors import JobNotFound
 from convoy.tasks.device_runtime import DeviceRuntime
 from convoy.tasks.devices import release_device
+from convoy.tasks.runner import kill_process_group
 
 log = logging.getLogger(__name__)
 
@@ -34,6 +35,8 @@ def recover_device(store: JobStore, runtime: DeviceRuntime) -> str | None:
         release_device(store.r, runtime.name, job_id)
         return None
     message = f"device worker for {runtime.name} died during {record['state']}"
+    if record.get("script_pgid") and kill_process_group(int(record["script_pgid"])):
+        store.append_output(job_id, "test", "*** ended the test commands the dead worker left running ***\n")
     phase = record["state"] if record["state"] in ("provision", "test") else "cleanup"
     store.append_output(job_id, phase, f"*** {message} ***\n")
     store.end_phase(job_id, phase, 1)

@@ -68,13 +68,14 @@ def failed_members(client: Any, group_id: str) -> dict[str, str]:
     return {_s(raw[i]): _s(raw[i + 1]) for i in range(0, len(raw or []), 2)}
 
 
-def api_calls(client: Any, group_id: str) -> list[dict[str, Any]]:
-    """Every MultiNode API call of the group, oldest first.
+def api_calls(client: Any, group_id: str, start: int = 0) -> list[dict[str, Any]]:
+    """Every MultiNode API call of the group from index ``start``, oldest first.
 
     Each: ``{"job_id", "role", "name": "multinode-<call>-<message id>",
     "result": "pass" | "fail", "detail"?, "time"}``.
     """
-    return [json.loads(_s(item)) for item in client.execute_command("LRANGE", keys.group_api_log(group_id), 0, -1) or []]
+    items = client.execute_command("LRANGE", keys.group_api_log(group_id), start, -1) or []
+    return [json.loads(_s(item)) for item in items]
 
 
 def expire_group(client: Any, group_id: str, seconds: float) -> None:

@@ -34,6 +34,10 @@ def convoy_run(example: str, artifacts: Path) -> dict:
     for child in results["children"]:
         assert child["outcome"] == "pass", child
         assert child.get("test_status") == 0, child
+        mine = [c for c in results.get("multinode", []) if c["job_id"] == child["job_id"]]
+        assert child.get("multinode", []) == mine, "a member's results list its own MultiNode calls"
+    for call in results.get("multinode", []):  # the live view showed every call
+        assert f"{call['name']}: {call['result']}" in result.stdout, call
     return results
 
 
