@@ -36,7 +36,6 @@ from __future__ import annotations
 import argparse
 import math
 import os
-import shutil
 import sys
 import time
 from pathlib import Path
@@ -46,7 +45,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import (
     PeerWorkers,
     TaskEvents,
-    drop_result_subscriptions,
     first,
     fmt_ms,
     log,
@@ -58,6 +56,7 @@ from common import (
     state_events,
     summary,
     table,
+    teardown,
 )
 
 LATENCY_TARGET_MS = 10.0
@@ -143,8 +142,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--sizes", default="1,10,50", help="comma-separated N (children per job)")
     ap.add_argument("--jobs", type=int, default=10, help="measured jobs (and bare chords) per N")
     ap.add_argument("--warmup", type=int, default=1, help="discarded first jobs per N")
-    ap.add_argument("--idle", type=float, default=1.5,
-                    help="seconds to wait after a convoy job (its device tasks outlive the job by up to ~1 s)")
+    ap.add_argument("--idle", type=float, default=0.2,
+                    help="seconds to wait after a convoy job (its device tasks end a few ms after it)")
     ap.add_argument("--quick", action="store_true", help="N = 1, 10 and 5 jobs each (< 3 minutes)")
     ap.add_argument("--keep", action="store_true", help="keep the scratch directory (logs)")
     ap.add_argument("--no-events", action="store_true",
@@ -211,16 +210,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"\n  logs: {scratch}")
         return 0
     finally:
-        if events is not None:
-            events.stop()
-        if "peer_celery" in sys.modules:
-            drop_result_subscriptions(sys.modules["peer_celery"].app)
-        if peers is not None:
-            peers.stop()
-        if cluster is not None:
-            cluster.stop()
-        if not args.keep:
-            shutil.rmtree(scratch, ignore_errors=True)
+        teardown(cluster=cluster, peers=peers, scratch=scratch, keep=args.keep, events=events)
 
 
 def report(results: dict[int, dict], sizes: list[int], args, elapsed: float, setup: float) -> None:

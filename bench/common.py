@@ -185,6 +185,23 @@ def drop_result_subscriptions(app) -> None:
 
 
 # --- convoy job events --------------------------------------------------------------
+def teardown(*, cluster, peers, scratch: Path, keep: bool, events=None) -> None:
+    """Stop what a benchmark started (each of which may be None), then remove its scratch dir."""
+    import shutil
+    import sys
+
+    if events is not None:
+        events.stop()
+    if "peer_celery" in sys.modules:
+        drop_result_subscriptions(sys.modules["peer_celery"].app)
+    if peers is not None:
+        peers.stop()
+    if cluster is not None:
+        cluster.stop()
+    if not keep:
+        shutil.rmtree(scratch, ignore_errors=True)
+
+
 def id_seconds(stream_id: str) -> float:
     """A stream entry id's time (Redis's clock, millisecond resolution)."""
     return int(stream_id.split("-", 1)[0]) / 1000.0

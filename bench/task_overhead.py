@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import shutil
 import sys
 import time
 from pathlib import Path
@@ -31,7 +30,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from common import (
     PeerWorkers,
-    drop_result_subscriptions,
     first,
     fmt_ms,
     log,
@@ -44,6 +42,7 @@ from common import (
     state_events,
     summary,
     table,
+    teardown,
 )
 
 QUEUE = "bench-1"
@@ -55,9 +54,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--warmup", type=int, default=3, help="discarded first iterations")
     ap.add_argument("--test-cmds", default=None,
                     help="the job's test_data.test_cmds (default: none, i.e. provision + cleanup only)")
-    ap.add_argument("--idle", type=float, default=1.5,
+    ap.add_argument("--idle", type=float, default=0.2,
                     help="seconds to wait after a convoy job before the next (the device's Celery task "
-                         "outlives the job's 'complete' by up to ~1 s; see README)")
+                         "ends a few ms after the job's 'complete')")
     ap.add_argument("--back-to-back", type=int, default=10,
                     help="extra convoy jobs submitted back to back (no idle wait), shown separately")
     ap.add_argument("--keep", action="store_true", help="keep the scratch directory (logs)")
@@ -191,14 +190,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"\n  logs: {scratch}")
         return 0
     finally:
-        if "peer_celery" in sys.modules:
-            drop_result_subscriptions(sys.modules["peer_celery"].app)
-        if peers is not None:
-            peers.stop()
-        if cluster is not None:
-            cluster.stop()
-        if not args.keep:
-            shutil.rmtree(scratch, ignore_errors=True)
+        teardown(cluster=cluster, peers=peers, scratch=scratch, keep=args.keep)
 
 
 if __name__ == "__main__":

@@ -30,14 +30,26 @@ def wait_for_state(job_id: str, state: str, timeout: float = 60) -> None:
         f"job {job_id} never reached {state}; it is {store.state(job_id)}"
 
 
-def wait_until(condition: Callable[[], object], timeout: float) -> bool:
-    """For conditions no event announces (a process starting): re-check until a deadline."""
+def wait_until(condition: Callable[[], object], timeout: float, interval: float = 0.1) -> object:
+    """For conditions no event announces (a process starting): re-check until a deadline.
+
+    Returns the condition's first true value, or False at the deadline.
+    """
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        if condition():
-            return True
-        time.sleep(0.1)
+        value = condition()
+        if value:
+            return value
+        time.sleep(interval)
     return False
+
+
+def wait_for(condition: Callable[[], object], timeout: float = 15.0, what: str = "condition") -> object:
+    """:func:`wait_until` that fails the test with ``what`` at the deadline."""
+    value = wait_until(condition, timeout, interval=0.01)
+    if not value:
+        raise AssertionError(f"{what} not reached within {timeout}s")
+    return value
 
 
 def assert_all_released(parent_id: str) -> None:

@@ -11,7 +11,6 @@ import json
 import pytest
 
 from convoy.config.settings import load_settings
-from convoy.coordinator import keys
 from convoy.coordinator.api import cancel_job, job_results, submit_job, wait_for_job
 from convoy.coordinator.connection import get_store
 

@@ -4,11 +4,8 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import time
 import uuid
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import pytest
 from convoy.coordinator import keys
@@ -16,19 +13,11 @@ from convoy.coordinator.multinode import group as mn_group
 from convoy.coordinator.multinode.resp import RespConn
 from convoy.workers.redis_server import RedisServer
 
+from helpers import wait_for
+
 pytestmark = pytest.mark.integration
 
 BIN = Path(sys.executable).parent
-
-
-def wait_until(cond: Callable[[], Any], timeout: float = 15.0, what: str = "condition") -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = cond()
-        if value:
-            return value
-        time.sleep(0.01)
-    raise AssertionError(f"{what} not reached within {timeout}s")
 
 
 class Group:
@@ -108,7 +97,7 @@ def test_wait_before_send_and_wait_all_with_role(mk):
     server, c1, c2 = g.jobs
     w1 = g.start(c1, "lava-wait", "ready")
     w2 = g.start(c2, "lava-wait-all", "ready", "server")
-    wait_until(lambda: g.subscribers() == 2, what="both waiters subscribed")
+    wait_for(lambda: g.subscribers() == 2, what="both waiters subscribed")
     assert w1.poll() is None and w2.poll() is None
     assert g.run(server, "lava-send", "ready", "ip=10.0.0.9").returncode == 0
     assert finish(w1) == (0, "", "")
@@ -121,7 +110,7 @@ def test_wait_all_collects_every_sender(mk):
     g = mk(["peer", "peer", "peer"])
     a, b, c = g.jobs
     waiter = g.start(a, "lava-wait-all", "--timeout", "20", "done")
-    wait_until(lambda: g.subscribers() == 1)
+    wait_for(lambda: g.subscribers() == 1)
     for job, extra in ((c, ["n=3"]), (b, []), (a, ["n=1", "note=x y"])):
         assert g.run(job, "lava-send", "done", *extra).returncode == 0
     assert finish(waiter)[0] == 0
@@ -161,7 +150,7 @@ def test_failed_member_fails_every_waiter_at_once(mk):
     server, c1, c2, obs = g.jobs
     waiters = [g.start(c1, "lava-wait", "server-ready"), g.start(c2, "lava-sync", "start"),
                g.start(obs, "lava-wait-all", "ready", "server")]
-    wait_until(lambda: g.subscribers() == 3, what="three waiters subscribed")
+    wait_for(lambda: g.subscribers() == 3, what="three waiters subscribed")
     mn_group.fail_member(g.client, g.id, server, "was cancelled")
     for proc in waiters:
         code, _, err = finish(proc, timeout=15)  # bounds a hang; they return at once
@@ -175,7 +164,7 @@ def test_waiter_reconnects_after_its_connection_is_killed(mk):
     g = mk(["server", "client"])
     server, client = g.jobs
     waiter = g.start(client, "lava-wait", "--timeout", "30", "after-kill")
-    wait_until(lambda: g.subscribers() == 1)
+    wait_for(lambda: g.subscribers() == 1)
     name = f"lava-wait:{g.id}:{client}"  # the command names its connection
 
     def ids() -> set[str]:  # this waiter's connections only: other tests' clients share the server
@@ -183,11 +172,11 @@ def test_waiter_reconnects_after_its_connection_is_killed(mk):
 
     killed: set[str] = set()
     for _ in range(2):  # twice: the second kill hits the re-made connection
-        current = wait_until(lambda: ids() - killed, what="a new waiter connection")
+        current = wait_for(lambda: ids() - killed, what="a new waiter connection")
         for cid in current:
             g.client.client_kill_filter(_id=cid)
         killed |= current
-        wait_until(lambda: ids() - killed and g.subscribers() == 1, what="waiter resubscribed")
+        wait_for(lambda: ids() - killed and g.subscribers() == 1, what="waiter resubscribed")
     assert waiter.poll() is None
     assert g.run(server, "lava-send", "after-kill", "k=v").returncode == 0
     assert finish(waiter) == (0, "", "")
@@ -203,7 +192,7 @@ def test_redis_gone_until_the_deadline_fails_clearly(tmp_path, redis_client):
         g.jobs, g.roles = ["1", "2"], {"1": "a", "2": "b"}
         mn_group.create_group(client, g.id, g.roles)
         waiter = g.start("2", "lava-wait", "--timeout", "4", "never")
-        wait_until(lambda: client.execute_command("PUBSUB", "NUMSUB", keys.group_channel("gone"))[1] == 1)
+        wait_for(lambda: client.execute_command("PUBSUB", "NUMSUB", keys.group_channel("gone"))[1] == 1)
         client.close()
         server.stop()
         code, _, err = finish(waiter, timeout=20)
@@ -265,7 +254,7 @@ def test_echo_ipv4_and_network(mk):
     assert r.returncode == 1 and "no IPv4 address on interface 'nosuch0'" in r.stderr
 
     collector = g.start(client, "lava-network", "collect", "lo")
-    wait_until(lambda: g.subscribers() == 1)
+    wait_for(lambda: g.subscribers() == 1)
     assert g.run(server, "lava-network", "broadcast", "lo").returncode == 0
     assert collector.poll() is None  # collect waits for every member's broadcast
     assert g.run(client, "lava-network", "broadcast", DEVICE_IP="10.0.0.2").returncode == 0

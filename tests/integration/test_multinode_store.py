@@ -15,17 +15,9 @@ from convoy.coordinator.multinode import lua, store
 from convoy.coordinator.multinode.resp import RespConn
 from convoy.errors import BarrierTimeout, GroupMemberFailed, GroupNotFound, MultiNodeUsageError, NotGroupMember
 
+from helpers import wait_for
+
 pytestmark = pytest.mark.integration
-
-
-def wait_until(cond: Callable[[], Any], timeout: float = 10.0, what: str = "condition") -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = cond()
-        if value:
-            return value
-        time.sleep(0.005)
-    raise AssertionError(f"{what} not reached within {timeout}s")
 
 
 class Bg:
@@ -90,7 +82,7 @@ def test_wait_before_send_is_woken_with_the_data(redis_client, gid, conns):
     a, _b = make_group(redis_client, gid, ["server", "client"])
     conn = conns()
     waiter = Bg(lambda: store.wait_any(conn, gid, "ready", timeout=10))
-    wait_until(lambda: subscribers(redis_client, gid) == 1, what="waiter subscribed")
+    wait_for(lambda: subscribers(redis_client, gid) == 1, what="waiter subscribed")
     store.send(conns(), gid, a, "ready", {"ip": "10.0.0.1", "msg": "a b=c"})
     assert waiter.join() == {a: {"ip": "10.0.0.1", "msg": "a b=c"}}
     assert waiter.error is None
@@ -122,7 +114,7 @@ def test_resend_replaces_own_data_and_senders_accumulate(redis_client, gid, conn
 def test_wait_all_waits_for_every_member(redis_client, gid, conns):
     a, b, c = make_group(redis_client, gid, ["server", "client", "client"])
     waiter = Bg(lambda: store.wait_all(conns(), gid, "done", timeout=10))
-    wait_until(lambda: subscribers(redis_client, gid) == 1)
+    wait_for(lambda: subscribers(redis_client, gid) == 1)
     store.send(conns(), gid, a, "done", {"n": "1"})
     store.send(conns(), gid, b, "done")
     time.sleep(0.05)  # give a wrong early release the chance to show
@@ -135,7 +127,7 @@ def test_wait_all_for_a_role_returns_every_senders_data(redis_client, gid, conns
     a, _b, c = make_group(redis_client, gid, ["server", "client", "observer"])
     store.send(conns(), gid, c, "ready", {"seen": "yes"})
     waiter = Bg(lambda: store.wait_all(conns(), gid, "ready", "server", timeout=10))
-    wait_until(lambda: subscribers(redis_client, gid) == 1)
+    wait_for(lambda: subscribers(redis_client, gid) == 1)
     store.send(conns(), gid, a, "ready", {"ip": "10.0.0.1"})
     assert waiter.join() == {a: {"ip": "10.0.0.1"}, c: {"seen": "yes"}}
 
@@ -144,7 +136,7 @@ def test_wait_any_of_a_role_for_delayed_start(redis_client, gid, conns):
     _a, b, c = make_group(redis_client, gid, ["server", "server", "client"])
     store.send(conns(), gid, c, "lava_start")  # a client's send does not count
     waiter = Bg(lambda: store.wait_any(conns(), gid, "lava_start", role="server", timeout=10))
-    wait_until(lambda: subscribers(redis_client, gid) == 1)
+    wait_for(lambda: subscribers(redis_client, gid) == 1)
     store.send(conns(), gid, b, "lava_start", {"port": "22"})
     assert waiter.join() == {b: {"port": "22"}, c: {}}
     with pytest.raises(MultiNodeUsageError):
@@ -236,7 +228,7 @@ def test_fail_member_fails_pending_and_future_waits_at_once(redis_client, gid, c
     waits = [Bg(lambda: store.wait_any(conns(), gid, "never")),
              Bg(lambda: store.wait_all(conns(), gid, "never", "server")),
              Bg(lambda: store.sync(conns(), gid, b, "barrier"))]
-    wait_until(lambda: subscribers(redis_client, gid) == 3, what="three waiters subscribed")
+    wait_for(lambda: subscribers(redis_client, gid) == 3, what="three waiters subscribed")
     mn_group.fail_member(redis_client, gid, c, "failed: test command exited 1")
     for w in waits:
         w.join(10)  # generous: they return at once, this only bounds a hang
@@ -255,11 +247,11 @@ def test_waiter_survives_killed_connections(redis_url, redis_client, gid, conns,
     client = (RespConn(redis_url, name=name) if kind == "resp"
               else redis_lib.Redis.from_url(redis_url, client_name=name))
     waiter = Bg(lambda: store.wait_any(client, gid, "after-kill", timeout=20))
-    wait_until(lambda: subscribers(redis_client, gid) == 1)
+    wait_for(lambda: subscribers(redis_client, gid) == 1)
     killed: frozenset[str] = frozenset()
     for _ in range(2):  # twice: the second kill hits the re-made connection
-        killed |= wait_until(lambda: kill_connections(redis_client, name, killed), what="a live connection")
-        wait_until(lambda: subscribers(redis_client, gid) == 1 and any(
+        killed |= wait_for(lambda: kill_connections(redis_client, name, killed), what="a live connection")
+        wait_for(lambda: subscribers(redis_client, gid) == 1 and any(
             c.get("name") == name and c["id"] not in killed for c in redis_client.client_list()),
             what="waiter resubscribed")
     assert waiter.thread.is_alive()
@@ -271,7 +263,7 @@ def test_waiter_survives_killed_connections(redis_url, redis_client, gid, conns,
 def test_message_sent_while_waiter_is_disconnected_is_not_lost(redis_url, redis_client, gid, conns):
     a, _b = make_group(redis_client, gid, ["x", "y"])
     waiter = Bg(lambda: store.wait_any(RespConn(redis_url, name=f"gap:{gid}"), gid, "gap", timeout=20))
-    wait_until(lambda: subscribers(redis_client, gid) == 1)
+    wait_for(lambda: subscribers(redis_client, gid) == 1)
     assert len(kill_connections(redis_client, f"gap:{gid}")) == 1
     store.send(conns(), gid, a, "gap", {"k": "v"})  # may land before the waiter is back
     assert waiter.join() == {a: {"k": "v"}}
@@ -283,7 +275,7 @@ def test_redis_py_clients_work_too(redis_url, redis_client, gid, decode):
     client = redis_lib.Redis.from_url(redis_url, decode_responses=decode)
     try:
         waiter = Bg(lambda: store.wait_all(client, gid, "both", timeout=10))
-        wait_until(lambda: subscribers(redis_client, gid) == 1)
+        wait_for(lambda: subscribers(redis_client, gid) == 1)
         store.send(client, gid, a, "both", {"k": "1"})
         other = Bg(lambda: store.sync(client, gid, b, "bar", timeout=10))
         assert store.sync(client, gid, a, "bar", timeout=10) == {}

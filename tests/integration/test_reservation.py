@@ -14,7 +14,6 @@ from pathlib import Path
 
 import pytest
 
-from convoy.coordinator import keys
 from convoy.coordinator.api import cancel_job, job_results, submit_job, wait_for_job
 from convoy.coordinator.connection import get_store
 from convoy.workers.cluster import emulated_devices
