@@ -26,6 +26,13 @@ if ! command -v apt-get >/dev/null 2>&1; then
   echo "convoy: cannot install ${packages[*]}: no apt-get here. Install them with your package manager." >&2
   exit 1
 fi
-$SUDO apt-get update -qq >/dev/null
-DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${packages[@]}" >/dev/null
+log=$(mktemp)
+if ! { $SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive \
+       $SUDO apt-get install -y -qq --no-install-recommends "${packages[@]}"; } >"$log" 2>&1; then
+  cat "$log" >&2
+  echo "convoy: could not install ${packages[*]} with apt-get (output above). Install them and run make again." >&2
+  rm -f "$log"
+  exit 1
+fi
+rm -f "$log"
 echo "convoy: installed ${packages[*]}"
