@@ -45,11 +45,19 @@ def _out(store: JobStore, job_id: str, phase: str):
 
 @app.task(bind=True, name=canvas.COLLECT)
 def collect(self: Task, results: list[Any], parent_id: str) -> None:
-    """Chord body: every child is allocated; write job_list.json, enter ``allocated``."""
+    """Chord body: every child is allocated; write job_list.json, enter ``allocated``.
+
+    ``results`` are what each child reported when its device was allocated
+    (``{"job_id", "device_info"}``), in ``provision_data.jobs`` order: the
+    chord hands over the very data job_list.json holds.
+    """
     store = get_store()
     if _skip(store, parent_id):
         return
-    job_list = [{"job_id": cid, "device_info": info} for cid, info in device_targets(store, parent_id)]
+    job_list = [{"job_id": r["job_id"], "device_info": r.get("device_info") or {}}
+                for r in results if isinstance(r, dict) and "job_id" in r]
+    if len(job_list) != len(results):  # not the chord's own shape: read the store instead
+        job_list = [{"job_id": cid, "device_info": info} for cid, info in device_targets(store, parent_id)]
     path = parent_dir(parent_id) / "job_list.json"
     path.write_text(json.dumps(job_list, indent=2) + "\n")
     # the parent moves on first; the bookkeeping below is for the record
