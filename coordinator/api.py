@@ -12,7 +12,7 @@ from typing import Any
 import redis
 
 from convoy.config.celery_app import app
-from convoy.config.jobs import is_multi, load_job
+from convoy.config.jobs import is_guest, is_multi, load_job
 from convoy.config.settings import Settings, load_settings
 from convoy.coordinator import canvas, keys
 from convoy.coordinator.cancel import cancel_job as _cancel_job
@@ -31,7 +31,7 @@ def _check_queues(job: dict[str, Any], client: redis.Redis) -> None:
     wanted: list[tuple[str, str]] = []
     if is_multi(job):
         for i, child in enumerate(job["provision_data"]["jobs"]):
-            if child.get("connection") != "ssh":
+            if not is_guest(child):
                 wanted.append((f"provision_data.jobs[{i}].job_queue", child["job_queue"]))
     else:
         wanted.append(("job_queue", job["job_queue"]))

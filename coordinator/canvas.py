@@ -12,6 +12,7 @@ from typing import Any
 from celery import Celery, chain, chord
 from celery.canvas import Signature
 
+from convoy.config.jobs import is_guest
 from convoy.config.settings import Settings
 
 #: the queue name recorded for a secondary-connection child, which needs no device
@@ -60,7 +61,7 @@ def multi_job(app: Celery, parent_id: str, job: dict[str, Any], child_ids: list[
         app.signature(CHILD_JOB, args=(child_id,), queue=child["job_queue"], task_id=child_id,
                       **_priority(job))
         for child_id, child in zip(child_ids, job["provision_data"]["jobs"])
-        if child.get("connection") != "ssh"  # secondary connections hold no device
+        if not is_guest(child)  # secondary connections hold no device
     ]
     return chord(header, parent_body(app, parent_id, settings))
 

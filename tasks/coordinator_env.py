@@ -23,11 +23,6 @@ def parent_dir(job_id: str) -> Path:
     return path
 
 
-def is_guest(document: dict[str, Any]) -> bool:
-    """A secondary-connection role (``connection: ssh``): no device of its own."""
-    return document.get("connection") == "ssh"
-
-
 def device_targets(store: JobStore, parent_id: str) -> list[tuple[str, dict[str, Any]]]:
     """(child id, device_info) of every child holding a device, in ``provision_data.jobs`` order."""
     children = store.children(parent_id)

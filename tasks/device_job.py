@@ -54,6 +54,8 @@ class DeviceJob:
         self.dir = runtime.state_dir / "jobs" / job_id
         self.parent_id: str | None = self.record.get("parent_job_id")
         self.control: ControlWatcher | None = None
+        #: what provisioning reported (device_ip, ...), kept for the test phase and the chord
+        self.device_info: dict[str, Any] = {}
         self.failed = False
 
     # --- helpers -----------------------------------------------------------------
@@ -103,6 +105,7 @@ class DeviceJob:
                 out("provisioning stopped: job cancelled")
                 return STOPPED_EXIT_CODE
             self.store.set_fields(self.job_id, device_info=info)
+            self.device_info = info
             out(f"device {self.runtime.name} ready at {info.get('device_ip')}")
             return 0
 
@@ -139,7 +142,7 @@ class DeviceJob:
         fail_member(self.store.r, self.parent_id, self.job_id, reason)
 
     def test_env(self) -> dict[str, str]:
-        info = self.store.get(self.job_id).get("device_info") or {}
+        info = self.device_info
         target = self.runtime.connector.ssh_target()
         bin_dir = write_ssh_setup(self.dir, self.runtime.agent_key, [target])
         env = dict(os.environ)
@@ -213,11 +216,10 @@ class DeviceJob:
                 self.finish("cancelled")
 
     def allocated(self) -> dict[str, Any]:
-        info = self.store.get(self.job_id).get("device_info") or {}
         self.store.transition(self.job_id, "allocated", allowed_from=["provision"])
-        states.report_allocated(self.task, {"job_id": self.job_id, "device_info": info})
+        states.report_allocated(self.task, {"job_id": self.job_id, "device_info": self.device_info})
         self.logger("provision")("allocated; holding the device for the parent job")
-        return info
+        return self.device_info
 
     def hold(self) -> None:
         """Hold the device until the parent releases it, running test_cmds when told to."""

@@ -19,10 +19,10 @@ from convoy.tasks.runner import run_script
 
 
 def host_device_ip(store: JobStore, parent_id: str, host_role: str) -> str | None:
-    for child_id in store.children(parent_id):
-        record = store.get(child_id)
-        if record.get("role") == host_role and record.get("device_info"):
-            return str(record["device_info"].get("device_ip"))
+    """The address of the first allocated device of ``host_role``."""
+    for row in store.fields(store.children(parent_id), "role", "device_info"):
+        if row["role"] == host_role and row["device_info"]:
+            return str(row["device_info"].get("device_ip"))
     return None
 
 

@@ -15,6 +15,7 @@ from typing import Any
 from celery import Task
 
 from convoy.config.celery_app import app
+from convoy.config.jobs import is_guest
 from convoy.config.settings import load_settings
 from convoy.coordinator import canvas
 from convoy.coordinator.cancel import ALLOCATING, ALLOCATION_TIMED_OUT, abort_allocation, cancel_device_job
@@ -22,7 +23,7 @@ from convoy.coordinator.connection import get_store
 from convoy.coordinator.store import FINAL_STATES, JobStore
 from convoy.tasks import states
 from convoy.tasks.control import ControlWatcher
-from convoy.tasks.coordinator_env import device_targets, is_guest, parent_dir, parent_test_env
+from convoy.tasks.coordinator_env import device_targets, parent_dir, parent_test_env
 from convoy.tasks.guests import start_guest
 from convoy.tasks.multinode_env import multinode_files
 from convoy.tasks.runner import run_script
