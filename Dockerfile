@@ -5,6 +5,6 @@ RUN apt-get update \
  && rm -rf /var/lib/apt/lists/*
 WORKDIR /app
 COPY . /app
-RUN python -m pip install --no-cache-dir -e /app
+RUN python -m pip install --no-cache-dir -c /app/requirements/lock.txt -e /app
 ENV CONVOY_STATE_DIR=/var/lib/convoy
 CMD ["convoy", "--help"]
