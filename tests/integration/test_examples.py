@@ -15,7 +15,7 @@ import pytest
 from helpers import CONVOY, REPO
 
 pytestmark = pytest.mark.integration
-EXAMPLES = ["single-device.yaml", "two-device.yaml", "coordinated-testing.yaml"]
+EXAMPLES = ["single-device.yaml", "two-device.yaml", "coordinated-testing.yaml", "demo-coordinated-testing.yaml"]
 
 
 def convoy_run(example: str, artifacts, extra_env: dict | None = None) -> subprocess.CompletedProcess:
@@ -48,6 +48,10 @@ def test_example_runs_to_complete_with_its_artifacts(example, tmp_path):
         assert results["test_status"] == 0
         # one iperf3 server takes one client at a time, as on real devices: at least one run completes
         assert "iperf Done." in results["test_output"], results["test_output"][-2000:]
+    if example == "demo-coordinated-testing.yaml":
+        # the demo's variant: one server per client, so both clients measure and nothing reports an error
+        assert results["test_output"].count("iperf Done.") == 2, results["test_output"][-2000:]
+        assert "error" not in (result.stdout + result.stderr).lower(), result.stdout[-3000:]
 
 
 def test_reservation_example_runs_unchanged_against_a_loopback_key_server(tmp_path):
