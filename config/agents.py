@@ -14,6 +14,7 @@ from typing import Any
 
 from convoy.config.jobs import check_plain_data, kind_of
 from convoy.config.schemas import AGENT, CONNECTOR_CONFIGS, CONNECTOR_RE, DEVICE, MAX_DEVICES, run
+from convoy.config.shown import shown
 from convoy.config.yamlsafe import read_document
 from convoy.connectors.base import DeviceConfig
 from convoy.errors import AgentConfigError, FieldError, JobValidationError
@@ -113,9 +114,9 @@ def _check_connector(device: dict, path: str, connectors: set[str] | None,
         return []
     if connectors is not None and connector not in connectors:
         known = ", ".join(sorted(connectors)) or "none installed"
-        return [FieldError(f"{path}.connector", f"unknown connector {connector!r} (known: {known})")]
-    if connectors is None and not CONNECTOR_RE.match(connector):
-        return [FieldError(f"{path}.connector", f"invalid connector name {connector[:64]!r}")]
+        return [FieldError(f"{path}.connector", f"unknown connector {shown(connector)} (known: {known})")]
+    if connectors is None and not CONNECTOR_RE.fullmatch(connector):
+        return [FieldError(f"{path}.connector", f"invalid connector name {shown(connector)}")]
     schema = CONNECTOR_CONFIGS.get(connector)
     config = device.get("config")
     if schema is None or not isinstance(config, dict):

@@ -10,6 +10,8 @@ from __future__ import annotations
 import math
 import re
 
+from convoy.config.shown import shown
+
 __all__ = ["MAX_DURATION", "DurationError", "as_seconds", "parse_duration"]
 
 #: the longest duration convoy accepts anywhere: 365 days
@@ -40,15 +42,15 @@ class DurationError(ValueError):
         super().__init__(f"{field}: {reason}")
 
 
-def _check_range(seconds: float, field: str, allow_zero: bool, shown: object) -> float:
+def _check_range(seconds: float, field: str, allow_zero: bool, given: object) -> float:
     if math.isnan(seconds) or math.isinf(seconds):
-        raise DurationError(field, f"must be a finite duration, got {shown!r}")
+        raise DurationError(field, f"must be a finite duration, got {shown(given)}")
     if seconds < 0:
-        raise DurationError(field, f"must not be negative, got {shown!r}")
+        raise DurationError(field, f"must not be negative, got {shown(given)}")
     if seconds == 0 and not allow_zero:
         raise DurationError(field, "must be positive, got 0")
     if seconds > MAX_DURATION:
-        raise DurationError(field, f"must be at most {MAX_DURATION} seconds (365 days), got {shown!r}")
+        raise DurationError(field, f"must be at most {MAX_DURATION} seconds (365 days), got {shown(given)}")
     return float(seconds)
 
 
@@ -80,12 +82,14 @@ def parse_duration(value: int | float | str, *, field: str, allow_zero: bool = F
     """
     if isinstance(value, bool):
         raise DurationError(field, f"must be a duration, got a boolean ({value!r}); {_HINT}")
-    if isinstance(value, (int, float)):
-        try:
-            seconds = float(value)
-        except OverflowError:
-            raise DurationError(field, f"must be at most {MAX_DURATION} seconds (365 days)") from None
-        return _check_range(seconds, field, allow_zero, value)
+    if isinstance(value, int):  # exact: float() of a 400-digit int overflows
+        if value > MAX_DURATION:
+            raise DurationError(field, f"must be at most {MAX_DURATION} seconds (365 days), got {shown(value)}")
+        if value < 0:
+            raise DurationError(field, f"must not be negative, got {shown(value)}")
+        return _check_range(float(value), field, allow_zero, value)
+    if isinstance(value, float):
+        return _check_range(value, field, allow_zero, value)
     if not isinstance(value, str):
         raise DurationError(field, f"must be a duration, got {type(value).__name__}; {_HINT}")
     text = value.strip().lower()

@@ -26,12 +26,14 @@ from convoy.config.schemas import (
     LAVA_START,
     SINGLE_JOB,
     SSH_CONNECTION,
-    join_path,
     kind_of,
     path_key,
     run,
 )
-from convoy.config.yamlsafe import MAX_DEPTH, read_document
+from convoy.config.lava_errors import under
+from convoy.config.plain_data import plain_data_problems
+from convoy.config.shown import shown
+from convoy.config.yamlsafe import read_document
 from convoy.errors import FieldError, JobValidationError
 
 __all__ = ["check_plain_data", "is_guest", "is_multi", "job_queues", "kind_of", "load_job", "validate_job"]
@@ -41,39 +43,15 @@ MAX_REPORTED = 200
 
 
 def check_plain_data(value: Any, prefix: str = "") -> list[FieldError]:
-    """Errors for anything that is not plain JSON-like data (jobs travel as JSON).
-
-    Iterative, with a depth limit, so that cycles or deep nesting in a dict
-    given through the Python API are reported rather than crash.
-    """
-    errors: list[FieldError] = []
-    stack: list[tuple[Any, str, int]] = [(value, prefix, 1)]
-    while stack and len(errors) < 50:
-        item, path, depth = stack.pop()
-        if depth > MAX_DEPTH:
-            errors.append(FieldError(path, f"nested too deeply (limit {MAX_DEPTH} levels)"))
-            continue
-        if isinstance(item, dict):
-            children = []
-            for key, sub in item.items():
-                if not isinstance(key, str):
-                    errors.append(FieldError(join_path(path, str(key)),
-                                             f"keys must be strings, got {kind_of(key)} {key!r} (quote it)"))
-                    continue
-                children.append((sub, join_path(path, key), depth + 1))
-            stack.extend(reversed(children))
-        elif isinstance(item, (list, tuple)):
-            stack.extend(reversed([(sub, join_path(path, i), depth + 1) for i, sub in enumerate(item)]))
-        elif not isinstance(item, (str, int, float, bool, type(None))):
-            errors.append(FieldError(path, f"must be plain data (string, number, boolean, list or mapping), "
-                                           f"got {type(item).__name__}"))
-    return errors
+    """Errors for anything that is not plain JSON-like data a job can carry (see convoy.config.plain_data)."""
+    return plain_data_problems(value, prefix).all()
 
 
 def _capped(errors: list[FieldError]) -> list[FieldError]:
     if len(errors) <= MAX_REPORTED:
         return errors
-    return errors[:MAX_REPORTED] + [FieldError("", f"... and {len(errors) - MAX_REPORTED} more problem(s) not shown")]
+    rest = errors[MAX_REPORTED:]
+    return errors[:MAX_REPORTED] + [FieldError(rest[0].path, f"... and {len(rest)} more problem(s) not shown")]
 
 
 def is_multi(job: Any) -> bool:
@@ -92,21 +70,27 @@ def validate_job(doc: Any) -> dict:
         raise JobValidationError([FieldError("", f"job must be a mapping, got {kind_of(doc)}")])
     if lava.looks_like_lava(doc):  # LAVA's job form: translated, then validated as a convoy job
         return lava.validate_lava_job(doc)
-    errors = check_plain_data(doc)
-    if errors:
-        raise JobValidationError(errors)
+    plain = plain_data_problems(doc)
+    if plain.structure:  # the schemas cannot run on what is not plain data
+        raise JobValidationError(plain.all())
     doc = copy.deepcopy(doc)
-    if is_multi(doc):
-        return _validate_multi(doc)
-    job, errors = run(SINGLE_JOB, doc, context="single")
+    job, errors = _validate_multi(doc) if is_multi(doc) else _validate_single(doc)
+    # a value no job can carry is reported once, as that (not also as, say, a bad duration)
+    errors = plain.values + [e for e in errors if not any(under(e.path, bad.path) for bad in plain.values)]
     if errors:
         raise JobValidationError(_capped(errors))
-    job.pop("count", None)
-    job.setdefault("timeouts", {}).setdefault("multinode", DEFAULT_MULTINODE_TIMEOUT)
     return job
 
 
-def _validate_multi(doc: dict) -> dict:
+def _validate_single(doc: dict) -> tuple[dict, list[FieldError]]:
+    job, errors = run(SINGLE_JOB, doc, context="single")
+    if not errors:
+        job.pop("count", None)
+        job.setdefault("timeouts", {}).setdefault("multinode", DEFAULT_MULTINODE_TIMEOUT)
+    return job, errors
+
+
+def _validate_multi(doc: dict) -> tuple[dict, list[FieldError]]:
     parent, errors = run(MULTI_JOB, doc, context="parent")
     provision = doc.get("provision_data")
     jobs = provision.get("jobs") if isinstance(provision, dict) else None
@@ -133,10 +117,10 @@ def _validate_multi(doc: dict) -> dict:
             errors.append(FieldError("provision_data.jobs",
                                      f"too many devices once count is expanded ({total}, limit {MAX_CHILDREN})"))
     if errors:
-        raise JobValidationError(_capped(errors))
+        return parent, errors
     parent.setdefault("timeouts", {}).setdefault("multinode", DEFAULT_MULTINODE_TIMEOUT)
     parent["provision_data"]["jobs"] = _expand(children, parent)
-    return parent
+    return parent, errors
 
 
 def is_guest(child: dict) -> bool:
@@ -166,7 +150,7 @@ def _check_links(children: list[dict]) -> list[FieldError]:
             named.append(("multinode.expect_role", multinode.get("expect_role")))
         for field, role in named:
             if isinstance(role, str) and role not in roles:
-                errors.append(FieldError(f"{path}.{field}", f"no child job has role {role!r} "
+                errors.append(FieldError(f"{path}.{field}", f"no child job has role {shown(role)} "
                                                             f"(roles: {', '.join(sorted(roles)) or 'none'})"))
     return errors
 

@@ -26,7 +26,8 @@ ignored and rejected.  A job without roles (``device_type`` and ``actions``
 only) becomes a single-device job.
 
 Accepted and ignored: ``visibility``, ``priority`` (convoy's ``job_priority``
-is Celery's, with no agreed mapping from LAVA's high/medium/low), ``metadata``,
+is Celery's, with no agreed mapping from LAVA's high/medium/low), ``metadata``
+(a mapping, as in LAVA),
 ``notify``, ``logging_level``, ``secrets``, ``reboot_to_fastboot``,
 ``timeouts`` other than ``job``, role ``essential`` (in convoy every member is
 essential: a failing member fails every wait of the group).  convoy's own
@@ -46,6 +47,7 @@ from typing import Any
 from convoy.config.lava_actions import DEPLOY_METHODS, MULTINODE, ActionTranslator, Role
 from convoy.config.lava_errors import is_lava_field, overlaps, remap, under
 from convoy.config.schemas import LAVA_START, SSH_CONNECTION, join_path, kind_of, path_key
+from convoy.config.shown import shown
 from convoy.errors import JobValidationError
 
 __all__ = ["DEPLOY_METHODS", "looks_like_lava", "translate", "validate_lava_job"]
@@ -96,7 +98,8 @@ def validate_lava_job(doc: dict[str, Any]) -> dict[str, Any]:
         found = [e for e in found if not translator.incomplete
                  and is_lava_field(e, translator.origins, _TOP_CONVOY)
                  and not any(overlaps(e.path, q) for q in questioned)]
-    raise JobValidationError(sorted(translator.errors + found, key=path_key))
+    # a finding on a value copied into several children (timeouts.job) is reported once
+    raise JobValidationError(sorted(dict.fromkeys(translator.errors + found), key=path_key))
 
 
 def translate(doc: dict[str, Any]) -> tuple[dict[str, Any], dict[str, str]]:
@@ -125,8 +128,11 @@ class _Translator(ActionTranslator):
     def run(self, doc: dict[str, Any]) -> dict[str, Any]:
         for key in doc:
             if key not in _TOP_USED | _TOP_IGNORED | _TOP_CONVOY:
-                self.error(key, "not a field of a LAVA job convoy knows (job_name, protocols, device_group, "
-                                "actions, timeouts, visibility, priority, metadata, notify, ...)")
+                self.error(join_path("", key), "not a field of a LAVA job convoy knows (job_name, protocols, "
+                                               "device_group, actions, timeouts, visibility, priority, metadata, "
+                                               "notify, ...)")
+        if "metadata" in doc and not isinstance(doc["metadata"], dict):
+            self.error("metadata", f"must be a mapping of name: value, got {kind_of(doc['metadata'])}")
         roles = self.roles(doc)
         multinode = roles is not None
         if roles is None:
@@ -255,7 +261,7 @@ class _Translator(ActionTranslator):
         names = [r.name for r in found]
         for i, role in enumerate(found):
             if role.name in names[:i]:
-                self.error(role.name_path, f"role {role.name!r} is given twice; give it once with a count")
+                self.error(role.name_path, f"role {shown(role.name)} is given twice; give it once with a count")
         return found
 
     def single_role(self, doc: dict[str, Any]) -> list[Role]:
@@ -276,7 +282,7 @@ class _Translator(ActionTranslator):
             child["connection"] = SSH_CONNECTION
         elif "connection" in spec:
             self.error(f"{role.path}.connection",
-                       f"only connection: ssh can be translated (got {spec['connection']!r})")
+                       f"only connection: ssh can be translated (got {shown(spec['connection'])})")
         elif "device_type" not in spec:
             self.error(f"{role.path}.device_type", "required field (or connection: ssh with host_role)")
         else:

@@ -15,7 +15,11 @@ an action's ``protocols: lava-multinode``       the same API call (``lava-wait i
 requests (``lava-wait``, ``lava-send`` …)       point of the role's commands
 ==============================================  =============================================
 
-An action without ``role`` applies to every role.
+An action without ``role`` applies to every role.  A MultiNode request is
+checked here by the rules its ``lava-*`` command applies (message id, one-line
+``key=value`` message, timeout), so a job that would fail at run time is
+refused at submission; text that goes into comment lines (a definition's name,
+``install.deps``) is kept on one line.
 
 Accepted and ignored: action ``timeout``/``name``/``namespace``,
 ``install.deps`` (the image must provide them; they are listed as a comment in
@@ -47,7 +51,16 @@ import shlex
 from dataclasses import dataclass, field
 from typing import Any
 
-from convoy.config.schemas import SSH_CONNECTION, join_path, kind_of
+from convoy.config.durations import MAX_DURATION, DurationError, as_seconds, parse_duration
+from convoy.config.schemas import (
+    ENV_NAME_RE,
+    ROLE_RE,
+    SSH_CONNECTION,
+    join_path,
+    kind_of,
+    message_id_problem,
+)
+from convoy.config.shown import shown
 from convoy.errors import FieldError
 
 __all__ = ["DEPLOY_METHODS", "MULTINODE", "ActionTranslator", "Role"]
@@ -150,7 +163,7 @@ class ActionTranslator:
         for j, name in enumerate(names):
             if name not in by_name:
                 self.error(path if isinstance(value, str) else f"{path}[{j}]",
-                           f"no role {name!r} (roles: {', '.join(by_name) or 'none'})")
+                           f"no role {shown(name)} (roles: {', '.join(by_name) or 'none'})")
             elif by_name[name] not in chosen:
                 chosen.append(by_name[name])
         return chosen
@@ -161,11 +174,14 @@ class ActionTranslator:
         if "to" not in body:
             self.error(f"{path}.to", "required: the deploy method (tftp, nfs, tmpfs, ssh, ...)")
             return
+        if not isinstance(method, str):
+            self.error(f"{path}.to", f"must be the deploy method's name (tftp, nfs, ...), got {kind_of(method)}")
+            return
         if method in _CONTAINER_METHODS:
             self.error(f"{path}.to", _CONTAINER_METHODS[method])
             return
         if method not in DEPLOY_METHODS:
-            self.error(f"{path}.to", f"deploy method {method!r} cannot be translated "
+            self.error(f"{path}.to", f"deploy method {shown(method)} cannot be translated "
                                      f"(accepted: {', '.join(sorted(DEPLOY_METHODS))})")
             return
         provision: dict[str, Any] = {"deploy": method}
@@ -187,6 +203,9 @@ class ActionTranslator:
     def boot(self, body: dict[str, Any], path: str, roles: list[Role]) -> None:
         """The boot method, recorded for the connector; guests have no device to boot."""
         method = body.get("method")
+        if "method" in body and not isinstance(method, str):
+            self.error(f"{path}.method", f"must be the boot method's name (u-boot, qemu, ...), got {kind_of(method)}")
+            return
         if method in _CONTAINER_METHODS:
             self.error(f"{path}.method", _CONTAINER_METHODS[method])
             return
@@ -228,19 +247,26 @@ class ActionTranslator:
             self.error(f"{path}.repository", "must be the inline test definition (metadata, run: {steps: [...]}), "
                                              f"got {kind_of(repo)}")
             return []
-        name = definition.get("name") or (repo.get("metadata") or {}).get("name") or "inline"
-        lines = [f"# LAVA test definition {name} ({path})"]
+        metadata = repo.get("metadata")
+        if metadata is not None and not isinstance(metadata, dict):
+            self.error(f"{path}.repository.metadata", f"must be a mapping (format, name, description, ...), "
+                                                      f"got {kind_of(metadata)}")
+            return []
+        name = definition.get("name") or (metadata or {}).get("name") or "inline"
+        lines = [f"# LAVA test definition {_one_line(name)} ({path})"]
         params, overrides = repo.get("params") or {}, definition.get("parameters") or {}
         for value, where in ((params, f"{path}.repository.params"), (overrides, f"{path}.parameters")):
             if not isinstance(value, dict):
                 self.error(where, f"must be a mapping of NAME: value, got {kind_of(value)}")
                 return []
-        params = {**params, **overrides}
-        for key, value in params.items():
-            if not isinstance(key, str) or not key.isidentifier():
-                self.error(f"{path}.parameters.{key}", "not a shell variable name")
-                continue
-            lines.append(f"export {key}={shlex.quote(_text(value))}")
+        for value, where in ((params, f"{path}.repository.params"), (overrides, f"{path}.parameters")):
+            for key in value:
+                if not ENV_NAME_RE.fullmatch(key):
+                    self.error(join_path(where, key), "not a shell variable name (letters, digits and '_', "
+                                                      "not starting with a digit)")
+        for key, value in {**params, **overrides}.items():
+            if ENV_NAME_RE.fullmatch(key):
+                lines.append(f"export {key}={shlex.quote(_text(value))}")
         lines.extend(self.install(repo.get("install"), f"{path}.repository.install"))
         run = repo.get("run")
         steps = run.get("steps") if isinstance(run, dict) else None
@@ -272,8 +298,8 @@ class ActionTranslator:
                                                  "provide it in the image")
         deps = install.get("deps") or []
         if deps:
-            lines.append(f"# install.deps (the image provides them; convoy installs nothing): "
-                         f"{' '.join(map(_text, deps)) if isinstance(deps, list) else _text(deps)}")
+            listed = " ".join(map(_text, deps)) if isinstance(deps, list) else _text(deps)
+            lines.append(f"# install.deps (the image provides them; convoy installs nothing): {_one_line(listed)}")
         steps = install.get("steps") or []
         if not isinstance(steps, list):
             self.error(f"{path}.steps", f"must be a list of shell commands, got {kind_of(steps)}")
@@ -304,24 +330,51 @@ class ActionTranslator:
             self.error(path, f"must be a mapping (request, messageID, message), got {kind_of(request)}")
             return None
         kind, mid = request.get("request"), request.get("messageID")
-        if kind not in _API_REQUESTS:
-            self.error(f"{path}.request", f"must be one of {', '.join(sorted(_API_REQUESTS))} (got {kind!r})")
+        if not isinstance(kind, str) or kind not in _API_REQUESTS:
+            self.error(f"{path}.request", f"must be one of {', '.join(sorted(_API_REQUESTS))} (got {shown(kind)})")
             return None
-        if not isinstance(mid, str) or not mid:
+        if mid is None:
             self.error(f"{path}.messageID", "required: the message id")
+            return None
+        problem = message_id_problem(mid) if isinstance(mid, str) else f"must be a string, got {kind_of(mid)}"
+        if problem:
+            self.error(f"{path}.messageID", problem)
             return None
         words = [kind]
         if "timeout" in request and kind != "lava-send":
-            seconds = self.duration(request["timeout"], f"{path}.timeout")
-            if isinstance(seconds, (int, float)):
+            seconds = self.seconds(request["timeout"], f"{path}.timeout")
+            if seconds is not None:
                 words += ["--timeout", str(seconds)]
         words.append(mid)
-        message = request.get("message") or {}
-        if kind == "lava-send" and isinstance(message, dict):
-            words += [f"{key}={_text(value)}" for key, value in message.items()]
-        if kind == "lava-wait-all" and isinstance(request.get("role"), str):
-            words.append(request["role"])
+        if kind == "lava-send":
+            words += self.message(request.get("message"), f"{path}.message")
+        if kind == "lava-wait-all" and "role" in request:
+            role = request["role"]
+            if not isinstance(role, str) or not ROLE_RE.fullmatch(role):
+                self.error(f"{path}.role", f"must be a role name, got {shown(role)}")
+            else:
+                words.append(role)
         return " ".join(shlex.quote(word) for word in words)
+
+    def message(self, message: Any, path: str) -> list[str]:
+        """``lava-send``'s ``message`` as ``key=value`` words, by the rules ``lava-send`` applies."""
+        if message is None:
+            return []
+        if not isinstance(message, dict):
+            self.error(path, f"must be a mapping of key: value, got {kind_of(message)}")
+            return []
+        words = []
+        for key, value in message.items():
+            where = join_path(path, key)
+            if not key or "=" in key or any(c.isspace() or not c.isprintable() for c in key):
+                self.error(where, "a message key must be printable, without spaces or '='")
+            elif isinstance(value, (dict, list)):
+                self.error(where, f"must be a single value (string or number), got {kind_of(value)}")
+            elif any(c in _text(value) for c in "\r\n\0"):
+                self.error(where, "message values are one line")
+            else:
+                words.append(f"{key}={_text(value)}")
+        return words
 
     def v1_action(self, action: dict[str, Any], path: str, roles: list[Role], multinode: bool) -> None:
         """A LAVA V1 JSON action: ``{"command": "deploy_linaro_image", "parameters": {...}}``."""
@@ -341,33 +394,56 @@ class ActionTranslator:
                     if isinstance(params.get(key), str):
                         role.provision.setdefault("image", params[key])
         elif command == "lava_test_shell":
-            remote = [("testdef_repos", "git-repo"), ("testdef_urls", "url")]
-            for key, kind in remote:
-                for j, _ in enumerate(params.get(key) or []):
+            before = len(self.errors)
+            for key, kind in (("testdef_repos", "git-repo"), ("testdef_urls", "url")):
+                given = params.get(key) or []
+                if not isinstance(given, list):
+                    self.error(f"{path}.parameters.{key}", f"must be a list of test definitions, got {kind_of(given)}")
+                    continue
+                for j, _ in enumerate(given):
                     self.error(f"{path}.parameters.{key}[{j}]",
                                f"only inline test definitions can be translated (got {kind})")
-            if not any(params.get(key) for key, _ in remote):
+            if len(self.errors) == before:
                 self.error(f"{path}.parameters", "lava_test_shell without testdef_repos or testdef_urls")
         elif not command.startswith(("boot_", "submit_results")):
-            self.error(f"{path}.command", f"LAVA V1 command {command!r} cannot be translated "
+            self.error(f"{path}.command", f"LAVA V1 command {shown(command)} cannot be translated "
                                           "(deploy_*, boot_*, submit_results* can)")
 
     # --- values -------------------------------------------------------------------
+    def seconds(self, value: Any, path: str) -> int | float | None:
+        """A duration checked here (it goes into a command line, not through convoy's validator), or None."""
+        before = len(self.errors)
+        value = self.duration(value, path)
+        if len(self.errors) > before:
+            return None
+        try:
+            return as_seconds(parse_duration(value, field=path))
+        except DurationError as exc:
+            self.error(path, exc.reason)
+            return None
+
     def duration(self, value: Any, path: str) -> Any:
         """LAVA's ``{minutes: 10}`` as seconds; any other value is left for convoy to check."""
         if not isinstance(value, dict):
             return value
-        total = 0.0
+        total = 0
         for unit, amount in value.items():
+            where = join_path(path, unit)
             if unit not in _DURATION_UNITS:
-                self.error(join_path(path, unit), f"unknown unit (use {', '.join(_DURATION_UNITS)})")
+                self.error(where, f"unknown unit (use {', '.join(_DURATION_UNITS)})")
                 return value
-            if isinstance(amount, bool) or not isinstance(amount, (int, float)) or amount < 0:
-                self.error(join_path(path, unit), f"must be a non-negative number, got {amount!r}")
+            if isinstance(amount, bool) or not isinstance(amount, (int, float)) or not amount >= 0:
+                self.error(where, f"must be a non-negative number, got {shown(amount)}")
+                return value
+            if amount > MAX_DURATION:  # exact comparison: 10**300 minutes would overflow a float
+                self.error(where, f"must be at most {MAX_DURATION} seconds (365 days) in all, got {shown(amount)}")
                 return value
             total += amount * _DURATION_UNITS[unit]
         if total <= 0:
             self.error(path, "must be a positive duration ({minutes: 10}, {seconds: 30}, ...)")
+        elif total > MAX_DURATION:
+            self.error(path, f"must be at most {MAX_DURATION} seconds (365 days) in all")
+            return value
         return int(total) if float(total).is_integer() else total
 
 
@@ -382,6 +458,11 @@ def _images(deploy: dict[str, Any]) -> dict[str, str]:
                 if isinstance(image, dict) and isinstance(image.get("url"), str):
                     images[str(name)] = image["url"]
     return images
+
+
+def _one_line(value: Any) -> str:
+    """``value`` as one line of a comment in the commands: a newline would start a command."""
+    return " ".join(_text(value).split())
 
 
 def _text(value: Any) -> str:

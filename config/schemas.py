@@ -20,16 +20,22 @@ import cerberus
 from cerberus import TypeDefinition
 
 from convoy.config.durations import DurationError, as_seconds, parse_duration
+from convoy.config.shown import shown
 from convoy.errors import FieldError
 
-QUEUE_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$")
-SSH_KEY_RE = re.compile(r"^(gh|lp):[A-Za-z0-9][A-Za-z0-9._-]*$")
-ROLE_RE = re.compile(r"^[A-Za-z0-9_.-]+$")
-DEVICE_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
-AGENT_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,252}$")
-ENV_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
-CONNECTOR_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_.-]*$")
-UNIX_USER_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_.-]*$")
+# Every pattern is matched whole with ``fullmatch`` (``$`` would let a trailing newline through).
+QUEUE_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,127}")
+SSH_KEY_RE = re.compile(r"(gh|lp):[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
+#: a role reaches environment variables and ``lava-*`` command lines: no leading '-' (an option)
+ROLE_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}")
+DEVICE_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
+AGENT_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,252}")
+ENV_NAME_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,127}")
+CONNECTOR_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_.-]{0,127}")
+#: POSIX-style login names (as Debian's adduser accepts them); they reach SSH configs and command lines
+UNIX_USER_RE = re.compile(r"[a-z_][a-z0-9_-]*\$?")
+MAX_USERNAME = 32
+MAX_PATH = 4096
 
 MULTI_QUEUE = "multi"
 LAVA_START = "lava-start"
@@ -67,10 +73,25 @@ def kind_of(value: Any) -> str:
     return _KINDS.get(type(value), type(value).__name__)
 
 
-def _queue_problem(value: str) -> str | None:
-    if QUEUE_RE.match(value):
+def username_problem(value: str) -> str | None:
+    """Why ``value`` is no login name (it reaches SSH configs and command lines), or None."""
+    if UNIX_USER_RE.fullmatch(value) and len(value) <= MAX_USERNAME:
         return None
-    return (f"invalid queue name {value[:64]!r}: use letters, digits, '.', '_', ':' or '-', "
+    return (f"invalid user name {shown(value)}: use lowercase letters, digits, '_' or '-', starting with a "
+            f"letter or '_' (a final '$' is allowed), at most {MAX_USERNAME} characters")
+
+
+def message_id_problem(value: str) -> str | None:
+    """Why ``value`` cannot be a MultiNode message id, by the rule ``lava-send``/``lava-wait`` apply, or None."""
+    if 0 < len(value) <= 256 and "=" not in value and all(c.isprintable() and not c.isspace() for c in value):
+        return None
+    return f"invalid message id {shown(value)}: 1-256 printable characters, no spaces, no '='"
+
+
+def _queue_problem(value: str) -> str | None:
+    if QUEUE_RE.fullmatch(value):
+        return None
+    return (f"invalid queue name {shown(value)}: use letters, digits, '.', '_', ':' or '-', "
             "starting with a letter or digit, at most 128 characters")
 
 
@@ -110,6 +131,8 @@ class ConvoyValidator(cerberus.Validator):
         if len(new) > room:
             budget = self._config.get("budget")
             if budget is not None:
+                if not budget["dropped"]:
+                    budget["first"] = new[room].document_path
                 budget["dropped"] += len(new) - room
             new = new[:room]
         self._errors.extend(new)
@@ -179,48 +202,52 @@ class ConvoyValidator(cerberus.Validator):
 
     @_only(str)
     def _check_with_ssh_key_id(self, field: str, value: Any) -> None:
-        if not SSH_KEY_RE.match(value):
-            self._error(field, f"invalid SSH key id {value[:64]!r}: use gh:<github-user> or lp:<launchpad-user>")
+        if not SSH_KEY_RE.fullmatch(value):
+            self._error(field, f"invalid SSH key id {shown(value)}: use gh:<github-user> or lp:<launchpad-user>")
 
     @_only(str)
     def _check_with_role(self, field: str, value: Any) -> None:
-        if not ROLE_RE.match(value):
-            self._error(field, f"invalid role {value[:64]!r}: use letters, digits, '_', '.' or '-'")
+        if not ROLE_RE.fullmatch(value):
+            self._error(field, f"invalid role {shown(value)}: use letters, digits, '_', '.' or '-', "
+                               "starting with a letter, digit or '_', at most 128 characters")
 
     @_only(str)
     def _check_with_env_name(self, field: str, value: Any) -> None:
-        if not ENV_NAME_RE.match(value):
-            self._error(field, f"invalid environment variable name {value[:64]!r}")
+        if not ENV_NAME_RE.fullmatch(value):
+            self._error(field, f"invalid environment variable name {shown(value)}: use letters, digits "
+                               "and '_', not starting with a digit, at most 128 characters")
         elif value.startswith("CONVOY_"):
             self._error(field, f"{value} is set by convoy; choose another name")
 
     @_only(str)
     def _check_with_abs_path(self, field: str, value: Any) -> None:
-        if not value.startswith("/") or "\0" in value:
-            self._error(field, f"must be an absolute path, got {value[:64]!r}")
+        if not value.startswith("/") or not value.isprintable() or len(value) > MAX_PATH:
+            self._error(field, f"must be an absolute path (printable, at most {MAX_PATH} characters), "
+                               f"got {shown(value)}")
 
     @_only(str)
     def _check_with_device_name(self, field: str, value: Any) -> None:
-        if not DEVICE_NAME_RE.match(value):
-            self._error(field, f"invalid device name {value[:64]!r}: use letters, digits, '.', '_' or '-', "
+        if not DEVICE_NAME_RE.fullmatch(value):
+            self._error(field, f"invalid device name {shown(value)}: use letters, digits, '.', '_' or '-', "
                                "starting with a letter or digit, at most 64 characters")
 
     @_only(str)
     def _check_with_agent_name(self, field: str, value: Any) -> None:
-        if not AGENT_NAME_RE.match(value):
-            self._error(field, f"invalid agent name {value[:64]!r}: use letters, digits, '.', '_' or '-'")
+        if not AGENT_NAME_RE.fullmatch(value):
+            self._error(field, f"invalid agent name {shown(value)}: use letters, digits, '.', '_' or '-'")
 
     @_only(str)
     def _check_with_unix_user(self, field: str, value: Any) -> None:
-        if not UNIX_USER_RE.match(value) or len(value) > 32:
-            self._error(field, f"not a valid user name: {value[:64]!r}")
+        problem = username_problem(value)
+        if problem:
+            self._error(field, problem)
 
     @_only(str)
     def _check_with_loopback_ipv4(self, field: str, value: Any) -> None:
         try:
             address = ipaddress.IPv4Address(value)
         except ValueError:
-            self._error(field, f"not an IPv4 address: {value[:64]!r}")
+            self._error(field, f"not an IPv4 address: {shown(value)}")
             return
         if not address.is_loopback:
             self._error(field, f"an emulated device lives on a loopback address (127.0.0.0/8), got {value}")
@@ -292,11 +319,11 @@ TEST_DATA = {
     "type": "dict",
     "schema": {
         "test_cmds": {"coerce": "script", "check_with": "script", "schema": {"type": "string"}},
-        "test_username": {"type": "string", "empty": False, "default": DEFAULT_TEST_USERNAME},
+        "test_username": {"type": "string", "check_with": "unix_user", "default": DEFAULT_TEST_USERNAME},
         "env": {
             "type": "dict",
             "keysrules": {"type": "string", "check_with": "env_name"},
-            "valuesrules": {"type": "string", "coerce": "scalar_to_str"},
+            "valuesrules": {"type": "string", "coerce": "scalar_to_str"},  # NUL: see convoy.config.plain_data
         },
     },
 }
@@ -414,10 +441,14 @@ CONNECTOR_CONFIGS: dict[str, dict[str, Any]] = {
 
 # ------------------------------------------------------------------- running
 def join_path(prefix: str, key: Any) -> str:
-    """``prefix`` + ``key`` as a dotted path; list indexes as ``[i]``."""
+    """``prefix`` + ``key`` as a dotted path; list indexes as ``[i]``; an empty key as ``""``
+    (so that every path names something); unprintable characters escaped (``\\n``)."""
     if isinstance(key, int) and not isinstance(key, bool):
         return f"{prefix}[{key}]"
-    return f"{prefix}.{key}" if prefix else str(key)
+    name = str(key) or '""'
+    if not name.isprintable():  # a path is one line of a message: "\n" is shown, not printed
+        name = name.encode("unicode_escape", "backslashreplace").decode("ascii")
+    return f"{prefix}.{name}" if prefix else name
 
 
 def path_key(error: FieldError) -> tuple:
@@ -462,5 +493,8 @@ def run(schema: dict[str, Any], document: dict[str, Any], *, prefix: str = "",
     _flatten(validator.errors, prefix, errors)
     errors.sort(key=path_key)
     if budget["dropped"]:
-        errors.append(FieldError(prefix, f"... and {budget['dropped']} more problem(s) not shown"))
+        first = prefix
+        for key in budget.get("first") or ():
+            first = join_path(first, key)
+        errors.append(FieldError(first or "<document>", f"... and {budget['dropped']} more problem(s) not shown"))
     return (validator.document or {}), errors

@@ -71,10 +71,17 @@ class _StrictConstruction:
     def construct_timestamp_as_text(self, node: Any) -> str:
         return self.construct_scalar(node)  # type: ignore[attr-defined]
 
+    def construct_bounded_int(self, node: Any) -> int:
+        try:
+            return super().construct_yaml_int(node)  # type: ignore[misc]
+        except ValueError:  # Python refuses to convert integers of more than 4300 digits
+            raise _Reject(_LONG_NUMBER_MESSAGE, node.start_mark) from None
+
     @classmethod
     def _register(cls) -> None:
         cls.add_constructor(None, cls.construct_unsupported)  # type: ignore[attr-defined]
         cls.add_constructor(_YAML_TAG + "timestamp", cls.construct_timestamp_as_text)  # type: ignore[attr-defined]
+        cls.add_constructor(_YAML_TAG + "int", cls.construct_bounded_int)  # type: ignore[attr-defined]
         for tag in ("binary", "set", "omap", "pairs"):
             cls.add_constructor(_YAML_TAG + tag, cls.construct_unsupported)  # type: ignore[attr-defined]
 
@@ -88,24 +95,26 @@ class _PyLoader(_StrictConstruction, yaml.SafeLoader):
         self._nodes = 0
 
     def compose_node(self, parent: Any, index: Any) -> Any:
-        if self.check_event(yaml.AliasEvent):
-            event = self.peek_event()
+        event = self.peek_event()
+        if isinstance(event, yaml.AliasEvent):
             raise _Reject(_ALIAS_MESSAGE.format(event.anchor), event.start_mark)
         self._nodes += 1
         if self._nodes > MAX_NODES:
-            raise _Reject(_NODES_MESSAGE.format(MAX_NODES), self.peek_event().start_mark)
-        self._depth += 1
+            raise _Reject(_NODES_MESSAGE.format(MAX_NODES), event.start_mark)
+        collection = isinstance(event, yaml.CollectionStartEvent)  # nesting counts collections, as _scan_events
+        self._depth += collection
         try:
             if self._depth > MAX_DEPTH:
-                raise _Reject(_DEPTH_MESSAGE.format(MAX_DEPTH), self.peek_event().start_mark)
+                raise _Reject(_DEPTH_MESSAGE.format(MAX_DEPTH), event.start_mark)
             return super().compose_node(parent, index)
         finally:
-            self._depth -= 1
+            self._depth -= collection
 
 
 _ALIAS_MESSAGE = "YAML aliases/anchors are not allowed (found *{})"
 _NODES_MESSAGE = "document has too many values (limit {})"
 _DEPTH_MESSAGE = "document is nested too deeply (limit {} levels)"
+_LONG_NUMBER_MESSAGE = "number too long (more than 4300 digits)"
 _PyLoader._register()
 
 if getattr(yaml, "__with_libyaml__", False):
@@ -118,13 +127,13 @@ else:  # pragma: no cover - libyaml ships with PyYAML's wheels
     _CLoader = None  # type: ignore[assignment,misc]
 
 
-def _scan_events(text: str | bytes) -> None:
+def _scan_events(text: str | bytes, loader: type) -> None:
     """Reject aliases, deep nesting and too many nodes before anything is built.
 
     libyaml's composer recurses in C, so nesting must be refused before it runs.
     """
     depth = nodes = 0
-    for event in yaml.parse(text, Loader=_CLoader):
+    for event in yaml.parse(text, Loader=loader):
         if isinstance(event, yaml.AliasEvent):
             raise _Reject(_ALIAS_MESSAGE.format(event.anchor), event.start_mark)
         if isinstance(event, yaml.NodeEvent):
@@ -139,11 +148,35 @@ def _scan_events(text: str | bytes) -> None:
             depth -= 1
 
 
+def _explain_libyaml_error(text: str | bytes, mark: Any) -> None:
+    """Raise convoy's own _Reject if the text up to libyaml's error breaks one of convoy's limits.
+
+    libyaml has its own nesting limit, and its scanner reads far ahead in flow
+    collections, so a deeply nested document can fail inside libyaml before
+    the event scan sees depth 65.  The pure-Python parser, run on the text up
+    to libyaml's error, tells whether the document was too deep (or too big)
+    first: the user then gets convoy's message whatever libyaml's wording.
+    Errors of the pure-Python parser itself are not reported: libyaml's are.
+    """
+    if mark is None:
+        return
+    end = mark.index + 1
+    prefix = text[:end] if isinstance(text, str) else text[:4 * (end + 2)]  # a character is at most 4 bytes
+    try:
+        _scan_events(prefix, yaml.SafeLoader)
+    except yaml.YAMLError:
+        return
+
+
 def _parse(text: str | bytes) -> Any:
     if _CLoader is None:
         loader: Any = _PyLoader(text)
     else:
-        _scan_events(text)
+        try:
+            _scan_events(text, _CLoader)
+        except yaml.MarkedYAMLError as exc:
+            _explain_libyaml_error(text, exc.problem_mark or exc.context_mark)
+            raise
         loader = _CLoader(text)
     try:
         return loader.get_single_data()
@@ -204,8 +237,14 @@ def load_json(text: str | bytes, *, source: str = "<string>") -> Any:
     def constant(name: str) -> Any:
         raise _Reject(f"{name} is not allowed in JSON")
 
+    def integer(digits: str) -> int:
+        try:
+            return int(digits)
+        except ValueError:  # Python refuses to convert integers of more than 4300 digits
+            raise _Reject(_LONG_NUMBER_MESSAGE) from None
+
     try:
-        data = json.loads(text, object_pairs_hook=pairs, parse_constant=constant)
+        data = json.loads(text, object_pairs_hook=pairs, parse_constant=constant, parse_int=integer)
     except _Reject as exc:
         raise _fail(f"{prefix}{exc.message}") from None
     except json.JSONDecodeError as exc:

@@ -7,14 +7,40 @@ port, and skips host-key prompts for these throwaway devices.
 """
 from __future__ import annotations
 
+import shlex
 import shutil
 import stat
 from pathlib import Path
 from typing import Iterable
 
 from convoy.connectors.base import SSHTarget
+from convoy.errors import ConvoyError
 
 WRAPPED = ("ssh", "scp", "sftp")
+#: characters ssh_config reads as syntax (separators, quotes, escapes, %-tokens, comments)
+_SPECIAL = set('"\'\\%#=')
+
+
+def _word(what: str, value: object) -> str:
+    """``value`` as one ssh_config word, or ConvoyError: a newline would add directives
+    (an injected ``ProxyCommand`` runs a command), a space would add arguments.
+
+    Job validation already rejects such user names; this is the last line of defence.
+    """
+    text = str(value)
+    if not text or "${" in text or any(c.isspace() or not c.isprintable() or c in _SPECIAL for c in text):
+        raise ConvoyError(f"refusing to write {what} {text[:64]!r} into the SSH client config: "
+                          "it must be one word without spaces, quotes or control characters")
+    return text
+
+
+def _path(what: str, path: Path) -> str:
+    """A file path as a quoted ssh_config argument; spaces are fine, line breaks and quotes are not."""
+    text = str(path)
+    if any(not c.isprintable() or c in '"' for c in text):
+        raise ConvoyError(f"refusing to write {what} {text[:64]!r} into the SSH client config: "
+                          "it must not contain quotes or control characters")
+    return '"' + text.replace("%", "%%") + '"'
 
 
 def write_ssh_setup(job_dir: Path, identity: Path, targets: Iterable[SSHTarget]) -> Path:
@@ -25,10 +51,11 @@ def write_ssh_setup(job_dir: Path, identity: Path, targets: Iterable[SSHTarget])
     config = base / "config"
     lines: list[str] = []
     for target in targets:
-        lines += [f"Host {target.host}", f"  Port {target.port}", f"  User {target.username}", ""]
+        lines += [f"Host {_word('host', target.host)}", f"  Port {_word('port', target.port)}",
+                  f"  User {_word('user name', target.username)}", ""]
     lines += [
         "Host *",
-        f"  IdentityFile {identity}",
+        f"  IdentityFile {_path('identity file', identity)}",
         "  IdentitiesOnly yes",
         "  StrictHostKeyChecking no",
         "  UserKnownHostsFile /dev/null",
@@ -43,6 +70,6 @@ def write_ssh_setup(job_dir: Path, identity: Path, targets: Iterable[SSHTarget])
         if real is None:
             continue
         wrapper = bin_dir / tool
-        wrapper.write_text(f'#!/bin/sh\nexec {real} -F "{config}" "$@"\n')
+        wrapper.write_text(f'#!/bin/sh\nexec {shlex.quote(real)} -F {shlex.quote(str(config))} "$@"\n')
         wrapper.chmod(wrapper.stat().st_mode | stat.S_IXUSR | stat.S_IXGRP | stat.S_IXOTH)
     return bin_dir

@@ -99,7 +99,8 @@ def test_every_problem_is_reported_with_its_path():
         ("devices[0].config.port", "min value is 1"),
         ("devices[0].config.provision_delay", "must not be negative, got -1"),
         ("devices[0].config.provision_fail", "must be of boolean type"),
-        ("devices[0].config.username", "not a valid user name: '1 user'"),
+        ("devices[0].config.username", "invalid user name '1 user': use lowercase letters, digits, '_' or '-', "
+                                       "starting with a letter or '_' (a final '$' is allowed), at most 32 characters"),
         ("devices[1].queue", "give either `queue` or `queues`, not both"),
         ("devices[1].name", "duplicate device name 'dev-1' (also devices[0])"),
         ("devices[2].queues", "required field (a list of queues, or `queue: NAME`)"),

@@ -317,8 +317,10 @@ def test_random_mutations_of_good_jobs_never_crash():
     ({"job_queue": None}, [("job_queue", "null value not allowed")]),
     ({"job_queue": "a", "reserve_data": {"ssh_keys": []}},
      [("reserve_data.ssh_keys", "must list at least one SSH key id (gh:<user> or lp:<user>)")]),
-    ({"job_queue": "a", "global_timeout": float("nan"), "output_timeout": "1e3"},
-     [("global_timeout", "must be a finite duration, got nan"), ("output_timeout", "unknown unit 'e' in '1e3'")]),
+    ({"job_queue": "a", "global_timeout": "inf", "output_timeout": "1e3"},
+     [("global_timeout", "not a duration: 'inf'"), ("output_timeout", "unknown unit 'e' in '1e3'")]),
+    ({"job_queue": "a", "global_timeout": float("nan"), "provision_data": {"x": [float("-inf")]}},
+     [("global_timeout", "must be a finite number, got nan"), ("provision_data.x[0]", "must be a finite number")]),
     ({"job_queue": "x" * 129}, [("job_queue", "invalid queue name")]),
     ({"job_queue": "multi", "allocate_data": {"allocate": True}, "provision_data": {"jobs": [{"job_queue": "a"}]}},
      [("allocate_data", "set by convoy on child jobs; not allowed on a multi job")]),
@@ -343,3 +345,96 @@ def test_secondary_connection_holds_no_device():
     assert guest1 == guest2 and "allocate_data" not in guest1 and "job_queue" not in guest1
     assert guest1["multinode"] == {"request": "lava-start", "expect_role": "host", "timeout": 120}
     assert job_queues(job) == {"emulated": 1}
+
+
+# ------------------------------------------------ crash classes found by fuzzing
+@pytest.mark.parametrize("doc, expected", [
+    ({"job_queue": "q", "global_timeout": 10**300},
+     [("global_timeout", "must be at most 31536000 seconds (365 days), got a number of 301 digits")]),
+    ({"job_queue": "q", "global_timeout": 1e300}, [("global_timeout", "must be at most 31536000 seconds")]),
+    ({"job_queue": "q", "reserve_data": {"ssh_keys": ["gh:x"], "timeout": -10**300}},
+     [("reserve_data.timeout", "must not be negative, got a negative number of 301 digits")]),
+    ({"job_queue": "q", "global_timeout": 10**5000}, [("global_timeout", "number too long")]),
+    ({"job_queue": "q", "provision_data": {"seed": 10**5000}}, [("provision_data.seed", "number too long")]),
+    ({"job_queue": "q", "provision_data": {"ratio": float("inf")}},
+     [("provision_data.ratio", "must be a finite number, got inf (JSON has no NaN or Infinity)")]),
+    ({"job_queue": "q", "name": "a\x00b"}, [("name", "contains a NUL character")]),
+    ({"job_queue": "q", "tags": ["ok", "\ud800"]}, [("tags[1]", "is not valid Unicode text")]),
+    ({"job_queue": "q", "provision_data": {"\udcff": 1}},
+     [("provision_data.\\udcff", "this key is not valid Unicode")]),
+    ({"job_queue": "q", "": 1}, [('""', "unknown field")]),
+])
+def test_values_that_crashed_or_could_not_travel_are_rejected_at_their_field(doc, expected):
+    found = [(e.path, e.message) for e in errors_of(doc)]
+    assert len(found) == len(expected), found
+    for (path, message), (want_path, want_text) in zip(found, expected):
+        assert path == want_path and want_text in message, found
+
+
+@pytest.mark.parametrize("field, doc", [
+    ("job_queue", {"job_queue": "emu\n"}),
+    ("job_queue", {"job_queue": "emu\r\n"}),
+    ("role", {"job_queue": "q", "role": "server\n"}),
+    ("role", {"job_queue": "q", "role": "-server"}),
+    ("role", {"job_queue": "q", "role": "r" * 129}),
+    ("reserve_data.ssh_keys[0]", {"job_queue": "q", "reserve_data": {"ssh_keys": ["lp:me\n"]}}),
+    ("test_data.env.PATH\\n", {"job_queue": "q", "test_data": {"env": {"PATH\n": "/bin"}}}),
+    ("test_data.env.é", {"job_queue": "q", "test_data": {"env": {"é": "x"}}}),
+    ("test_data.test_username", {"job_queue": "q", "test_data": {"test_username": "ubuntu\n"}}),
+    ("test_data.test_username", {"job_queue": "q", "test_data": {"test_username": "ubuntu\nProxyCommand sh -c x"}}),
+    ("test_data.test_username", {"job_queue": "q", "test_data": {"test_username": "-oProxyCommand=x"}}),
+    ("test_data.test_username", {"job_queue": "q", "test_data": {"test_username": "a b"}}),
+    ("test_data.test_username", {"job_queue": "q", "test_data": {"test_username": "Ubuntu"}}),
+    ("test_data.test_username", {"job_queue": "q", "test_data": {"test_username": "u" * 33}}),
+    ("multinode.cache_file", {"job_queue": "q", "multinode": {"cache_file": "/tmp/cache\n"}}),
+])
+def test_names_that_reach_files_and_command_lines_are_matched_whole(field, doc):
+    """``$`` let a trailing newline through; every name is now matched whole against a strict pattern."""
+    assert [e.path for e in errors_of(doc)] == [field]
+
+
+@pytest.mark.parametrize("username", ["ubuntu", "admin", "_svc", "build-1", "machine$", "u" * 32])
+def test_login_names_are_accepted(username):
+    assert validate_job({"job_queue": "q", "test_data": {"test_username": username}})["test_data"][
+        "test_username"] == username
+
+
+def test_every_path_is_one_printable_line():
+    """A path is one line of the CLI's message: a key's newline is shown escaped, never printed."""
+    errors = errors_of({"job_queue": "q", "provision_data": {"jobs": 1}, "setup\nProxyCommand x": 1})
+    assert [e.path for e in errors] == ["setup\\nProxyCommand x"]
+    assert all(e.path.isprintable() for e in errors)
+
+
+def test_ssh_client_config_refuses_what_would_add_directives(tmp_path: Path):
+    """Defence in depth: even a user name that got past validation cannot add lines to the job's SSH config."""
+    from convoy.connectors.base import SSHTarget
+    from convoy.errors import ConvoyError
+    from convoy.tasks.sshclient import write_ssh_setup
+
+    for bad in [SSHTarget("10.0.0.1", 22, "ubuntu\nProxyCommand touch /tmp/pwned"),
+                SSHTarget("10.0.0.1", 22, "a b"), SSHTarget("10.0.0.1 *", 22, "ubuntu"),
+                SSHTarget("10.0.0.1", 22, "${HOME}"), SSHTarget("10.0.0.1", 22, "")]:
+        with pytest.raises(ConvoyError, match="refusing to write"):
+            write_ssh_setup(tmp_path / "job", tmp_path / "key", [bad])
+        assert not (tmp_path / "job" / ".convoy-ssh" / "config").exists()
+
+
+def test_ssh_client_config_is_read_by_ssh_as_written(tmp_path: Path):
+    """``ssh -G`` (OpenSSH's own reading of the config) sees the user, port and key convoy wrote, nothing else."""
+    import shutil
+    import subprocess
+
+    from convoy.connectors.base import SSHTarget
+    from convoy.tasks.sshclient import write_ssh_setup
+
+    if shutil.which("ssh") is None:
+        pytest.skip("no OpenSSH client")
+    key = tmp_path / "keys dir" / "agent%key"
+    write_ssh_setup(tmp_path / "job", key, [SSHTarget("127.0.0.2", 2222, "build$")])
+    config = tmp_path / "job" / ".convoy-ssh" / "config"
+    shown = subprocess.run(["ssh", "-G", "-F", str(config), "127.0.0.2"], capture_output=True, text=True,
+                           timeout=30, check=True).stdout.splitlines()
+    assert "user build$" in shown and "port 2222" in shown
+    assert f"identityfile {str(key).replace('%', '%%')}" in shown  # -G shows %-tokens unexpanded: %% is "%"
+    assert not any(line.startswith("proxycommand") for line in shown)

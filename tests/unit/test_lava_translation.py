@@ -392,3 +392,91 @@ def test_convoy_adds_nothing_about_a_role_the_translation_already_rejected():
     assert problems(lava_job({"server": {"connection": "adb"}, "client": {"device_type": "qemu", "count": 0}})) == [
         ("protocols.lava-multinode.roles.client.count", "min value is 1"),
         ("protocols.lava-multinode.roles.server.connection", "only connection: ssh can be translated (got 'adb')")]
+
+
+# ------------------------------------------------ crash classes found by fuzzing
+@pytest.mark.parametrize("doc, path, text", [
+    (lava_job(TWO_ROLES, metadata=["source"]), "metadata", "must be a mapping of name: value, got list"),
+    (lava_job(TWO_ROLES, [lava_test(inline("true") | {"repository": {"metadata": 5, "run": {"steps": ["true"]}}})]),
+     "actions[0].test.definitions[0].repository.metadata", "must be a mapping (format, name, description, ...)"),
+    ({"device_group": [{"role": "a", "device_type": "q"}],
+      "actions": [{"command": "lava_test_shell", "parameters": {"testdef_repos": 5}}]},
+     "actions[0].parameters.testdef_repos", "must be a list of test definitions, got integer"),
+    (lava_job(TWO_ROLES, timeouts={"job": {"minutes": 10**300}}), "timeouts.job.minutes",
+     "must be at most 31536000 seconds (365 days) in all, got a number of 301 digits"),
+    (lava_job(TWO_ROLES, timeouts={"job": {"days": 10**400}}), "timeouts.job.days", "must be at most 31536000"),
+    (lava_job(TWO_ROLES, timeouts={"job": {"minutes": 1e308, "days": 1e308}}), "timeouts.job.minutes",
+     "must be at most 31536000"),
+    (lava_job(TWO_ROLES, timeouts={"job": {"seconds": float("nan")}}), "timeouts.job.seconds",
+     "must be a finite number, got nan"),
+    (lava_job(TWO_ROLES, [{"deploy": {"to": ["tftp"]}}]), "actions[0].deploy.to",
+     "must be the deploy method's name (tftp, nfs, ...), got list"),
+    (lava_job(TWO_ROLES, [{"deploy": {"to": {"tftp": 1}}}]), "actions[0].deploy.to", "got mapping"),
+    (lava_job(TWO_ROLES, [{"boot": {"method": {"u-boot": 1}}}]), "actions[0].boot.method",
+     "must be the boot method's name (u-boot, qemu, ...), got mapping"),
+    (lava_job(TWO_ROLES, [{"boot": {"method": ["qemu"]}}]), "actions[0].boot.method", "got list"),
+    (lava_job(TWO_ROLES, [{"deploy": {"to": "ssh", "protocols": {"lava-multinode": [{"request": ["lava-send"]}]}}}]),
+     "actions[0].deploy.protocols.lava-multinode[0].request", "must be one of"),
+    (lava_job(TWO_ROLES, [{"deploy": {"to": "ssh", "protocols": {"lava-multinode": {"request": {"a": 1}}}}}]),
+     "actions[0].deploy.protocols.lava-multinode.request", "must be one of"),
+    ({"job_name": "x", "device_type": "q", "actions": [], "": 1}, '""', "not a field of a LAVA job"),
+])
+def test_values_that_crashed_the_translator_are_rejected_at_their_field(doc, path, text):
+    found = the_problem(doc)
+    assert found[0] == path and text in found[1], found
+
+
+def test_a_problem_with_a_value_every_child_inherits_is_reported_once():
+    """timeouts.job becomes each child's global_timeout too; its problem is still one line."""
+    assert problems(lava_job(TWO_ROLES, timeouts={"job": "soon"})) == [
+        ("timeouts.job", "not a duration: 'soon'; give seconds (3600) or a duration such as '90s', '45m', "
+                         "'2h30m', '1h 30m', '1d'")]
+
+
+@pytest.mark.parametrize("request_, path, text", [
+    ({"request": "lava-wait", "messageID": "two words"}, "messageID", "invalid message id 'two words'"),
+    ({"request": "lava-wait", "messageID": "k=v"}, "messageID", "no '='"),
+    ({"request": "lava-wait", "messageID": 5}, "messageID", "must be a string, got integer"),
+    ({"request": "lava-wait", "messageID": "ready", "timeout": "soon"}, "timeout", "not a duration: 'soon'"),
+    ({"request": "lava-wait", "messageID": "ready", "timeout": -5}, "timeout", "must not be negative"),
+    ({"request": "lava-wait", "messageID": "ready", "timeout": {"minutes": 10**300}}, "timeout.minutes",
+     "must be at most"),
+    ({"request": "lava-send", "messageID": "ready", "message": ["ip"]}, "message", "must be a mapping"),
+    ({"request": "lava-send", "messageID": "ready", "message": {"a b": "x"}}, "message.a b",
+     "a message key must be printable, without spaces or '='"),
+    ({"request": "lava-send", "messageID": "ready", "message": {"ip": "1\n2"}}, "message.ip",
+     "message values are one line"),
+    ({"request": "lava-send", "messageID": "ready", "message": {"ip": [1]}}, "message.ip", "must be a single value"),
+    ({"request": "lava-wait-all", "messageID": "ready", "role": "-rf"}, "role", "must be a role name"),
+])
+def test_multinode_requests_are_checked_as_the_lava_commands_check_them(request_, path, text):
+    action = {"deploy": {"to": "ssh", "protocols": {"lava-multinode": [request_]}}}
+    found = the_problem(lava_job(TWO_ROLES, [action]))
+    assert found[0] == f"actions[0].deploy.protocols.lava-multinode[0].{path}" and text in found[1], found
+
+
+def test_multinode_request_timeouts_become_seconds_on_the_command_line():
+    action = {"deploy": {"to": "ssh", "protocols": {"lava-multinode": [
+        {"request": "lava-wait", "messageID": "ready", "timeout": {"minutes": 2}},
+        {"request": "lava-wait-all", "messageID": "done", "timeout": "1h", "role": "client"},
+        {"request": "lava-send", "messageID": "ip", "message": {"addr": "10.0.0.1", "up": True}}]}}}
+    server = children(validate_job(lava_job(TWO_ROLES, [action])))[0]
+    assert server["test_data"]["test_cmds"].splitlines() == [
+        "lava-wait --timeout 120 ready", "lava-wait-all --timeout 3600 done client",
+        "lava-send ip addr=10.0.0.1 up=true"]
+
+
+def test_text_put_into_comments_stays_on_its_line():
+    """A definition's name and install.deps go into comment lines: a newline in them must not start a command."""
+    definition = inline("true", name="smoke\nrm -rf /tmp/x", install={"deps": ["curl\ntouch /tmp/pwned"]})
+    lines = children(validate_job(lava_job({"peer": {"device_type": "qemu"}}, [lava_test(definition)])))[0][
+        "test_data"]["test_cmds"].splitlines()
+    assert [line for line in lines if not line.startswith("#")] == ["true"]
+
+
+@pytest.mark.parametrize("name", ["é", "1ST", "A-B", "A\n"])
+def test_definition_parameters_must_be_shell_variable_names(name):
+    definition = inline("true", params={name: 1})
+    found = the_problem(lava_job({"peer": {"device_type": "qemu"}}, [lava_test(definition)]))
+    assert found[0].startswith("actions[0].test.definitions[0].repository.params.")
+    assert "not a shell variable name" in found[1]
