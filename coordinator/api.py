@@ -17,6 +17,7 @@ from convoy.config.settings import Settings, load_settings
 from convoy.coordinator import canvas, keys
 from convoy.coordinator.cancel import cancel_job as _cancel_job
 from convoy.coordinator.connection import check_redis, get_client, get_store
+from convoy.coordinator.multinode.resp import redact_url
 from convoy.coordinator.results import job_results as _job_results
 from convoy.coordinator.store import FINAL_STATES
 from convoy.errors import ConvoyError, FieldError, JobValidationError, ServiceUnavailable
@@ -100,7 +101,7 @@ def _dispatch(client: redis.Redis, store, job_id: str, child_ids: list[str], job
                 store.transition(jid, "cancelled", message=f"not queued: {exc}", outcome="cancelled")
             except redis.RedisError:
                 pass
-        raise ServiceUnavailable(settings.effective_broker_url, f"could not queue job: {exc}") from None
+        raise ServiceUnavailable(redact_url(settings.effective_broker_url), f"could not queue job: {exc}") from None
 
 
 def job_status(job_id: str, *, settings: Settings | None = None) -> str:
@@ -119,9 +120,18 @@ def cancel_job(job_id: str, *, settings: Settings | None = None) -> None:
 
 
 def wait_for_job(job_id: str, timeout: float | None = None, *, settings: Settings | None = None) -> str:
-    """Block until the job reaches a final state; return it (raises ConvoyError on timeout)."""
+    """Block until the job reaches a final state; return it.
+
+    Any ``timeout`` works (None: no limit); a Redis restart meanwhile is
+    ridden out.  Raises ConvoyError on timeout, ServiceUnavailable when Redis
+    stays unreachable until the deadline.
+    """
+    settings = settings or load_settings()
     store = get_store(settings)
-    store.state(job_id)  # JobNotFound early
-    if not store.wait_until([job_id], lambda: store.state(job_id) in FINAL_STATES, timeout):
-        raise ConvoyError(f"job {job_id} still {store.state(job_id)} after {timeout:g}s")
-    return store.state(job_id)
+    try:
+        store.state(job_id)  # JobNotFound early
+        if not store.wait_until([job_id], lambda: store.state(job_id) in FINAL_STATES, timeout):
+            raise ConvoyError(f"job {job_id} still {store.state(job_id)} after {timeout:g}s")
+        return store.state(job_id)
+    except redis.RedisError as exc:
+        raise ServiceUnavailable(redact_url(settings.redis_url), f"{exc} (while waiting for job {job_id})") from None

@@ -1,15 +1,19 @@
 """The live view of a job: its phases, states and output, and its children's.
 
 Used by ``convoy poll``, ``convoy submit --poll`` and ``convoy run``.  It
-blocks on the jobs' event streams (``XREAD``), so output shows up as it is
-written and nothing is fetched on a timer.
+blocks on the jobs' event streams (``XREAD``, a second at a time, far below
+the socket timeout), so output shows up as it is written and nothing is
+fetched on a timer.  A lost connection (a Redis restart) is retried with
+back-off until the view's deadline; the view goes on from the last event it
+printed.
 """
 from __future__ import annotations
 
 import sys
-from typing import Callable, TextIO
+from typing import Callable, TextIO, TypeVar
 
 from convoy.coordinator import keys
+from convoy.coordinator.connection import reconnecting
 from convoy.coordinator.store import FINAL_STATES, JobStore
 
 
@@ -20,6 +24,9 @@ def job_labels(store: JobStore, job_id: str) -> dict[str, str]:
         record = store.get(child_id)
         labels[child_id] = f"{record.get('role') or record['job_queue']}#{i}"
     return labels
+
+
+T = TypeVar("T")
 
 
 class LiveView:
@@ -67,17 +74,21 @@ class LiveView:
         streams = {keys.job_events(i): "0-0" for i in ids}
         by_stream = {keys.job_events(i): i for i in ids}
         deadline = None if timeout is None else time.monotonic() + timeout
+
+        def retried(call: Callable[[], T]) -> T:
+            return reconnecting(call, deadline=deadline, what="live view")
+
         while True:
-            self._read(streams, by_stream, block=1000)
+            retried(lambda: self._read(streams, by_stream, block=1000))
             if on_tick:
                 on_tick()
-            if all(s in FINAL_STATES for s in self.store.states(ids).values()):
-                self._read(streams, by_stream, block=None)  # what came after the last read
+            if all(s in FINAL_STATES for s in retried(lambda: self.store.states(ids)).values()):
+                retried(lambda: self._read(streams, by_stream, block=None))  # what came after the last read
                 self._flush_partials()
-                return self.store.state(self.job_id)
+                return retried(lambda: self.store.state(self.job_id))
             if deadline is not None and time.monotonic() > deadline:
                 self._flush_partials()
-                return self.store.state(self.job_id)
+                return retried(lambda: self.store.state(self.job_id))
 
     def _read(self, streams: dict[str, str], by_stream: dict[str, str], block: int | None) -> None:
         for stream, entries in self.store.r.xread(streams, block=block) or []:

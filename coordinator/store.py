@@ -16,6 +16,7 @@ from typing import Any, Callable, Iterable
 import redis
 
 from convoy.coordinator import keys
+from convoy.coordinator.connection import BLOCK_SLICE_MS, block_ms_before, reconnecting
 from convoy.errors import JobNotFound
 
 STATES = ("waiting", "provision", "allocated", "reserve", "test", "cleanup", "complete", "cancelled")
@@ -208,25 +209,31 @@ class JobStore:
 
         Subscribe-then-check: the stream positions are taken before ``done()``
         runs, so an event between the check and the read is never missed.
-        Returns False on timeout.
+        Waits of any length work: each ``XREAD`` blocks for at most one slice
+        (below the socket timeout) and ``done()`` is re-checked after it; a
+        lost connection (a Redis restart) is retried with back-off until the
+        deadline.  Returns False on timeout.
         """
         reader = client or self.r
-        streams = self.last_event_ids(job_ids)
+        ids = list(job_ids)
         deadline = None if timeout is None else time.monotonic() + timeout
+        streams = reconnecting(lambda: self.last_event_ids(ids), deadline=deadline, what="wait_until")
+
+        def read(block: int) -> list:
+            return reader.xread(streams, block=block) or []
+
         while True:
-            if done():
+            if reconnecting(done, deadline=deadline, what="wait_until"):
                 return True
-            if deadline is None:
-                block = 30000
-            else:
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    return False
-                block = max(1, int(min(remaining, 30) * 1000))
-            for stream, entries in reader.xread(streams, block=block) or []:
+            block = block_ms_before(deadline)
+            if block is None:
+                return False
+            for stream, entries in reconnecting(lambda: read(block), deadline=deadline, what="wait_until"):
                 streams[stream] = entries[-1][0]
 
     def events(self, job_id: str, after: str = "0-0", block_ms: int | None = None,
                count: int | None = None) -> list[tuple[str, dict[str, str]]]:
-        result = self.r.xread({keys.job_events(job_id): after}, block=block_ms, count=count)
+        """Events after ``after``; blocks at most ``block_ms`` (capped at one slice: call again)."""
+        block = None if block_ms is None else min(block_ms, BLOCK_SLICE_MS)
+        result = self.r.xread({keys.job_events(job_id): after}, block=block, count=count)
         return result[0][1] if result else []

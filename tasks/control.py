@@ -3,15 +3,24 @@
 Signals are entries of the job's control stream.  A watcher thread blocks on
 ``XREAD`` from the stream's start, so a signal sent before the task began is
 seen as surely as one sent later; the task waits on threading events.
+
+The watcher lives as long as its job phase (hours for a reservation): each
+read blocks one slice (below the socket timeout), and a lost connection (a
+Redis restart) is retried with back-off for as long as the watcher runs, from
+the last signal seen, so no signal is lost or seen twice.
 """
 from __future__ import annotations
 
+import logging
 import threading
 import time
 
 import redis
 
 from convoy.coordinator import keys
+from convoy.coordinator.connection import BLOCK_SLICE_MS, CONNECTION_ERRORS, dedicated_client, reconnecting
+
+log = logging.getLogger(__name__)
 
 SIGNALS = ("cancel", "test", "release", "start")
 
@@ -22,9 +31,7 @@ class ControlWatcher:
     def __init__(self, client: redis.Redis, job_id: str) -> None:
         # a connection of its own: XREAD BLOCK holds it; ``client`` unblocks it at exit
         self._main = client
-        self._client = redis.Redis(single_connection_client=True, connection_pool=redis.ConnectionPool(
-            connection_class=client.connection_pool.connection_class,
-            **client.connection_pool.connection_kwargs))
+        self._client = dedicated_client(client, name=f"convoy-control:{job_id}")
         self._connection_id: int | None = None
         self._started = threading.Event()
         self.job_id = job_id
@@ -41,12 +48,15 @@ class ControlWatcher:
 
     def __exit__(self, *exc: object) -> None:
         self._stop.set()
-        if self._connection_id is not None:
-            try:  # end the blocking read now instead of at its timeout
-                self._main.client_unblock(self._connection_id)
-            except redis.RedisError:
-                pass
-        self._thread.join(timeout=3)
+        for _ in range(3):  # the reader may enter a new read just after an unblock: unblock again
+            if self._connection_id is not None:
+                try:  # end the blocking read now instead of at the end of its slice
+                    self._main.client_unblock(self._connection_id)
+                except redis.RedisError:
+                    pass
+            self._thread.join(timeout=1)
+            if not self._thread.is_alive():
+                break
         self._client.close()
 
     def on_signal(self, callback) -> None:
@@ -59,19 +69,33 @@ class ControlWatcher:
         try:
             self._connection_id = self._client.client_id()
         except redis.RedisError:
-            pass  # no id: exit waits for the read's timeout instead
+            pass  # Redis is away: the first read retries; exit waits for a slice's end meanwhile
         finally:
             self._started.set()
         while not self._stop.is_set():
             try:
-                result = self._client.xread({stream: last}, block=5000)
-            except redis.RedisError:
-                self._stop.wait(0.5)  # Redis went away: reconnect after a short pause
+                result = reconnecting(lambda: self._read(stream, last), stop=self._stop,
+                                      what=f"control stream of job {self.job_id}")
+            except CONNECTION_ERRORS:
+                return  # stopped while Redis was away
+            except redis.RedisError:  # an error reply: never let the watcher die silently
+                log.exception("reading the control stream of job %s", self.job_id)
+                self._stop.wait(1.0)
                 continue
             for _, entries in result or []:
                 for entry_id, fields in entries:
                     last = entry_id
                     self._deliver(fields.get(b"signal", fields.get("signal", b"")))
+
+    def _read(self, stream: str, last: str) -> list:
+        """One slice of ``XREAD BLOCK``; after a reconnection, learn the new connection's id first."""
+        try:
+            if self._connection_id is None:
+                self._connection_id = self._client.client_id()
+            return self._client.xread({stream: last}, block=BLOCK_SLICE_MS) or []
+        except CONNECTION_ERRORS:
+            self._connection_id = None
+            raise
 
     def _deliver(self, raw: bytes | str) -> None:
         name = raw.decode() if isinstance(raw, bytes) else raw

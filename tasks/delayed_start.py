@@ -3,14 +3,15 @@
 A role with ``request: lava-start`` and ``expect_role: R`` waits until every
 member of R has run ``lava-send lava_start`` (LAVA's host/guest pattern: the
 host boots, starts its server, then lets the guests in).  The wait is the
-MultiNode store's own, woken by pub/sub; it fails on timeout or as soon as a
-member of the group fails.
+MultiNode store's own, woken by pub/sub; it fails on timeout, as soon as a
+member of the group fails, or when Redis stays unreachable until the deadline
+(a shorter outage, such as a Redis restart, is ridden out).
 """
 from __future__ import annotations
 
 from typing import Any, Callable, Mapping
 
-from convoy.errors import BarrierTimeout, GroupMemberFailed
+from convoy.errors import BarrierTimeout, GroupMemberFailed, ServiceUnavailable
 
 START_MESSAGE = "lava_start"
 
@@ -34,7 +35,7 @@ def wait_for_start(client: Any, group_id: str, spec: Mapping[str, Any], out: Cal
     except BarrierTimeout as exc:
         out(f"delayed start: timed out after {exc.timeout:g}s waiting for {START_MESSAGE} from role {role}")
         return 1
-    except GroupMemberFailed as exc:
+    except (GroupMemberFailed, ServiceUnavailable) as exc:
         out(f"delayed start: {exc}")
         return 1
     out(f"delayed start: {START_MESSAGE} received from role {role}")

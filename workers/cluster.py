@@ -16,6 +16,7 @@ import redis
 from convoy.config.settings import COORDINATOR_QUEUE
 from convoy.connectors.base import DeviceConfig
 from convoy.coordinator import keys
+from convoy.coordinator.connection import make_client
 from convoy.errors import ConvoyError
 from convoy.workers.redis_server import RedisServer
 from convoy.workers.supervisor import Supervisor, coordinator_command
@@ -88,7 +89,7 @@ class EmbeddedCluster:
         return self
 
     def client(self) -> redis.Redis:
-        return redis.Redis.from_url(self.redis_url, decode_responses=True)
+        return make_client(self.redis_url)
 
     def wait_ready(self, timeout: float = READY_TIMEOUT_SECONDS) -> None:
         """Wait until every device worker and the coordinator announced themselves."""

@@ -11,8 +11,16 @@ optional ``DEVICE_IP``, ``CONVOY_MULTINODE_CACHE`` (default
 ``CONVOY_MULTINODE_TIMEOUT`` (seconds; else the group's timeout).
 
 Exit codes: 0 done; 1 failed (timeout, a member failed, Redis unreachable,
-not in a group); 2 malformed call (usage on stderr).  Never a traceback
-(``CONVOY_DEBUG=1`` shows one for an internal error).
+not in a group); 2 malformed call (usage on stderr), including a message id,
+key, value or role that is not UTF-8 text (``lava-send id k=$'\\xff'`` is
+refused, naming the key, so no other member ever reads such bytes).  Never a
+traceback (``CONVOY_DEBUG=1`` shows one for an internal error).
+
+Redis unreachable (refused, gone, or lost mid-wait): every command retries
+until its own deadline - a wait's ``--timeout`` (else
+``CONVOY_MULTINODE_TIMEOUT``, else the group's timeout once known), other
+commands ``CONVOY_MULTINODE_TIMEOUT`` or 30 s - and then fails with exit 1
+and ``cannot reach <url without password>: ...``.
 """
 from __future__ import annotations
 
@@ -71,6 +79,10 @@ class Env:
             raise ConvoyError(", ".join(var.get(n, n) for n in missing)
                               + " not set: MultiNode commands run inside a convoy MultiNode test job")
 
+    def deadline(self) -> float:
+        """When a command that does not wait gives up reconnecting to Redis."""
+        return time.monotonic() + (self.timeout if self.timeout is not None else store.CONNECT_BUDGET)
+
     def conn(self) -> RespConn:
         self.need("redis_url", "group_id")
         if self._conn is None:
@@ -119,23 +131,21 @@ def _options(args: list[str], timeout_ok: bool) -> tuple[float | None, list[str]
 def _message_id(args: list[str]) -> str:
     if not args:
         raise MultiNodeUsageError("missing message id")
-    mid = args.pop(0)
-    if not mid or len(mid) > 256 or "=" in mid or any(c.isspace() or not c.isprintable() for c in mid):
-        raise MultiNodeUsageError(f"bad message id {mid!r}: 1-256 printable characters, no spaces, no '='")
-    return mid
+    return store.check_message_id(args.pop(0))
 
 
 def _key_values(args: list[str]) -> dict[str, str]:
-    """``key=value`` arguments, split on the first ``=``; values may hold spaces and ``=``."""
+    """``key=value`` arguments, split on the first ``=``; values may hold spaces and ``=``.
+
+    Keys and values must be UTF-8 text (see ``store.check_data``)."""
     data: dict[str, str] = {}
     for arg in args:
         key, sep, value = arg.partition("=")
         if not sep or not key or any(c.isspace() or not c.isprintable() for c in key):
-            raise MultiNodeUsageError(f"bad key=value argument {arg!r}: the key must be non-empty, without spaces")
-        if "\n" in value or "\r" in value or "\0" in value:
-            raise MultiNodeUsageError(f"bad value for {key!r}: values are one line")
+            raise MultiNodeUsageError(f"bad key=value argument {arg!r}: the key must be non-empty, printable "
+                                      "(UTF-8), without spaces")
         data[key] = value
-    return data
+    return store.check_data(data)
 
 
 def _no_more(args: list[str]) -> None:
@@ -144,8 +154,15 @@ def _no_more(args: list[str]) -> None:
 
 
 def _out(lines: Sequence[str]) -> None:
+    """Lines to stdout as UTF-8 whatever the locale (an ASCII locale must not fail on a value)."""
     if lines:
-        sys.stdout.write("".join(line + "\n" for line in lines))
+        text = "".join(line + "\n" for line in lines)
+        buffer = getattr(sys.stdout, "buffer", None)
+        if buffer is None:  # a text stream without bytes underneath (called in-process)
+            sys.stdout.write(text)
+        else:
+            sys.stdout.flush()
+            buffer.write(text.encode("utf-8", "surrogateescape"))
     sys.stdout.flush()
 
 
@@ -178,8 +195,7 @@ def _send(prog: str, env: Env, args: list[str]) -> int:
     mid = _message_id(args)
     data = _key_values(args)
     env.need("redis_url", "group_id", "job_id")
-    budget = env.timeout if env.timeout is not None else store.CONNECT_BUDGET
-    store.send(env.conn(), env.group_id, env.job_id, mid, data, deadline=time.monotonic() + budget)
+    store.send(env.conn(), env.group_id, env.job_id, mid, data, deadline=env.deadline())
     return 0
 
 
@@ -200,8 +216,8 @@ def _wait_all(prog: str, env: Env, args: list[str]) -> int:
     mid = _message_id(args)
     role = args.pop(0) if args else None
     _no_more(args)
-    if role is not None and (not role or any(c.isspace() for c in role)):
-        raise MultiNodeUsageError(f"bad role {role!r}")
+    if role is not None:
+        store.check_role(role)
     env.need("redis_url", "group_id", "job_id")
     received = _recorded(env, f"multinode-wait-all-{mid}", mid, lambda: store.wait_all(
         env.conn(), env.group_id, mid, role, timeout=_timeout(env, option),
@@ -226,7 +242,7 @@ def _group(prog: str, env: Env, args: list[str]) -> int:
     _, args = _options(args, timeout_ok=False)
     role = args.pop(0) if args else None
     _no_more(args)
-    group = store.load_group(env.conn(), env.group_id)
+    group = store.load_group(env.conn(), env.group_id, deadline=env.deadline())
     if role is None:
         _out([f"{job}\t{r}" for job, r in group.members])
         return 0
@@ -244,7 +260,7 @@ def _role(prog: str, env: Env, args: list[str]) -> int:
     if what is None and env.role:
         _out([env.role])
         return 0
-    group = store.load_group(env.conn(), env.group_id)
+    group = store.load_group(env.conn(), env.group_id, deadline=env.deadline())
     if what == "list":
         _out(group.roles())
         return 0

@@ -30,8 +30,9 @@ def _iface(args: list[str], required: bool) -> str | None:
 
 
 def _hosts_lines(env: Any, aliases: bool) -> list[str]:
-    group = store.load_group(env.conn(), env.group_id)
-    received = store.read_message(env.conn(), env.group_id, MESSAGE)
+    deadline = env.deadline()
+    group = store.load_group(env.conn(), env.group_id, deadline=deadline)
+    received = store.read_message(env.conn(), env.group_id, MESSAGE, deadline=deadline)
     lines, counts = [], {}
     for job, role in group.members:
         counts[role] = counts.get(role, 0) + 1
@@ -57,12 +58,12 @@ def run(env: Any, args: list[str]) -> int:
         info = network.interface_info(iface or "", env.device_ip or None)
         if "ipv4" not in info:
             raise ConvoyError(f"no IPv4 address on interface {iface!r}")
-        store.send(env.conn(), env.group_id, env.job_id, MESSAGE, info)
+        store.send(env.conn(), env.group_id, env.job_id, MESSAGE, info, deadline=env.deadline())
         return 0
     if sub == "collect":
         option, args = _options(args, timeout_ok=True)
         _iface(args, required=False)
-        role = args.pop(0) if args else None
+        role = store.check_role(args.pop(0)) if args else None
         _no_more(args)
         env.need("redis_url", "group_id", "job_id")
         received = _recorded(env, "multinode-network-collect", MESSAGE, lambda: store.wait_all(
@@ -76,7 +77,7 @@ def run(env: Any, args: list[str]) -> int:
         job = args.pop(0)
         field = args.pop(0) if args else "ipv4"
         _no_more(args)
-        data = store.read_message(env.conn(), env.group_id, MESSAGE).get(job)
+        data = store.read_message(env.conn(), env.group_id, MESSAGE, deadline=env.deadline()).get(job)
         if data is None:
             raise ConvoyError(f"no network data from {job!r} (has it run 'lava-network broadcast'?)")
         value = data.get(field, data.get(field.lower()))

@@ -11,6 +11,12 @@ be missed.  The in-process API (``store``) also accepts redis-py clients.
 No automatic reconnection: a broken socket raises ``ConnectionError`` and the
 next call connects afresh; the caller decides what to re-read (a subscription
 is not silently restored behind its back).
+
+Timeouts: a reply to a command must come within ``io_timeout`` (else the link
+is dead); a blocking wait for a published message (``wake``) is bounded only
+by the caller's own timeout, so a wait of minutes never trips ``io_timeout``.
+``limit(deadline)`` caps every connect and read at the caller's deadline, so a
+command whose Redis is unreachable fails within its own ``--timeout``.
 """
 from __future__ import annotations
 
@@ -24,6 +30,21 @@ if TYPE_CHECKING:  # typing costs milliseconds at every command start
     from typing import Any
 
 CRLF = b"\r\n"
+
+
+def redact_url(url: str) -> str:
+    """``url`` without its password (for messages: secrets never reach output or errors)."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    user = parts.username or ""
+    host = parts.netloc.rpartition("@")[2]
+    return parts._replace(netloc=f"{user}:***@{host}").geturl()
+
+
+def safe_client_name(name: str) -> str:
+    """What ``CLIENT SETNAME`` accepts: ASCII ``!``..``~`` only (anything else becomes ``_``)."""
+    return "".join(c if "!" <= c <= "~" else "_" for c in name)
 
 
 class RespError(Exception):
@@ -115,9 +136,10 @@ class RespConn:
     def __init__(self, url: str, *, connect_timeout: float = 2.0, io_timeout: float = 10.0,
                  name: str | None = None) -> None:
         self.url = url
-        self.name = "".join(c if c.isprintable() and not c.isspace() else "_" for c in name) if name else None
+        self.name = safe_client_name(name) if name else None
         self.connect_timeout = connect_timeout
         self.io_timeout = io_timeout
+        self._deadline: float | None = None  # see ``limit``
         self._sock: socket.socket | None = None
         self._buf = bytearray()
         self._pushes: deque[_Push] = deque()
@@ -127,18 +149,41 @@ class RespConn:
         self._timeout: float | None = -1.0  # the socket's current timeout
         parts = urlsplit(url)
         if parts.scheme not in ("redis", "rediss", "unix"):
-            raise ValueError(f"unsupported Redis URL scheme {parts.scheme!r} in {url!r}")
+            raise ValueError(f"unsupported Redis URL scheme {parts.scheme!r} in {redact_url(url)!r}")
         self._parts = parts
+
+    @property
+    def safe_url(self) -> str:
+        """The URL without its password, for messages."""
+        return redact_url(self.url)
+
+    def limit(self, deadline: float | None) -> None:
+        """Cap every connect and reply wait at ``deadline`` (``time.monotonic()``; None: no cap)."""
+        self._deadline = deadline
+
+    def _bounded(self, seconds: float) -> float:
+        """``seconds``, or less if the deadline comes first; TimeoutError once it has passed."""
+        if self._deadline is None:
+            return seconds
+        remaining = self._deadline - time.monotonic()
+        if remaining <= 0:
+            raise TimeoutError("deadline passed")
+        return min(seconds, remaining)
 
     # -- connection -------------------------------------------------------
     def _connect(self) -> socket.socket:
         p = self._parts
+        timeout = self._bounded(self.connect_timeout)
         if p.scheme == "unix":
             sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-            sock.settimeout(self.connect_timeout)
-            sock.connect(p.path)
+            sock.settimeout(timeout)
+            try:
+                sock.connect(p.path)
+            except OSError:
+                sock.close()
+                raise
         else:
-            sock = socket.create_connection((p.hostname or "127.0.0.1", p.port or 6379), self.connect_timeout)
+            sock = socket.create_connection((p.hostname or "127.0.0.1", p.port or 6379), timeout)
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
             if p.scheme == "rediss":
@@ -208,9 +253,15 @@ class RespConn:
             try:
                 value = self._take()
             except _Incomplete:
-                if not self._fill(self.io_timeout):
+                try:
+                    wait = self._bounded(self.io_timeout)
+                except TimeoutError:
                     self.close()
-                    raise TimeoutError(f"no reply from Redis within {self.io_timeout:g}s") from None
+                    raise
+                if not self._fill(wait):
+                    self.close()
+                    raise TimeoutError("no reply from Redis before the deadline" if wait < self.io_timeout
+                                       else f"no reply from Redis within {wait:g}s") from None
                 continue
             if isinstance(value, _Push):
                 if self._channels:  # late messages after UNSUBSCRIBE are dropped

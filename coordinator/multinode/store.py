@@ -4,8 +4,16 @@ State lives in Redis (see ``lua.py`` for the scripts); the group's pub/sub
 channel only wakes waiters.  A wait reads the state, and if it is not yet
 satisfied subscribes and reads again, then blocks on the subscription and
 re-reads on every relevant wake-up until the state satisfies it, a member
-fails, or the deadline passes.  Nothing polls.  A dropped connection is
-reopened, re-subscribed and re-read until the deadline.
+fails, or the deadline passes.  A blocking read lasts at most ``WAKE_SLICE``
+seconds: a silent slice ends in a re-read, which also proves the connection
+alive, so a wait of any length outlives no dead socket.  A dropped or refused
+connection is reopened, re-subscribed and re-read until the wait's own
+deadline, then the wait fails with ``ServiceUnavailable``.
+
+Values are bytes-safe: what is stored is JSON of text that encodes as UTF-8
+(``check_data`` refuses anything else at send, naming the key), and what is
+read is made valid text whatever is in Redis, so one member's odd bytes can
+never break another member's wait.
 
 Every function takes either a :class:`~convoy.coordinator.multinode.resp.RespConn`
 (what the ``lava-*`` commands use: cheap to import, one socket) or a redis-py
@@ -36,6 +44,12 @@ if TYPE_CHECKING:  # typing costs milliseconds at every command start
 
 #: how long a call keeps reconnecting before the group's own timeout is known
 CONNECT_BUDGET = 30.0
+#: the longest one blocking read waits before the state is re-read (as ``connection.BLOCK_SLICE_SECONDS``)
+WAKE_SLICE = 10.0
+#: a final read after the deadline may take this much longer (the deadline's own check)
+FINAL_READ_GRACE = 1.0
+#: message ids: what LAVA's scripts use, and safe in a key, a channel payload and a cache file
+MAX_MESSAGE_ID = 256
 #: largest JSON of one member's data for one message (every waiter of the id receives it)
 MAX_DATA = 64 * 1024
 #: payload of a wake-up that means "re-read" (a (re)subscription)
@@ -49,9 +63,66 @@ def _s(value: Any) -> str:
     return value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
 
 
+def _text(value: Any) -> str:
+    """``value`` as text that always encodes as UTF-8 (lone surrogates become U+FFFD)."""
+    text = _s(value)
+    if _is_utf8(text):
+        return text
+    return "".join("\ufffd" if "\ud800" <= c <= "\udfff" else c for c in text)
+
+
+def _is_utf8(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def _bad_name(text: str) -> bool:
+    """Empty, or holds a space, a control character or a byte that is not UTF-8."""
+    return not text or any(c.isspace() or not c.isprintable() for c in text)
+
+
+def check_message_id(message_id: Any) -> str:
+    """``message_id`` if usable, else ``MultiNodeUsageError`` saying why (exit 2 in the commands)."""
+    if not isinstance(message_id, str) or _bad_name(message_id) or "=" in message_id \
+            or len(message_id) > MAX_MESSAGE_ID:
+        raise MultiNodeUsageError(f"bad message id {message_id!r}: 1-{MAX_MESSAGE_ID} printable characters "
+                                  "(UTF-8), no spaces, no '='")
+    return message_id
+
+
+def check_role(role: Any) -> str:
+    if not isinstance(role, str) or _bad_name(role):
+        raise MultiNodeUsageError(f"bad role {role!r}: printable characters (UTF-8), no spaces")
+    return role
+
+
+def check_data(data: Mapping[str, str]) -> dict[str, str]:
+    """``data`` if every key and value can be stored and handed to every waiter, else a usage error.
+
+    Keys: printable UTF-8 text without spaces or ``=``; values: one line of
+    UTF-8 text.  Non-UTF-8 bytes (``lava-send id k=$'\\xff'``) are refused
+    here, naming the key, rather than stored for other members to trip on."""
+    out: dict[str, str] = {}
+    for key, value in data.items():
+        if not isinstance(key, str) or _bad_name(key) or "=" in key:
+            raise MultiNodeUsageError(f"bad key {key!r}: printable characters (UTF-8), no spaces, no '='")
+        if not isinstance(value, str):
+            raise MultiNodeUsageError(f"bad value for {key!r}: text, not {type(value).__name__}")
+        if not _is_utf8(value):
+            raise MultiNodeUsageError(f"bad value for {key!r}: not valid UTF-8 (send text; encode binary data, "
+                                      "e.g. base64)")
+        if "\n" in value or "\r" in value or "\0" in value:
+            raise MultiNodeUsageError(f"bad value for {key!r}: values are one line")
+        out[key] = value
+    return out
+
+
 def _pairs(flat: Any) -> dict[str, str]:
     flat = flat or []
-    return {_s(flat[i]): _s(flat[i + 1]) for i in range(0, len(flat), 2)}
+    return {_text(flat[i]): _text(flat[i + 1]) for i in range(0, len(flat), 2)}
 
 
 def is_connection_error(exc: BaseException) -> bool:
@@ -63,11 +134,21 @@ def is_connection_error(exc: BaseException) -> bool:
 
 
 def _url(client: Any) -> str:
-    url = getattr(client, "url", None)
+    """Where ``client`` connects, without credentials (for error messages)."""
+    url = getattr(client, "safe_url", None)
     if url:
         return url
     kw = getattr(getattr(client, "connection_pool", None), "connection_kwargs", {}) or {}
+    if kw.get("path"):
+        return f"unix://{kw['path']}?db={kw.get('db', 0)}"
     return f"redis://{kw.get('host', '?')}:{kw.get('port', '?')}/{kw.get('db', 0)}"
+
+
+def _limit(client: Any, deadline: float | None) -> None:
+    """Cap a RespConn's socket waits at ``deadline`` (redis-py clients keep their own timeouts)."""
+    limit = getattr(client, "limit", None)
+    if limit is not None:
+        limit(deadline)
 
 
 class _RedisPyLink:
@@ -75,11 +156,13 @@ class _RedisPyLink:
 
     def __init__(self, client: Any) -> None:
         self.client = client
-        self.url = _url(client)
+        self.safe_url = _url(client)
         self._pubsub: Any = None
 
     def execute_command(self, *args: Any) -> Any:
-        return self.client.execute_command(*args)
+        # replies as bytes, decoded here with replacement: bytes written around ``send``
+        # must not fail a reader whose client decodes strictly
+        return self.client.execute_command(*args, NEVER_DECODE=True)
 
     def subscribe(self, channel: str) -> None:
         # Separate connections: wait for the confirmation so a read made
@@ -98,7 +181,11 @@ class _RedisPyLink:
         self.reset()
 
     def wake(self, timeout: float) -> str | None:
-        msg = self._pubsub.get_message(timeout=timeout)
+        try:
+            msg = self._pubsub.get_message(timeout=timeout)
+        except UnicodeDecodeError:  # not a payload convoy publishes: start afresh, then re-read
+            self.reset()
+            raise ConnectionError("undecodable message on the group channel") from None
         if msg is None:
             return None
         kind = _s(msg.get("type"))
@@ -119,9 +206,30 @@ def _link(client: Any) -> Any:
     return client if hasattr(client, "wake") else _RedisPyLink(client)
 
 
-def retrying(client: Any, call: Callable[[], Any], deadline: float) -> Any:
-    """Run ``call``, reconnecting with back-off after connection errors until ``deadline``."""
-    delay = 0.05
+class Backoff:
+    """Pauses between reconnection attempts: 0.05 s doubling to 1 s, never past the deadline.
+
+    The stdlib counterpart of ``connection.reconnecting`` (tenacity costs the
+    ``lava-*`` commands ~70 ms at start)."""
+
+    def __init__(self) -> None:
+        self.delay = 0.05
+
+    def reset(self) -> None:
+        self.delay = 0.05
+
+    def pause(self, deadline: float) -> None:
+        time.sleep(max(0.0, min(self.delay, deadline - time.monotonic())))
+        self.delay = min(self.delay * 2, 1.0)
+
+
+def retrying(client: Any, call: Callable[[], Any], deadline: float, what: str = "") -> Any:
+    """Run ``call``, reconnecting with back-off after connection errors until ``deadline``.
+
+    Every connect and read of a RespConn is capped at the deadline, so this
+    returns or raises ``ServiceUnavailable`` by then (not a fixed time later)."""
+    backoff = Backoff()
+    _limit(client, deadline + FINAL_READ_GRACE)
     while True:
         try:
             return call()
@@ -130,11 +238,13 @@ def retrying(client: Any, call: Callable[[], Any], deadline: float) -> Any:
                 raise
             if hasattr(client, "reset"):
                 client.reset()
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                raise ServiceUnavailable(_url(client), str(exc)) from exc
-            time.sleep(min(delay, remaining))
-            delay = min(delay * 2, 1.0)
+            if deadline - time.monotonic() <= 0:
+                raise ServiceUnavailable(_url(client), f"{_reason(exc)}{what}") from exc
+            backoff.pause(deadline)
+
+
+def _reason(exc: BaseException) -> str:
+    return str(exc) or type(exc).__name__
 
 
 # --- reading the group -----------------------------------------------------
@@ -157,19 +267,22 @@ class Group:
 def load_group(client: Any, group_id: str, *, deadline: float | None = None) -> Group:
     """The group's members (in job order) and timeout; ``GroupNotFound`` if absent."""
     deadline = time.monotonic() + CONNECT_BUDGET if deadline is None else deadline
-    reply = retrying(client, lambda: client.execute_command(
+    link = _link(client)
+    reply = retrying(link, lambda: link.execute_command(
         "HMGET", keys.group_info(group_id), "members", "timeout"), deadline)
     if not reply or reply[0] is None:
         raise GroupNotFound(group_id)
-    members = [(str(j), str(r)) for j, r in json.loads(_s(reply[0]))]
+    members = [(_text(j), _text(r)) for j, r in json.loads(_s(reply[0]))]
     return Group(group_id, members, float(_s(reply[1] or 600)))
 
 
-def read_message(client: Any, group_id: str, message_id: str) -> Received:
+def read_message(client: Any, group_id: str, message_id: str, *, deadline: float | None = None) -> Received:
     """What has been sent for ``message_id`` so far, without waiting."""
-    group = load_group(client, group_id)
-    raw = retrying(client, lambda: client.execute_command(
-        "HGETALL", keys.group_message(group_id, message_id)), time.monotonic() + CONNECT_BUDGET)
+    deadline = time.monotonic() + CONNECT_BUDGET if deadline is None else deadline
+    group = load_group(client, group_id, deadline=deadline)
+    link = _link(client)
+    raw = retrying(link, lambda: link.execute_command(
+        "HGETALL", keys.group_message(group_id, message_id)), deadline)
     data = {_s(k): _s(v) for k, v in raw.items()} if isinstance(raw, dict) else _pairs(raw)
     return _ordered(json.dumps(group.members), data)
 
@@ -177,7 +290,21 @@ def read_message(client: Any, group_id: str, message_id: str) -> Received:
 def _ordered(members_json: Any, data: dict[str, str]) -> Received:
     order = [job for job, _ in json.loads(_s(members_json))] if members_json else []
     senders = [j for j in order if j in data] + sorted(j for j in data if j not in order)
-    return {job: json.loads(data[job]) for job in senders}
+    return {_text(job): _received(data[job]) for job in senders}
+
+
+def _received(raw: Any) -> dict[str, str]:
+    """One sender's stored data as text, whatever is in Redis (never an error for the reader).
+
+    ``send`` stores a JSON object of UTF-8 text; anything else (written
+    around ``send``) is read as no data, and undecodable text is replaced."""
+    try:
+        data = json.loads(_s(raw))
+    except ValueError:
+        return {}
+    if not isinstance(data, dict):
+        return {}
+    return {_text(k): _text(v) for k, v in data.items() if isinstance(v, (str, int, float))}
 
 
 # --- send ------------------------------------------------------------------
@@ -192,18 +319,24 @@ def call_record(job_id: str, name: str, result: str, detail: str | None = None) 
 def send(client: Any, group_id: str, job_id: str, message_id: str,
          data: Mapping[str, str] | None = None, *, record: bool = True,
          deadline: float | None = None) -> None:
-    """Store ``job_id``'s data for ``message_id`` (replacing its earlier data) and wake waiters."""
+    """Store ``job_id``'s data for ``message_id`` (replacing its earlier data) and wake waiters.
+
+    Refuses (``MultiNodeUsageError``, naming the key) data that another member
+    could not read back as text, before anything is stored."""
+    check_message_id(message_id)
+    data = check_data(data or {})
     g = group_id
     keys_ = [keys.group_info(g), keys.group_members(g), keys.group_message(g, message_id),
              keys.group_keys(g), keys.group_api_log(g), keys.group_channel(g), keys.group_sync(g, message_id)]
-    payload = json.dumps(dict(data or {}))
+    payload = json.dumps(data)
     if len(payload) > MAX_DATA:
         raise MultiNodeUsageError(f"message data of {len(payload)} bytes is over the {MAX_DATA}-byte limit: "
                                   "the MultiNode API is for small messages, transfer files yourself")
     rec = call_record(job_id, f"multinode-send-{message_id}", "pass") if record else ""
     args = [job_id, message_id, payload, rec]
     deadline = time.monotonic() + CONNECT_BUDGET if deadline is None else deadline
-    status = retrying(client, lambda: lua.SEND(client, keys_, args), deadline)
+    status = retrying(client, lambda: lua.SEND(client, keys_, args), deadline,
+                      f" (gave up sending {message_id!r})")
     _refuse(int(status), group_id, job_id)
 
 
@@ -252,10 +385,11 @@ def _await(client: Any, group_id: str, message_id: str, check: Callable[[Any], _
     channel = keys.group_channel(group_id)
     deadline = started + (timeout if timeout is not None else CONNECT_BUDGET)
     effective = timeout
+    _limit(link, deadline + FINAL_READ_GRACE)
     # A queued SUBSCRIBE rides with the first read for free; a redis-py pubsub costs a
     # connection and a round trip, so that client reads once before subscribing.
     fast_path = not getattr(link, "QUEUED_SUBSCRIBE", False)
-    need_check, final, delay = not subscribed, False, 0.05
+    need_check, final, backoff = not subscribed, False, Backoff()
     try:
         while True:
             try:
@@ -265,10 +399,11 @@ def _await(client: Any, group_id: str, message_id: str, check: Callable[[Any], _
                 if need_check:
                     need_check = False
                     res = check(link)
-                    delay = 0.05
+                    backoff.reset()
                     if effective is None:
                         effective = res.timeout
                         deadline = started + effective
+                        _limit(link, deadline + FINAL_READ_GRACE)
                     if res.status == 2:
                         return res
                     if res.status == 0:
@@ -286,7 +421,9 @@ def _await(client: Any, group_id: str, message_id: str, check: Callable[[Any], _
                 if remaining <= 0:
                     final = need_check = True  # one last read before giving up
                     continue
-                payload = link.wake(remaining)
+                # a silent slice ends in a re-read: it proves the link alive (a dead one
+                # raises and is reopened) and catches a wake-up lost with a connection
+                payload = link.wake(min(remaining, WAKE_SLICE))
                 if payload is None or payload == RESUBSCRIBED or relevant(payload):
                     need_check = True
             except Exception as exc:
@@ -294,13 +431,11 @@ def _await(client: Any, group_id: str, message_id: str, check: Callable[[Any], _
                     raise
                 link.reset()
                 subscribed, need_check = False, True
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
+                if deadline - time.monotonic() <= 0:
                     raise ServiceUnavailable(
-                        _url(link), f"{exc} (gave up waiting for {message_id!r} after "
-                                    f"{effective if effective is not None else timeout or 0:g}s)") from exc
-                time.sleep(min(delay, remaining))
-                delay = min(delay * 2, 1.0)
+                        _url(link), f"{_reason(exc)} (gave up waiting for {message_id!r} after "
+                                    f"{deadline - started:g}s)") from exc
+                backoff.pause(deadline)
     finally:
         if subscribed:
             try:
@@ -317,6 +452,9 @@ def _pass_record(record: tuple[str, str] | None) -> list[str]:
 def _message_wait(client: Any, group_id: str, message_id: str, mode: str, role: str | None,
                   timeout: float | None, record: tuple[str, str] | None) -> Received:
     started = time.monotonic()
+    check_message_id(message_id)
+    if role is not None:
+        check_role(role)
     g = group_id
     keys_ = [keys.group_info(g), keys.group_members(g), keys.group_failed(g),
              keys.group_message(g, message_id), keys.group_api_log(g)]
@@ -352,6 +490,7 @@ def sync(client: Any, group_id: str, job_id: str, message_id: str, *,
     Returns only the senders of ``message_id`` that sent data (usually none);
     ``record`` names the API call whose pass record is appended on release."""
     started = time.monotonic()
+    check_message_id(message_id)
     g = group_id
     link = _link(client)
     channel = keys.group_channel(g)
@@ -369,7 +508,9 @@ def sync(client: Any, group_id: str, job_id: str, message_id: str, *,
 
     waiting = False
     try:
-        reply = retrying(link, enter, started + (timeout if timeout is not None else CONNECT_BUDGET))
+        budget = timeout if timeout is not None else CONNECT_BUDGET
+        reply = retrying(link, enter, started + budget,
+                         f" (gave up syncing on {message_id!r} after {budget:g}s)")
         res = _Check(reply)
         _refuse(res.status, group_id, job_id)
         if res.status == 0:
@@ -386,7 +527,9 @@ def sync(client: Any, group_id: str, job_id: str, message_id: str, *,
         if payload.startswith("f "):
             return True
         parts = payload.split(" ", 2)
-        return parts[0] == "s" and len(parts) == 3 and parts[2] == message_id and int(parts[1]) >= gen
+        if parts[0] != "s" or len(parts) != 3 or parts[2] != message_id:
+            return False
+        return not parts[1].isdigit() or int(parts[1]) >= gen  # a garbled hint: re-read to be sure
 
     res = _await(link, group_id, message_id,
                  lambda lk: _Check(lua.SYNC_CHECK(lk, sync_keys, [gen, *_pass_record(passed)])),

@@ -2,16 +2,18 @@
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 import sys
 import uuid
 from pathlib import Path
 
 import pytest
+import redis as redis_lib
 from convoy.coordinator import keys
 from convoy.coordinator.multinode import group as mn_group
 from convoy.coordinator.multinode.resp import RespConn
-from convoy.workers.redis_server import RedisServer
+from convoy.workers.redis_server import RedisServer, free_port
 
 from helpers import wait_for
 
@@ -269,3 +271,128 @@ def test_echo_ipv4_and_network(mk):
         f"127.0.0.1\t{server}\tserver01\n10.0.0.2\t{client}\tclient01\n")
     r = g.run(client, "lava-network", "query", "4242")
     assert r.returncode == 1 and "no network data from '4242'" in r.stderr
+
+
+# --- Redis down, unreachable, restarted -------------------------------------------------------
+def bare_env(url: str, **extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("CONVOY_", "DEVICE_IP"))}
+    env.update(CONVOY_REDIS_URL=url, CONVOY_GROUP_ID="g-down", CONVOY_JOB_ID="1", **extra)
+    return env
+
+
+def run_bare(url: str, *args: str, **extra: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([str(BIN / args[0]), *args[1:]], env=bare_env(url, **extra), capture_output=True,
+                          text=True, timeout=60, check=False)  # bounds a hang only
+
+
+@pytest.mark.parametrize("args, extra, gave_up", [
+    (["lava-wait", "--timeout", "1.5", "x"], {}, "gave up waiting for 'x' after 1.5s"),
+    (["lava-wait-all", "x"], {"CONVOY_MULTINODE_TIMEOUT": "1.5"}, "gave up waiting for 'x' after 1.5s"),
+    (["lava-sync", "--timeout", "1.5", "x"], {}, "gave up syncing on 'x' after 1.5s"),
+    (["lava-send", "x", "k=v"], {"CONVOY_MULTINODE_TIMEOUT": "1.5"}, "gave up sending 'x'"),
+    (["lava-group"], {"CONVOY_MULTINODE_TIMEOUT": "1.5"}, ""),
+])
+def test_redis_refusing_fails_at_the_commands_own_timeout_without_the_password(args, extra, gave_up):
+    url = f"redis://:s3cret@127.0.0.1:{free_port()}/0"  # nothing listens there
+    r = run_bare(url, *args, **extra)
+    assert r.returncode == 1
+    assert r.stderr.startswith(f"{args[0]}: cannot reach {url.replace('s3cret', '***')}: "), r.stderr
+    assert "Connection refused" in r.stderr and gave_up in r.stderr
+    assert "s3cret" not in r.stderr and "Traceback" not in r.stderr
+
+
+def test_a_redis_that_never_answers_is_given_up_at_the_deadline():
+    with socket.socket() as listener:  # accepts connections (the kernel does) but never replies
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(16)
+        url = f"redis://127.0.0.1:{listener.getsockname()[1]}/0"
+        r = run_bare(url, "lava-wait", "--timeout", "1.5", "x")
+    assert r.returncode == 1
+    assert r.stderr == (f"lava-wait: cannot reach {url}: no reply from Redis before the deadline "
+                        "(gave up waiting for 'x' after 1.5s)\n")
+
+
+def shutdown_and_restart(server: RedisServer) -> RedisServer:
+    """Stop Redis, keeping its data (SHUTDOWN SAVE), and start it again on the same port."""
+    try:
+        RespConn(server.url).execute_command("SHUTDOWN", "SAVE")
+    except ConnectionError:
+        pass  # the server closes the connection as it exits
+    assert server.process is not None
+    server.process.wait(timeout=30)
+    server.process = None
+    return RedisServer(server.data_dir, port=server.port).start()
+
+
+def test_a_waiter_rides_out_a_redis_restart(tmp_path):
+    server = RedisServer(tmp_path / "redis", port=free_port()).start()
+    client = redis_lib.Redis.from_url(server.url, decode_responses=True)
+    try:
+        g = Group(client, server.url, tmp_path, ["server", "client"], timeout=120)
+        sender, waiter_job = g.jobs
+        waiter = g.start(waiter_job, "lava-wait", "after-restart")
+        wait_for(lambda: g.subscribers() == 1, what="waiter subscribed")
+        server = shutdown_and_restart(server)
+        assert waiter.poll() is None, waiter.communicate()  # Redis gone: still waiting, not failed
+        wait_for(lambda: g.subscribers() == 1, timeout=30, what="waiter back on the restarted Redis")
+        assert g.run(sender, "lava-send", "after-restart", "k=v").returncode == 0
+        assert finish(waiter) == (0, "", "")
+        assert g.cache(waiter_job).read_text() == "k=v\n"
+    finally:
+        client.close()
+        server.stop()
+
+
+# --- bytes-safety ------------------------------------------------------------------------------
+# "\udcff" in an argument reaches the command as the byte 0xff (os.fsencode), as $'\xff' in a shell
+
+
+def test_a_non_utf8_value_is_refused_at_send_naming_the_key_and_other_waits_go_on(mk):
+    g = mk(["a", "b", "c"])
+    a, b, c = g.jobs
+    waiter = g.start(c, "lava-wait", "data")
+    wait_for(lambda: g.subscribers() == 1)
+    r = g.run(a, "lava-send", "data", "ok=1", "k=\udcff")
+    assert r.returncode == 2
+    assert "lava-send: bad value for 'k': not valid UTF-8" in r.stderr and "usage: lava-send" in r.stderr
+    assert not g.client.exists(keys.group_message(g.id, "data"))  # nothing of the bad call stored
+    assert waiter.poll() is None
+    assert g.run(b, "lava-send", "data", "text=h\u00e9llo \u2713 a=b").returncode == 0
+    assert finish(waiter) == (0, "", "")
+    assert g.cache(c).read_bytes() == "text=h\u00e9llo \u2713 a=b\n".encode()  # valid UTF-8 is carried exactly
+
+
+@pytest.mark.parametrize("args, message", [
+    (["lava-send", "id\udcff"], "bad message id"),
+    (["lava-send", "id", "k\udcff=1"], "bad key=value argument"),
+    (["lava-wait", "\udcffid"], "bad message id"),
+    (["lava-wait-all", "id", "role\udcfe"], "bad role"),
+    (["lava-sync", "id\udcc3"], "bad message id"),
+    (["lava-network", "collect", "lo", "r\udcff"], "bad role"),
+])
+def test_odd_bytes_in_ids_keys_and_roles_are_usage_errors(mk, args, message):
+    g = mk(["server", "client"])
+    r = g.run(g.jobs[0], *args)
+    assert r.returncode == 2, r.stderr
+    assert message in r.stderr and "usage: " + args[0] in r.stderr
+    assert "Traceback" not in r.stderr and r.stdout == ""
+    assert mn_group.api_calls(g.client, g.id) == []  # refused before anything reached the group
+
+
+def test_bytes_written_around_send_never_break_another_members_wait(mk):
+    g = mk(["a", "b", "c", "d"])
+    a, b, c, d = g.jobs
+    raw = redis_lib.Redis.from_url(g.url)  # as a script with redis-cli could: no send, no checks
+    try:
+        raw.hset(keys.group_message(g.id, "odd"), mapping={
+            a: b'{"bad": "\xff\xfe", "escaped": "\\udcff", "fine": "x"}',
+            b: b"\xff not json",
+            c: b'["not", "an", "object"]'})
+    finally:
+        raw.close()
+    r = g.run(d, "lava-wait", "odd")
+    assert (r.returncode, r.stderr) == (0, "")
+    assert g.cache(d).read_text() == "bad=\ufffd\ufffd\nescaped=\ufffd\nfine=x\n"
+    r = g.run(d, "lava-wait-all", "odd", "a")
+    assert (r.returncode, r.stderr) == (0, "")
+    assert g.cache(d).read_text() == f"{a}:bad=\ufffd\ufffd\n{a}:escaped=\ufffd\n{a}:fine=x\n"

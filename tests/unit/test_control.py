@@ -2,9 +2,14 @@
 from __future__ import annotations
 
 import threading
+import time
+from pathlib import Path
 
+from convoy.coordinator.connection import make_client
+from convoy.coordinator.multinode.resp import RespConn
 from convoy.coordinator.store import JobStore
 from convoy.tasks.control import ControlWatcher
+from convoy.workers.redis_server import RedisServer, free_port
 
 
 def test_a_signal_sent_before_the_watcher_started_is_seen(redis_client):
@@ -33,3 +38,54 @@ def test_unknown_signals_are_ignored(redis_client):
     JobStore(redis_client).signal("j3", "reboot")
     with ControlWatcher(redis_client, "j3") as watcher:
         assert watcher.wait_any(("cancel", "release"), timeout=0.2) is None
+
+
+def test_the_watcher_has_a_connection_of_its_own_that_ends_with_it(redis_client):
+    def connections() -> int:
+        return sum(1 for c in redis_client.client_list() if c.get("name") == "convoy-control:j4")
+
+    with ControlWatcher(redis_client, "j4") as watcher:
+        assert connections() == 1
+        JobStore(redis_client).signal("j4", "cancel")
+        assert watcher.wait_any(("cancel",), timeout=10) == "cancel"
+    wait_for(lambda: connections() == 0)
+
+
+def shutdown_and_restart(server: RedisServer) -> RedisServer:
+    """Stop Redis, keeping its data (SHUTDOWN SAVE), and start it again on the same port."""
+    try:
+        RespConn(server.url).execute_command("SHUTDOWN", "SAVE")
+    except ConnectionError:
+        pass  # the server closes the connection as it exits
+    assert server.process is not None
+    server.process.wait(timeout=30)
+    server.process = None
+    return RedisServer(server.data_dir, port=server.port).start()
+
+
+def wait_for(condition, timeout: float = 30.0) -> None:
+    """Re-check a condition no event announces (Redis's client list) until a deadline."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "condition not reached"
+        time.sleep(0.02)
+
+
+def test_signals_reach_the_watcher_across_a_redis_restart(tmp_path: Path):
+    server = RedisServer(tmp_path / "redis", port=free_port()).start()
+    client = make_client(server.url)
+    try:
+        store = JobStore(client)
+        store.signal("j5", "test")  # before the restart: seen once, not again after it
+        seen: list[str] = []
+        with ControlWatcher(client, "j5") as watcher:
+            watcher.on_signal(seen.append)
+            assert watcher.wait_any(("test",), timeout=10) == "test"
+            server = shutdown_and_restart(server)
+            wait_for(lambda: any(c.get("cmd") == "xread" for c in client.client_list()))  # reading again
+            store.signal("j5", "cancel")
+            assert watcher.wait_any(("cancel",), timeout=30) == "cancel"
+        assert seen == ["test", "cancel"]
+    finally:
+        client.close()
+        server.stop()

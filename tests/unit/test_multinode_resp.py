@@ -1,9 +1,20 @@
 """The RESP3 codec of the commands' small Redis client, and the commands' argument checks."""
 from __future__ import annotations
 
+import time
+
 import pytest
 from convoy.coordinator.multinode import cachefile, commands, network
-from convoy.coordinator.multinode.resp import RespConn, RespError, _Incomplete, _Push, encode, parse
+from convoy.coordinator.multinode.resp import (
+    RespConn,
+    RespError,
+    _Incomplete,
+    _Push,
+    encode,
+    parse,
+    redact_url,
+    safe_client_name,
+)
 from convoy.errors import MultiNodeUsageError
 
 
@@ -81,7 +92,18 @@ def test_bad_key_values_are_usage_errors(arg):
         commands._key_values([arg])
 
 
-@pytest.mark.parametrize("mid", ["", "a b", "a=b", "x" * 257, "tab\there"])
+@pytest.mark.parametrize("arg", ["k=\udcff", "k=caf\udce9 au lait"])
+def test_values_that_are_not_utf8_are_refused_naming_the_key(arg):
+    """``lava-send id k=$'\\xff'``: Python hands such bytes over as lone surrogates."""
+    with pytest.raises(MultiNodeUsageError, match="bad value for 'k': not valid UTF-8"):
+        commands._key_values([arg])
+
+
+def test_utf8_text_of_any_script_is_a_value():
+    assert commands._key_values(["k=caf\u00e9 \u2713 \u4e2d\t"]) == {"k": "caf\u00e9 \u2713 \u4e2d\t"}
+
+
+@pytest.mark.parametrize("mid", ["", "a b", "a=b", "x" * 257, "tab\there", "\udcff", "id\x1b"])
 def test_bad_message_ids(mid):
     with pytest.raises(MultiNodeUsageError):
         commands._message_id([mid])
@@ -144,3 +166,24 @@ def test_commands_import_nothing_heavy():
     loaded = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     for heavy in ("redis", "celery", "kombu", "asyncio", "yaml", "cerberus", "ssl", "hashlib"):
         assert f"'{heavy}'" not in loaded, f"{heavy} imported by the commands"
+
+
+@pytest.mark.parametrize("url, shown", [
+    ("redis://:s3cret@127.0.0.1:6379/0", "redis://:***@127.0.0.1:6379/0"),
+    ("rediss://convoy:p%40ss@redis.lab:6380/2", "rediss://convoy:***@redis.lab:6380/2"),
+    ("redis://127.0.0.1:6379/0", "redis://127.0.0.1:6379/0"),
+])
+def test_urls_in_messages_never_carry_the_password(url, shown):
+    assert redact_url(url) == shown
+    assert RespConn(url).safe_url == shown
+
+
+def test_connection_names_are_what_redis_accepts():
+    assert safe_client_name("lava-wait:g 1:caf\u00e9\udcff") == "lava-wait:g_1:caf__"
+
+
+def test_a_passed_deadline_ends_a_call_before_it_touches_the_network():
+    conn = RespConn("redis://127.0.0.1:1/0")
+    conn.limit(time.monotonic() - 1)
+    with pytest.raises(TimeoutError, match="deadline passed"):
+        conn.execute_command("PING")

@@ -2,9 +2,17 @@
 from __future__ import annotations
 
 import threading
+import time
+from pathlib import Path
+
+import pytest
+import redis
 
 from convoy.coordinator import keys
+from convoy.coordinator.connection import make_client
+from convoy.coordinator.multinode.resp import RespConn
 from convoy.coordinator.store import JobStore
+from convoy.workers.redis_server import RedisServer, free_port
 
 
 def make(redis_client, job_id="j1", queue="q"):
@@ -77,3 +85,76 @@ def test_once_is_true_exactly_once(redis_client):
     assert store.once("j1", "cleanup") is True
     assert store.once("j1", "cleanup") is False
     assert store.happened("j1", "cleanup")
+
+
+def shutdown_and_restart(server: RedisServer) -> RedisServer:
+    """Stop Redis, keeping its data (SHUTDOWN SAVE), and start it again on the same port."""
+    try:
+        RespConn(server.url).execute_command("SHUTDOWN", "SAVE")
+    except ConnectionError:
+        pass  # the server closes the connection as it exits
+    assert server.process is not None
+    server.process.wait(timeout=30)
+    server.process = None
+    return RedisServer(server.data_dir, port=server.port).start()
+
+
+def blocked_readers(client: redis.Redis) -> int:
+    return sum(1 for c in client.client_list() if c.get("cmd") == "xread")
+
+
+class Waiter(threading.Thread):
+    def __init__(self, store: JobStore, timeout: float) -> None:
+        super().__init__(daemon=True)
+        self.store, self.timeout = store, timeout
+        self.result: bool | None = None
+        self.error: BaseException | None = None
+        self.start()
+
+    def run(self) -> None:
+        try:
+            self.result = self.store.wait_until(["j1"], lambda: self.store.state("j1") == "complete", self.timeout)
+        except BaseException as exc:  # noqa: BLE001 - handed to the test
+            self.error = exc
+
+
+def wait_for(condition, timeout: float = 30.0) -> None:
+    """Re-check a condition no event announces (Redis's client list) until a deadline."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "condition not reached"
+        time.sleep(0.02)
+
+
+def test_wait_until_rides_out_a_redis_restart(tmp_path: Path):
+    server = RedisServer(tmp_path / "redis", port=free_port()).start()
+    client = make_client(server.url)
+    try:
+        store = make(client)
+        waiter = Waiter(store, timeout=300)
+        wait_for(lambda: blocked_readers(client) == 1)
+        server = shutdown_and_restart(server)
+        wait_for(lambda: blocked_readers(client) == 1)  # reconnected and blocking again, not dead
+        assert waiter.is_alive() and waiter.error is None
+        store.transition("j1", "complete")
+        waiter.join(30)
+        assert (waiter.result, waiter.error) == (True, None)
+    finally:
+        client.close()
+        server.stop()
+
+
+def test_wait_until_gives_up_when_redis_stays_away_past_the_deadline(tmp_path: Path):
+    server = RedisServer(tmp_path / "redis", port=free_port()).start()
+    client = make_client(server.url)
+    try:
+        store = make(client)
+        waiter = Waiter(store, timeout=2)
+        wait_for(lambda: blocked_readers(client) == 1)
+        server.stop()
+        waiter.join(60)  # bounds a hang only
+        assert not waiter.is_alive()
+        assert isinstance(waiter.error, redis.ConnectionError)
+    finally:
+        client.close()
+        server.stop()
