@@ -1,18 +1,28 @@
 """Run a job's test commands as a bash script, streaming output, stoppable by cancel."""
 from __future__ import annotations
 
+import codecs
 import functools
+import logging
 import os
 import shutil
 import signal
 import subprocess
 import threading
 from pathlib import Path
-from typing import Callable, Mapping
+from typing import IO, Callable, Mapping
+
+from convoy.tasks.output import GRACE_SECONDS, OutputForwarder, patiently
+
+log = logging.getLogger(__name__)
 
 KILL_GRACE_SECONDS = 5.0
 #: exit code recorded when a phase is stopped by cancel or timeout (like a shell's SIGTERM)
 STOPPED_EXIT_CODE = 143
+#: exit code recorded for a script that exited 0 but whose output was partly lost: never a silent pass
+OUTPUT_LOST_EXIT_CODE = 1
+#: how long the end of the script waits for its output reader (a background child may hold the pipe)
+READER_JOIN_SECONDS = 10.0
 
 
 @functools.lru_cache(maxsize=1)
@@ -54,10 +64,15 @@ def script_command(script_path: Path, private_files: Mapping[str, Path] | None =
 def run_script(script: str, *, cwd: Path, env: Mapping[str, str], on_output: Callable[[str], None],
                cancel: threading.Event, timeout: float | None = None, name: str = "test_cmds",
                private_files: Mapping[str, Path] | None = None,
-               on_start: Callable[[int], None] | None = None) -> int:
+               on_start: Callable[[int], None] | None = None, output_grace: float = GRACE_SECONDS) -> int:
     """Run ``script`` with ``bash -e`` in ``cwd``; return its exit code.
 
-    Output (stdout and stderr together) goes to ``on_output`` as it comes.
+    Output (stdout and stderr together) goes to ``on_output`` as it comes,
+    in order, through an :class:`OutputForwarder`: the pipe is always read,
+    and an ``on_output`` failing with a Redis connection error is retried
+    until it works again (up to ``output_grace`` s after the script ended).
+    Output that is lost all the same is said in the output, and a script
+    that exited 0 then returns ``OUTPUT_LOST_EXIT_CODE``.
     When ``cancel`` is set or ``timeout`` passes, the script's whole process
     group gets SIGTERM, then SIGKILL after a grace period.  With
     ``private_files`` ({shared path: job's file}) the script sees its own
@@ -67,13 +82,34 @@ def run_script(script: str, *, cwd: Path, env: Mapping[str, str], on_output: Cal
     cwd.mkdir(parents=True, exist_ok=True)
     script_path = cwd / f".{name}.sh"
     script_path.write_text(script if script.endswith("\n") else script + "\n")
+    output = OutputForwarder(on_output, name=name)
+    try:
+        code = _run(script_path, cwd, env, output, cancel, timeout, name, private_files, on_start)
+    finally:
+        lost = output.close(output_grace)
+    if lost:
+        log.warning("%s: %d bytes of output lost; exit code %d", name, lost, code)
+        if code == 0:
+            return OUTPUT_LOST_EXIT_CODE
+    return code
+
+
+def _run(script_path: Path, cwd: Path, env: Mapping[str, str], output: OutputForwarder, cancel: threading.Event,
+         timeout: float | None, name: str, private_files: Mapping[str, Path] | None,
+         on_start: Callable[[int], None] | None) -> int:
     proc = subprocess.Popen(script_command(script_path, private_files), cwd=cwd, env=dict(env),
                             stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                             start_new_session=True)
-    if on_start is not None:
-        on_start(proc.pid)
-    reader = threading.Thread(target=_pump, args=(proc, on_output), daemon=True)
+    assert proc.stdout is not None
+    # the reader holds the pipe's file object, so it stays open for as long as something reads it
+    reader = threading.Thread(target=_pump, args=(proc.stdout, output.write), daemon=True)
     reader.start()
+    if on_start is not None:
+        try:  # a Redis restart right now delays the record of the pid; the script runs meanwhile
+            patiently(on_start, proc.pid)
+        except BaseException:
+            _terminate(proc)
+            raise
     stopper_done = threading.Event()
 
     def stop_on_cancel() -> None:
@@ -88,25 +124,31 @@ def run_script(script: str, *, cwd: Path, env: Mapping[str, str], on_output: Cal
     try:
         code = proc.wait(timeout=timeout)
     except subprocess.TimeoutExpired:
-        on_output(f"\n*** {name} timed out after {timeout:g}s; stopping it ***\n")
+        output.write(f"\n*** {name} timed out after {timeout:g}s; stopping it ***\n")
         _terminate(proc)
         code = proc.wait()
     finally:
         stopper_done.set()
-    reader.join(timeout=10)
+    reader.join(timeout=READER_JOIN_SECONDS)
+    if reader.is_alive():  # the reader keeps draining the pipe, but the phase's output ends here
+        output.write(f"\n*** {name} ended; a process it left running still holds its output, "
+                     "which is not kept from here on ***\n")
     if cancel.is_set() and code != 0:
         return STOPPED_EXIT_CODE if code < 0 else code
     return code if code >= 0 else 128 - code
 
 
-def _pump(proc: subprocess.Popen[bytes], on_output: Callable[[str], None]) -> None:
-    assert proc.stdout is not None
-    fd = proc.stdout.fileno()
+def _pump(stream: IO[bytes], write: Callable[[str], None]) -> None:
+    """Read the script's output until EOF; ``write`` must not block (a forwarder's write does not)."""
+    decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")  # a character split across reads stays whole
+    fd = stream.fileno()
     while True:
         chunk = os.read(fd, 65536)
+        text = decoder.decode(chunk, final=not chunk)
+        if text:
+            write(text)
         if not chunk:
             return
-        on_output(chunk.decode("utf-8", errors="replace"))
 
 
 def kill_process_group(pgid: int) -> bool:

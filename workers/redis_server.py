@@ -8,12 +8,14 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import time
 from pathlib import Path
 
 from convoy.errors import ConvoyError
+from convoy.workers.lifeline import preexec_die_with_parent
 
 
 def find_redis_server() -> str:
@@ -40,11 +42,17 @@ def free_port(host: str = "127.0.0.1") -> int:
 
 
 class RedisServer:
-    """A redis-server child process on 127.0.0.1, private to its data dir."""
+    """A redis-server child process on 127.0.0.1, private to its data dir.
 
-    def __init__(self, data_dir: Path, port: int | None = None) -> None:
+    With ``appendonly`` every write is logged to the append-only file in the
+    data dir (as in every documented deployment), so a server killed and
+    started again on the same port and dir comes back with its data.
+    """
+
+    def __init__(self, data_dir: Path, port: int | None = None, *, appendonly: bool = False) -> None:
         self.data_dir = Path(data_dir)
         self.port = port or free_port()
+        self.appendonly = appendonly
         self.process: subprocess.Popen[bytes] | None = None
 
     @property
@@ -59,13 +67,14 @@ class RedisServer:
             "--bind", "127.0.0.1",
             "--dir", str(self.data_dir),
             "--save", "",
-            "--appendonly", "no",
+            "--appendonly", "yes" if self.appendonly else "no",
             "--protected-mode", "yes",
             "--logfile", str(self.data_dir / "redis.log"),
             "--maxclients", "10000",
         ]
         self.process = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                                        stderr=subprocess.DEVNULL, start_new_session=True)
+                                        stderr=subprocess.DEVNULL, start_new_session=True,
+                                        preexec_fn=preexec_die_with_parent())  # gone with its starter
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
@@ -89,6 +98,17 @@ class RedisServer:
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait()
+        self.process = None
+
+    @property
+    def pid(self) -> int | None:
+        return self.process.pid if self.process and self.process.poll() is None else None
+
+    def kill(self) -> None:
+        """SIGKILL the server, as a crash would; :meth:`start` brings it back on the same port and dir."""
+        if self.process and self.process.poll() is None:
+            os.kill(self.process.pid, signal.SIGKILL)
+            self.process.wait()
         self.process = None
 
     def __enter__(self) -> "RedisServer":

@@ -3,8 +3,12 @@ from __future__ import annotations
 
 import os
 import threading
+import time
 
-from convoy.tasks.runner import STOPPED_EXIT_CODE, run_script
+import psutil
+import redis
+
+from convoy.tasks.runner import OUTPUT_LOST_EXIT_CODE, STOPPED_EXIT_CODE, run_script
 
 
 def run(script, tmp_path, cancel=None, timeout=None):
@@ -38,12 +42,21 @@ def test_cancel_stops_the_script_and_its_children(tmp_path):
     code, _ = run(f"sleep 300 &\necho $! > {marker}\nwait", tmp_path, cancel=cancel)
     assert code == STOPPED_EXIT_CODE
     child = int(marker.read_text())
-    try:
-        os.kill(child, 0)
-        alive = os.path.exists(f"/proc/{child}") and "Z" not in open(f"/proc/{child}/stat").read().split()[2]
-    except ProcessLookupError:
-        alive = False
-    assert not alive, "the script's background child survived the cancel"
+    # the SIGTERM reached it with the script's; its exit may still be under way: wait for it, with a deadline
+    assert wait_dead(child, timeout=10), "the script's background child survived the cancel"
+
+
+def wait_dead(pid: int, timeout: float) -> bool:
+    """True once ``pid`` is gone or a zombie (dead, not reaped yet)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if psutil.Process(pid).status() == psutil.STATUS_ZOMBIE:
+                return True
+        except psutil.NoSuchProcess:
+            return True
+        time.sleep(0.01)
+    return False
 
 
 def test_timeout_stops_the_script(tmp_path):
@@ -69,3 +82,77 @@ def test_private_files_give_each_script_its_own_cache_file(tmp_path):
         assert mine.read_text() == f"{name}\n"
     assert "".join(outputs) == "one\ntwo\n"
     assert open(shared).read() == "", "the shared path itself must stay untouched"
+
+
+class FlakyStore:
+    """Stands for the job store behind ``on_output``: unreachable for its first ``failures`` calls, or always."""
+
+    def __init__(self, failures: int | None) -> None:
+        self.failures_left = failures
+        self.received: list[str] = []
+
+    def __call__(self, text: str) -> None:
+        if self.failures_left is None:
+            raise redis.ConnectionError("Error 111 connecting to 127.0.0.1:6379. Connection refused.")
+        if self.failures_left > 0:
+            self.failures_left -= 1
+            raise redis.ConnectionError("Error 111 connecting to 127.0.0.1:6379. Connection refused.")
+        self.received.append(text)
+
+
+def test_output_reaches_a_store_that_fails_for_a_while_in_order_and_once(tmp_path):
+    store = FlakyStore(failures=3)
+    code = run_script("for i in $(seq 1 500); do echo line $i; done", cwd=tmp_path, env=dict(os.environ),
+                      on_output=store, cancel=threading.Event())
+    assert code == 0
+    assert "".join(store.received).splitlines() == [f"line {i}" for i in range(1, 501)]
+    assert store.failures_left == 0
+
+
+def test_a_script_printing_more_than_a_pipe_holds_ends_although_the_store_never_answers(tmp_path):
+    store = FlakyStore(failures=None)
+    # 2 MB: far beyond a pipe's 64 KiB, so the script only ends if the pipe is read all along
+    code = run_script("head -c 2000000 /dev/zero | tr '\\0' x; echo; echo done > finished", cwd=tmp_path,
+                      env=dict(os.environ), on_output=store, cancel=threading.Event(), output_grace=0.2)
+    assert (tmp_path / "finished").read_text() == "done\n"
+    assert code == OUTPUT_LOST_EXIT_CODE != 0, "lost output must not pass"
+
+
+def test_lost_output_keeps_a_failing_scripts_own_exit_code(tmp_path):
+    code = run_script("echo some output\nexit 5", cwd=tmp_path, env=dict(os.environ),
+                      on_output=FlakyStore(failures=None), cancel=threading.Event(), output_grace=0.1)
+    assert code == 5
+
+
+def test_a_character_split_between_two_reads_stays_whole():
+    from convoy.tasks.runner import _pump
+
+    read_fd, write_fd = os.pipe()
+    got: list[str] = []
+    first_read = threading.Event()
+
+    def write(text: str) -> None:
+        got.append(text)
+        first_read.set()
+
+    with os.fdopen(read_fd, "rb") as stream:
+        reader = threading.Thread(target=_pump, args=(stream, write))
+        reader.start()
+        os.write(write_fd, b"caf\xc3")  # the first byte of "\u00e9" ...
+        assert first_read.wait(10)
+        os.write(write_fd, b"\xa9\n")  # ... and its second, in a later read
+        os.close(write_fd)
+        reader.join(10)
+    assert "".join(got) == "caf\u00e9\n"
+
+
+def test_output_of_a_process_left_running_is_said_to_end_with_the_script(tmp_path, monkeypatch):
+    import convoy.tasks.runner as runner
+
+    monkeypatch.setattr(runner, "READER_JOIN_SECONDS", 0.2)
+    marker = tmp_path / "leftover.pid"
+    code, out = run(f"(sleep 30; echo too late) &\necho $! > {marker}\necho done", tmp_path)
+    os.killpg(os.getpgid(int(marker.read_text())), 9)  # the script's group: the subshell and its sleep
+    assert code == 0
+    assert out.startswith("done\n")
+    assert "still holds its output, which is not kept" in out and "too late" not in out
