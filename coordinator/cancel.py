@@ -43,6 +43,11 @@ def cancel_parent(store: JobStore, parent_id: str, settings: Settings) -> None:
     store.signal(parent_id, "cancel")
     if store.state(parent_id) in ALLOCATING:
         abort_allocation(store, parent_id, "Job cancelled during allocation", settings)
+        return
+    # children running test_cmds stop now: the parent's test phase waits for them before its cleanup
+    for child_id, state in store.states(store.children(parent_id)).items():
+        if state not in FINAL_STATES:
+            store.signal(child_id, "cancel")
 
 
 def abort_allocation(store: JobStore, parent_id: str, message: str, settings: Settings) -> bool:

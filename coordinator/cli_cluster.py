@@ -4,15 +4,20 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import sys
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
 import click
 
-from convoy.coordinator.cli import _existing, cli, exit_code
+from convoy.coordinator.cli import EXIT_CANCELLED, EXIT_FAIL, _existing, cli, exit_code
 from convoy.errors import ConvoyError
+
+#: how long an interrupted ``convoy run`` waits for its cancelled job's cleanup
+CANCEL_CLEANUP_SECONDS = 120.0
 
 
 def _with_addresses(devices: list) -> list:
@@ -35,6 +40,53 @@ def _with_addresses(devices: list) -> list:
     return out
 
 
+class Interrupted(Exception):
+    """SIGTERM or SIGINT reached ``convoy run`` (a CI timeout, Ctrl-C)."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+class InterruptGuard:
+    """Turns SIGTERM and SIGINT into :class:`Interrupted` in the main thread while armed.
+
+    While a job runs (``patient``) the first signal only is recorded, so
+    the live view goes on showing the job's cancel and cleanup; a second
+    one raises.  Teardown disarms it: no signal cuts the stopping of Redis,
+    the workers and the device farm short.
+    """
+
+    SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+    def __init__(self) -> None:
+        self.armed = True
+        self.patient = False
+        self.received: list[int] = []
+        self._previous: dict[int, Any] = {}
+
+    def _handle(self, signum: int, _frame: object) -> None:
+        self.received.append(signum)
+        if self.armed and not (self.patient and len(self.received) == 1):
+            raise Interrupted(signum)
+
+    @property
+    def interrupted(self) -> bool:
+        return bool(self.received)
+
+    def __enter__(self) -> "InterruptGuard":
+        for sig in self.SIGNALS:
+            self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def disarm(self) -> None:
+        self.armed = False
+
+    def __exit__(self, *exc: object) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+
+
 @cli.command()
 @click.argument("job_file", type=click.Path(dir_okay=False))
 @click.option("--agent", "agent_file", type=click.Path(dir_okay=False),
@@ -47,6 +99,8 @@ def run(job_file: str, agent_file: str | None, artifacts: str | None, state_dir:
     """Run a job on an embedded cluster: private Redis, emulated devices, workers, teardown.
 
     The exit code is the job's outcome: 0 passed, 1 failed, 3 cancelled.
+    SIGTERM or SIGINT cancels the job (its cleanup runs on the devices),
+    stops everything this command started and exits 3.
     """
     from convoy.config.agents import load_agent
     from convoy.config.jobs import job_queues, load_job
@@ -60,39 +114,62 @@ def run(job_file: str, agent_file: str | None, artifacts: str | None, state_dir:
     base = Path(state_dir) if state_dir else Path(tempfile.mkdtemp(prefix="convoy-run-"))
     click.echo(f"convoy run: starting {len(devices)} device(s): "
                + ", ".join(f"{d.name} ({d.config.get('address', d.connector)})" for d in devices))
-    code = 1
-    try:
-        with EmbeddedCluster(base, devices, redis_url=os.environ.get("CONVOY_REDIS_URL"),
-                             log=lambda m: click.echo(f"convoy run: {m}", err=True)):
-            code = _run_job(job, artifacts, quiet)
-    finally:
-        if own_dir:
-            shutil.rmtree(base, ignore_errors=True)
+    code = EXIT_FAIL
+    cluster = EmbeddedCluster(base, devices, redis_url=os.environ.get("CONVOY_REDIS_URL"),
+                              log=lambda m: click.echo(f"convoy run: {m}", err=True))
+    with InterruptGuard() as guard:
+        try:
+            cluster.start()
+            code = _run_job(job, artifacts, quiet, guard)
+        except Interrupted as exc:  # before the job was submitted, or a second signal
+            click.echo(f"convoy run: {exc}; stopping", err=True)
+            code = EXIT_CANCELLED
+        finally:
+            guard.disarm()
+            click.echo("convoy run: stopping the cluster", err=True)
+            cluster.stop()
+            if own_dir:
+                shutil.rmtree(base, ignore_errors=True)
     sys.exit(code)
 
 
-def _run_job(job: dict[str, Any], artifacts: str | None, quiet: bool) -> int:
+def _run_job(job: dict[str, Any], artifacts: str | None, quiet: bool, guard: InterruptGuard) -> int:
+    """Submit the job and show it live; a signal cancels it and the view follows its cleanup."""
     from convoy.coordinator.api import cancel_job, job_results, submit_job
     from convoy.coordinator.connection import get_store
     from convoy.coordinator.live import LiveView
+    from convoy.errors import JobStateError
 
+    guard.patient = True  # from here on a signal cancels the job, once it is submitted
     job_id = submit_job(job)
     click.echo(f"convoy run: job {job_id} submitted")
-    store = get_store()
-    view = LiveView(store, job_id, show_output=not quiet)
-    try:
-        view.follow()
-    except KeyboardInterrupt:
-        click.echo("convoy run: interrupted; cancelling the job and cleaning up", err=True)
-        cancel_job(job_id)
-        view.follow(timeout=120)
+    view = LiveView(get_store(), job_id, show_output=not quiet)
+    cleanup_deadline: float | None = None
+
+    def cancel_on_signal() -> None:
+        nonlocal cleanup_deadline
+        if guard.interrupted and cleanup_deadline is None:
+            name = signal.Signals(guard.received[0]).name
+            click.echo(f"convoy run: {name}; cancelling job {job_id} and cleaning up", err=True)
+            try:
+                cancel_job(job_id)
+            except JobStateError:
+                pass  # it ended meanwhile
+            cleanup_deadline = time.monotonic() + CANCEL_CLEANUP_SECONDS
+        elif cleanup_deadline is not None and time.monotonic() > cleanup_deadline:
+            raise Interrupted(guard.received[0])  # stop waiting; the cluster stops anyway
+
+    if guard.interrupted:  # a signal while submitting
+        cancel_on_signal()
+    view.follow(on_tick=cancel_on_signal)
+    guard.patient = False
     results = job_results(job_id)
     if artifacts:
         write_artifacts(Path(artifacts), job_id, results)
         click.echo(f"convoy run: artifacts in {Path(artifacts) / job_id}")
     click.echo(f"convoy run: job {job_id} {results['job_state']} ({results['outcome']})"
                + (f": {results['message']}" if results.get("message") else ""))
-    return exit_code(results)
+    return EXIT_CANCELLED if guard.interrupted else exit_code(results)
 
 
 def write_artifacts(root: Path, job_id: str, results: dict[str, Any]) -> Path:

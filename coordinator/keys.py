@@ -72,6 +72,11 @@ def device_alive(name: str) -> str:
     return f"{PREFIX}:device:{name}:alive"
 
 
+def device_worker(name: str) -> str:
+    """String with a TTL (a lease): the token of the one worker process serving the device."""
+    return f"{PREFIX}:device:{name}:worker"
+
+
 # --- MultiNode groups (the group id is the parent job id) -----------------
 def group_members(group_id: str) -> str:
     """Hash: member job id -> role."""

@@ -31,6 +31,7 @@ from convoy.tasks.device_runtime import DeviceRuntime, current_device
 from convoy.tasks.devices import claim_device, release_device
 from convoy.tasks.delayed_start import start_request, wait_for_start
 from convoy.tasks.multinode_env import multinode_env, multinode_files
+from convoy.tasks.output import patient_writer, patiently
 from convoy.tasks.runner import STOPPED_EXIT_CODE, run_script
 from convoy.tasks.sshclient import write_ssh_setup
 
@@ -60,7 +61,8 @@ class DeviceJob:
 
     # --- helpers -----------------------------------------------------------------
     def logger(self, phase: str) -> Callable[[str], None]:
-        return lambda text: self.store.append_output(self.job_id, phase, text if text.endswith("\n") else text + "\n")
+        """Lines to the phase's output; a Redis restart delays them (in order), never drops them silently."""
+        return patient_writer(self.store, self.job_id, phase)
 
     @property
     def cancelled(self) -> bool:
@@ -79,7 +81,7 @@ class DeviceJob:
             log.exception("phase %s of job %s failed", name, self.job_id)
             self.logger(name)(f"internal error in {name}: {exc!r}")
             status = 1
-        self.store.end_phase(self.job_id, name, status)
+        patiently(self.store.end_phase, self.job_id, name, status)  # a Redis restart delays, never strands
         if status != 0:
             self.failed = True
         return status
@@ -178,9 +180,14 @@ class DeviceJob:
             shutil.rmtree(self.dir / ".convoy-ssh", ignore_errors=True)
 
     def finish(self, final_state: str) -> None:
-        cancelled_by_user = self.store.get(self.job_id).get("cancel_requested") and not self.parent_id
-        outcome = "cancelled" if cancelled_by_user else ("fail" if self.failed else "pass")
-        self.store.transition(self.job_id, final_state, outcome=outcome)
+        cancel_requested = bool(patiently(self.store.get, self.job_id).get("cancel_requested"))
+        if cancel_requested and not self.parent_id:
+            outcome = "cancelled"
+        elif self.failed:
+            outcome = "fail"
+        else:  # a child cancelled while it held its device (by a user, or an aborted allocation) did not pass
+            outcome = "cancelled" if cancel_requested else "pass"
+        patiently(self.store.transition, self.job_id, final_state, outcome=outcome)
         states.announce(self.task, final_state)
 
     # --- the two job shapes ------------------------------------------------------

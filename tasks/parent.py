@@ -20,12 +20,15 @@ from convoy.config.settings import load_settings
 from convoy.coordinator import canvas
 from convoy.coordinator.cancel import ALLOCATING, ALLOCATION_TIMED_OUT, abort_allocation, cancel_device_job
 from convoy.coordinator.connection import get_store
+from convoy.coordinator.outcome import ChildFailure, child_failure
+from convoy.coordinator.results import child_ends, multi_job_verdict
 from convoy.coordinator.store import FINAL_STATES, JobStore
 from convoy.tasks import states
 from convoy.tasks.control import ControlWatcher
 from convoy.tasks.coordinator_env import device_targets, parent_dir, parent_test_env
 from convoy.tasks.guests import start_guest
 from convoy.tasks.multinode_env import multinode_files
+from convoy.tasks.output import patient_writer, patiently
 from convoy.tasks.runner import run_script
 
 log = logging.getLogger(__name__)
@@ -41,7 +44,8 @@ def _skip(store: JobStore, parent_id: str) -> bool:
 
 
 def _out(store: JobStore, job_id: str, phase: str):
-    return lambda text: store.append_output(job_id, phase, text if text.endswith("\n") else text + "\n")
+    """Lines to the phase's output; a Redis restart delays them (in order), never drops them silently."""
+    return patient_writer(store, job_id, phase)
 
 
 @app.task(bind=True, name=canvas.COLLECT)
@@ -87,7 +91,7 @@ def reserve(self: Task, parent_id: str) -> None:
         status = run_reservation(store, parent_id, job, control, _out(store, parent_id, "reserve"),
                                  on_reserved=lambda devices: states.announce(
                                      self, "reserved", devices=[d.hint for d in devices]))
-    store.end_phase(parent_id, "reserve", status)
+    patiently(store.end_phase, parent_id, "reserve", status)
 
 
 @app.task(bind=True, name=canvas.TEST)
@@ -129,7 +133,7 @@ def test(self: Task, parent_id: str) -> None:
             if code != 0:
                 out(f"guest {gid}: test_cmds exited {code}")
                 status = max(status, 1)
-    store.end_phase(parent_id, "test", status)
+    patiently(store.end_phase, parent_id, "test", status)
 
 
 def _wait_children_tests(store: JobStore, children: list[str], job: dict[str, Any], out) -> int:
@@ -183,14 +187,21 @@ def cleanup(self: Task, parent_id: str) -> None:
                 store.transition(cid, "cancelled", outcome="fail", message="did not release in time")
                 status = 1
     out(f"released {len(children)} device(s)")
-    store.end_phase(parent_id, "cleanup", status)
+    ends = child_ends(store, children)
+    for end in ends:
+        if (reason := child_failure(end)) is not None:
+            out(ChildFailure(end.job_id, end.label, reason).describe())
+    patiently(store.end_phase, parent_id, "cleanup", status)
     _finish_group(store, parent_id)
     record = store.get(parent_id)
-    cancelled = bool(record.get("cancel_requested"))
-    failed = any(p.get("status", 0) != 0 for p in store.phases(parent_id).values())
-    store.transition(parent_id, "cancelled" if cancelled else "complete",
-                     outcome="cancelled" if cancelled else ("fail" if failed else "pass"))
-    states.announce(self, "cancelled" if cancelled else "complete")
+    # pass only if every phase of the parent and every child passed; the message names what did not
+    verdict = multi_job_verdict(store, parent_id, ends, record)
+    ending = {"outcome": verdict.outcome}
+    if verdict.outcome == "fail" and not record.get("message") and verdict.reasons:
+        ending["message"] = "; ".join(verdict.reasons)
+    final = "cancelled" if record.get("cancel_requested") else "complete"
+    patiently(store.transition, parent_id, final, **ending)
+    states.announce(self, final)
 
 
 def _finish_group(store: JobStore, parent_id: str) -> None:

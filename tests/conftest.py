@@ -1,15 +1,21 @@
-"""Shared fixtures: a private Redis for the whole session, a clean db per test.
+"""Shared fixtures: a private Redis for the whole session, a clean db per test, embedded clusters.
 
-``CONVOY_TEST_REDIS_URL`` points the tests at another Redis instead.
+``CONVOY_TEST_REDIS_URL`` points the tests at another Redis instead.  Every
+cluster of the session (integration and fault tests) uses database 1 of the
+session's Redis: the Celery app reads its broker URL once per process, and
+the unit tests flush database 0.
 """
 from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Callable, Iterator
 
 import pytest
 import redis as redis_lib
 
+from convoy.connectors.base import DeviceConfig
+from convoy.workers.cluster import EmbeddedCluster, emulated_devices
 from convoy.workers.redis_server import RedisServer
 
 
@@ -39,3 +45,31 @@ def state_dir(tmp_path: Path) -> Path:
     path = tmp_path / "state"
     path.mkdir()
     return path
+
+
+@pytest.fixture(scope="session")
+def cluster_redis_url(redis_url: str) -> str:
+    url = redis_url.rsplit("/", 1)[0] + "/1"
+    redis_lib.Redis.from_url(url).flushdb()
+    os.environ["CONVOY_REDIS_URL"] = url
+    return url
+
+
+@pytest.fixture
+def start_cluster(cluster_redis_url: str, tmp_path: Path) -> Iterator[Callable[..., EmbeddedCluster]]:
+    """Start an embedded cluster: ``start_cluster({"queue": count}, **device_config)``."""
+    started: list[EmbeddedCluster] = []
+
+    def start(queues: dict[str, int] | None = None, devices: list[DeviceConfig] | None = None,
+              coordinator: bool = True, **device_config: object) -> EmbeddedCluster:
+        chosen = devices if devices is not None else emulated_devices(
+            queues or {}, prefix=f"t{len(started)}-{os.getpid()}", extra_config=device_config or None)
+        cluster = EmbeddedCluster(tmp_path / f"cluster{len(started)}", chosen, redis_url=cluster_redis_url,
+                                  coordinator=coordinator, log=lambda m: print(f"[cluster] {m}"))
+        cluster.start()
+        started.append(cluster)
+        return cluster
+
+    yield start
+    for cluster in reversed(started):
+        cluster.stop()

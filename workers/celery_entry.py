@@ -1,25 +1,64 @@
 """The Celery app as workers load it (``celery -A convoy.workers.celery_entry``).
 
-Importing this module registers every task and the worker lifecycle hooks:
-a device worker registers its device, recovers a job its previous process
-died holding, and beats; the coordinator worker needs none of that.
+Importing this module registers every task and the worker lifecycle hooks.
+A device worker, before its consumer starts (``worker_init``), asks to die
+with its supervisor, takes its device's lock (one worker per device, ever),
+and ends the job its previous process died holding; once it consumes
+(``worker_ready``) it registers its device and shows it alive.  The
+coordinator worker only beats.
 """
 from __future__ import annotations
 
 import logging
+import os
+import sys
 
-from celery.signals import worker_ready, worker_shutdown
+from celery.signals import worker_init, worker_ready, worker_shutdown
 
 from convoy.config.celery_app import app
 from convoy.coordinator import keys
 from convoy.coordinator.connection import get_store
 from convoy.tasks import device_job, parent  # noqa: F401  (registers the tasks)
 from convoy.tasks.device_runtime import current_device, device_from_env
+from convoy.workers.device_lock import DeviceLock, Holder
 from convoy.workers.heartbeat import Heartbeat, register_device
+from convoy.workers.lifeline import die_with_parent
 from convoy.workers.recovery import recover_device
 
 log = logging.getLogger(__name__)
 _heartbeat: Heartbeat | None = None
+#: exit code of a worker that lost its device's lock to another worker
+EXIT_LOCK_LOST = 75
+
+
+def _say(message: str) -> None:
+    """To the worker's own output: Celery's logging is not set up yet at ``worker_init``."""
+    print(f"convoy worker: {message}", file=sys.stderr, flush=True)
+
+
+def _lock_lost(device: str) -> None:
+    _say(f"device {device}: another worker holds its lock now; this worker stops serving it")
+    os._exit(EXIT_LOCK_LOST)
+
+
+@worker_init.connect
+def _take_device(sender=None, **_: object) -> None:
+    global _heartbeat
+    die_with_parent()
+    device = device_from_env()
+    if device is None:  # the coordinator worker
+        return
+    store = get_store()
+    lock = DeviceLock(store.r, device.name)
+
+    def waiting(holder: Holder) -> None:
+        _say(f"device {device.name} is served by another worker ({holder.describe()}); "
+             "waiting for its lock before consuming")
+
+    lock.acquire(on_wait=waiting)
+    _heartbeat = Heartbeat(store.r, device.name, lock=lock,
+                           on_lost=lambda: _lock_lost(device.name)).start(alive=False)
+    recover_device(store, current_device())
 
 
 @worker_ready.connect
@@ -30,9 +69,9 @@ def _device_ready(sender=None, **_: object) -> None:
         return
     runtime = current_device()
     store = get_store()
-    recover_device(store, runtime)
     register_device(store.r, runtime.device, runtime.host)
-    _heartbeat = Heartbeat(store.r, runtime.name).start()
+    assert _heartbeat is not None, "worker_init takes the device's lock first"
+    _heartbeat.announce()
     log.info("device %s serving queues %s", runtime.name, ", ".join(runtime.device.queues))
 
 

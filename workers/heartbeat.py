@@ -1,18 +1,21 @@
 """Device heartbeats: a key with a TTL that exists while the device's worker lives.
 
 ``convoy agents`` and ``convoy queue-status`` read these to tell online,
-busy and offline devices apart.
+busy and offline devices apart.  The same beat renews the worker's device
+lock (:mod:`convoy.workers.device_lock`).
 """
 from __future__ import annotations
 
 import os
 import threading
+from typing import Callable
 
 import redis
 
 from convoy.connectors.base import DeviceConfig
 from convoy.coordinator import keys
 from convoy.coordinator.store import now_iso
+from convoy.workers.device_lock import DeviceLock
 
 BEAT_SECONDS = 5.0
 ALIVE_TTL_SECONDS = 15
@@ -34,30 +37,55 @@ def register_device(client: redis.Redis, device: DeviceConfig, host: str) -> Non
 
 
 class Heartbeat:
-    """Refreshes a device's alive key from a daemon thread until stopped."""
+    """Refreshes a device's alive key (and renews its worker lock) from a daemon thread until stopped.
 
-    def __init__(self, client: redis.Redis, device: str, key: str | None = None) -> None:
+    With a ``lock``, every beat renews the lease first; if another worker
+    holds it now, ``on_lost`` is called — this process must stop serving.
+    """
+
+    def __init__(self, client: redis.Redis, device: str, key: str | None = None, *,
+                 lock: DeviceLock | None = None, on_lost: Callable[[], None] | None = None) -> None:
         self.client = client
         self.device = device
         self.key = key or keys.device_alive(device)
+        self.lock = lock
+        self.on_lost = on_lost
+        self._alive = False
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name=f"heartbeat-{device}", daemon=True)
 
-    def start(self) -> "Heartbeat":
-        self.client.set(self.key, now_iso(), ex=ALIVE_TTL_SECONDS)
+    def start(self, alive: bool = True) -> "Heartbeat":
+        """Start beating; ``alive=False`` renews only the lock until :meth:`announce`."""
+        if alive:
+            self.announce()
         self._thread.start()
         return self
 
+    def announce(self) -> None:
+        """From now on the device shows alive (its worker consumes)."""
+        self.client.set(self.key, now_iso(), ex=ALIVE_TTL_SECONDS)
+        self._alive = True
+
     def _run(self) -> None:
         while not self._stop.wait(BEAT_SECONDS):
-            try:
+            self.beat()
+
+    def beat(self) -> None:
+        try:
+            if self.lock is not None and not self.lock.renew():
+                if self.on_lost is not None:
+                    self.on_lost()
+                return
+            if self._alive:
                 self.client.set(self.key, now_iso(), ex=ALIVE_TTL_SECONDS)
-            except redis.RedisError:
-                pass  # Redis is back soon or the device shows offline: both are right
+        except redis.RedisError:
+            pass  # Redis is back soon or the device shows offline: both are right
 
     def stop(self) -> None:
         self._stop.set()
         try:
             self.client.delete(self.key)
+            if self.lock is not None:
+                self.lock.release()
         except redis.RedisError:
             pass

@@ -19,6 +19,7 @@ from typing import Callable
 
 from convoy.connectors.base import DeviceConfig
 from convoy.tasks.device_runtime import DEVICE_ENV, device_to_env
+from convoy.workers.lifeline import PARENT_PID_ENV
 
 CELERY_APP = "convoy.workers.celery_entry"
 #: a worker that dies sooner than this after starting is restarted after a pause
@@ -74,24 +75,51 @@ class Supervisor:
                         child_env, output=log_dir / f"{device.name}.out")
 
     def start(self) -> "Supervisor":
+        """Start every process, each from its own watcher thread.
+
+        The kernel ties a child's death signal to the thread that forked it,
+        so each child is forked by the thread that watches it and lives as
+        long as it does (until :meth:`stop`).
+        """
         for child in self.children:
-            self._spawn(child)
-            child.thread = threading.Thread(target=self._watch, args=(child,), daemon=True,
+            spawned = threading.Event()
+            failed: list[BaseException] = []
+            child.thread = threading.Thread(target=self._run, args=(child, spawned, failed), daemon=True,
                                             name=f"watch-{child.name}")
             child.thread.start()
+            spawned.wait()
+            if failed:
+                raise failed[0]
         return self
 
-    def _spawn(self, child: Supervised) -> None:
+    def _run(self, child: Supervised, spawned: threading.Event, failed: list[BaseException]) -> None:
+        try:
+            if not self._spawn(child):
+                return
+        except BaseException as exc:  # handed to start(), in the caller's thread
+            failed.append(exc)
+            return
+        finally:
+            spawned.set()
+        self._watch(child)
+
+    def _spawn(self, child: Supervised) -> bool:
+        """Start the child's process; False once stopping (stop() must see every process started)."""
+        # the child asks the kernel to kill it when this process dies (SIGKILL runs no cleanup here)
+        env = {**child.env, PARENT_PID_ENV: str(os.getpid())}
         with self._lock:
+            if self._stopping.is_set():
+                return False
             out = child.output.open("ab") if child.output else None
             try:
-                child.process = subprocess.Popen(child.command, env=child.env, stdin=subprocess.DEVNULL,
+                child.process = subprocess.Popen(child.command, env=env, stdin=subprocess.DEVNULL,
                                                  stdout=out, stderr=subprocess.STDOUT if out else None,
                                                  start_new_session=True)
             finally:
                 if out:
                     out.close()
             child.started = time.monotonic()
+        return True
 
     def _watch(self, child: Supervised) -> None:
         while True:
@@ -105,14 +133,16 @@ class Supervisor:
                 if self._stopping.wait(RESTART_PAUSE_SECONDS):
                     return
             child.restarts += 1
-            self._spawn(child)
+            if not self._spawn(child):
+                return
             self.log(f"worker for {child.name} restarted (pid {child.process.pid})")
 
     def pids(self) -> dict[str, int]:
         return {c.name: c.process.pid for c in self.children if c.process}
 
     def stop(self, timeout: float = 20.0) -> None:
-        self._stopping.set()
+        with self._lock:  # no process starts after this
+            self._stopping.set()
         for child in self.children:
             if child.process and child.process.poll() is None:
                 child.process.send_signal(signal.SIGTERM)
