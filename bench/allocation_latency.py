@@ -79,7 +79,7 @@ def measure_convoy(client, submit_job, wait_for_job, n: int, events: TaskEvents 
     t_sub = time.perf_counter()
     final = wait_for_job(parent, timeout=600)
     t1, t1_wall = time.perf_counter(), time.time()
-    from convoy.coordinator.connection import get_store
+    from convoy.coordinator.state.connection import get_store
 
     children = get_store().children(parent)
     pev = state_events(client, parent)
@@ -178,7 +178,7 @@ def main(argv: list[str] | None = None) -> int:
 
         client = cluster.client()
         if not args.no_events:
-            from convoy.config.celery_app import app
+            from convoy.tasks.celery import app
 
             events = TaskEvents(app).start()
         log(f"setup done in {time.monotonic() - started:.0f}s; sizes {sizes}, {args.jobs} jobs each "

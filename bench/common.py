@@ -87,7 +87,7 @@ def start_cluster(queues: dict[str, int], state_dir: Path, ready_timeout: float 
     ``EmbeddedCluster.start`` waits 90 s for the workers; starting 50-100
     Celery workers on 2 vCPUs can take longer, so the wait is lengthened here.
     """
-    from convoy.workers.cluster import EmbeddedCluster, emulated_devices
+    from convoy.workers.embedded.cluster import EmbeddedCluster, emulated_devices
 
     class BenchCluster(EmbeddedCluster):
         def wait_ready(self, timeout: float = ready_timeout) -> None:
@@ -213,7 +213,7 @@ def state_events(client: redis.Redis, job_id: str) -> list[tuple[str, float]]:
     Transitions carry ``ts`` (Redis TIME, microseconds); the initial ``waiting``
     entry has none, so its stream id (milliseconds) stands in.
     """
-    from convoy.coordinator import keys
+    from convoy.coordinator.state import keys
 
     out = []
     for entry_id, fields in client.xrange(keys.job_events(job_id)):
@@ -233,7 +233,7 @@ def first(events: list[tuple[str, float]], state: str) -> float | None:
 
 def phase_events(client: redis.Redis, job_id: str) -> dict[tuple[str, str], float]:
     """{(phase, "start"|"end"): stream-id time} of the job's phase events (ms resolution)."""
-    from convoy.coordinator import keys
+    from convoy.coordinator.state import keys
 
     out: dict[tuple[str, str], float] = {}
     for entry_id, fields in client.xrange(keys.job_events(job_id)):
@@ -244,7 +244,7 @@ def phase_events(client: redis.Redis, job_id: str) -> dict[tuple[str, str], floa
 
 def output_event_time(client: redis.Redis, job_id: str, phase: str, contains: str) -> float | None:
     """Stream-id time of the job's first output chunk of ``phase`` containing ``contains``."""
-    from convoy.coordinator import keys
+    from convoy.coordinator.state import keys
 
     for entry_id, fields in client.xrange(keys.job_events(job_id)):
         if fields.get("type") == "output" and fields.get("phase") == phase and contains in fields.get("data", ""):

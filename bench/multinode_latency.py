@@ -36,11 +36,11 @@ import uuid
 from pathlib import Path
 from types import SimpleNamespace
 
-from convoy.coordinator import keys
+from convoy.coordinator.state import keys
 from convoy.coordinator.multinode import cachefile, store
 from convoy.coordinator.multinode import group as mn_group
 from convoy.coordinator.multinode.resp import RespConn
-from convoy.workers.redis_server import RedisServer, free_port
+from convoy.workers.embedded.redis_server import RedisServer, free_port
 
 QUICK = os.environ.get("QUICK", "") not in ("", "0")
 BIN = Path(sys.executable).parent

@@ -10,16 +10,17 @@ from __future__ import annotations
 import os
 import socket
 from dataclasses import dataclass
+from collections.abc import Collection
 from typing import Any
 
 from convoy.config.jobs import check_plain_data, kind_of
 from convoy.config.schemas import AGENT, CONNECTOR_CONFIGS, CONNECTOR_RE, DEVICE, MAX_DEVICES, run
 from convoy.config.shown import shown
 from convoy.config.yamlsafe import read_document
-from convoy.connectors.base import DeviceConfig
+from convoy.config.devices import DeviceConfig
 from convoy.errors import AgentConfigError, FieldError, JobValidationError
 
-__all__ = ["AgentConfig", "DeviceConfig", "known_connectors", "load_agent", "validate_agent"]
+__all__ = ["AgentConfig", "DeviceConfig", "load_agent", "validate_agent"]
 
 
 @dataclass(frozen=True)
@@ -42,28 +43,20 @@ class AgentConfig:
         return tuple(dict.fromkeys(q for d in self.devices for q in d.queues))
 
 
-def known_connectors() -> set[str] | None:
-    """Names of the installed connectors, or None while the registry is not available."""
-    try:
-        from convoy.connectors.registry import available_connectors
-    except ImportError:
-        return None
-    try:
-        return {str(name) for name in available_connectors()}
-    except Exception:  # noqa: BLE001 - a broken registry must not hide the file's own errors
-        return None
+def load_agent(source: dict | str | os.PathLike, known_connectors: Collection[str] | None = None) -> AgentConfig:
+    """Load (dict, YAML text, or a .yaml/.yml/.json path) and validate an agent file.
 
-
-def load_agent(source: dict | str | os.PathLike) -> AgentConfig:
-    """Load (dict, YAML text, or a .yaml/.yml/.json path) and validate an agent file."""
+    ``known_connectors``: the installed connectors' names (the caller asks the
+    registry); None accepts any well-formed name.
+    """
     try:
         doc = read_document(source)
     except JobValidationError as exc:
         raise AgentConfigError(exc.errors) from None
-    return validate_agent(doc)
+    return validate_agent(doc, known_connectors)
 
 
-def validate_agent(doc: Any) -> AgentConfig:
+def validate_agent(doc: Any, known_connectors: Collection[str] | None = None) -> AgentConfig:
     """Validate an agent document; raise AgentConfigError listing every problem."""
     if not isinstance(doc, dict):
         raise AgentConfigError([FieldError("", f"agent file must be a mapping, got {kind_of(doc)}")])
@@ -74,7 +67,7 @@ def validate_agent(doc: Any) -> AgentConfig:
     raw = agent.get("devices")
     if not isinstance(raw, list) or len(raw) > MAX_DEVICES:
         raw = []
-    connectors = known_connectors()
+    connectors = set(known_connectors) if known_connectors is not None else None
     first_seen: dict[str, int] = {}
     endpoints: dict[tuple[str, Any], int] = {}
     devices: list[dict] = []

@@ -16,7 +16,7 @@ import os
 from collections import Counter
 from typing import Any
 
-from convoy.config import lava
+from convoy.config.lava import translate as lava
 from convoy.config.schemas import (
     CHILD_JOB,
     DEFAULT_MULTINODE_TIMEOUT,
@@ -30,7 +30,7 @@ from convoy.config.schemas import (
     path_key,
     run,
 )
-from convoy.config.lava_errors import under
+from convoy.config.lava.errors import under
 from convoy.config.plain_data import plain_data_problems
 from convoy.config.shown import shown
 from convoy.config.yamlsafe import read_document
@@ -121,6 +121,10 @@ def _validate_multi(doc: dict) -> tuple[dict, list[FieldError]]:
     parent.setdefault("timeouts", {}).setdefault("multinode", DEFAULT_MULTINODE_TIMEOUT)
     parent["provision_data"]["jobs"] = _expand(children, parent)
     return parent, errors
+
+
+#: the queue name a secondary-connection guest (no device of its own) is recorded under
+GUEST_QUEUE = "secondary-connection"
 
 
 def is_guest(child: dict) -> bool:

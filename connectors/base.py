@@ -11,21 +11,13 @@ from __future__ import annotations
 
 import threading
 from abc import ABC, abstractmethod
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, ClassVar
 
+from convoy.config.devices import DeviceConfig
+
 Log = Callable[[str], None]
-
-
-@dataclass(frozen=True)
-class DeviceConfig:
-    """One device of an agent file: its name, the queues it serves, its connector."""
-
-    name: str
-    queues: tuple[str, ...]
-    connector: str = "emulated"
-    config: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)

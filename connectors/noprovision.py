@@ -11,7 +11,9 @@ import threading
 from pathlib import Path
 from typing import Any, ClassVar
 
-from convoy.connectors.base import Connector, DeviceConfig, Log, SSHTarget
+from convoy.config.devices import DeviceConfig
+
+from convoy.connectors.base import Connector, Log, SSHTarget
 from convoy.connectors.sshkeys import check_ssh, run_ssh
 from convoy.errors import DeviceError
 

@@ -13,7 +13,9 @@ import inspect
 from importlib import metadata
 from pathlib import Path
 
-from convoy.connectors.base import Connector, DeviceConfig
+from convoy.config.devices import DeviceConfig
+
+from convoy.connectors.base import Connector
 from convoy.errors import ConnectorLoadError, ConnectorNotFound
 
 GROUP = "convoy.connectors"

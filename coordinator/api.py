@@ -11,15 +11,16 @@ from typing import Any
 
 import redis
 
-from convoy.config.celery_app import app
+from convoy.tasks.celery import app
 from convoy.config.jobs import is_guest, is_multi, load_job
 from convoy.config.settings import Settings, load_settings
-from convoy.coordinator import canvas, keys
-from convoy.coordinator.cancel import cancel_job as _cancel_job
-from convoy.coordinator.connection import check_redis, get_client, get_store
-from convoy.coordinator.multinode.resp import redact_url
+from convoy.tasks import canvas
+from convoy.coordinator.state import keys
+from convoy.tasks.cancel import cancel_job as _cancel_job
+from convoy.coordinator.state.connection import check_redis, get_client, get_store
+from convoy.coordinator.state.urls import redact_url
 from convoy.coordinator.results import job_results as _job_results
-from convoy.coordinator.store import FINAL_STATES
+from convoy.config.lifecycle import FINAL_STATES
 from convoy.errors import ConvoyError, FieldError, JobValidationError, ServiceUnavailable
 
 #: held while a job's messages are published, so every queue sees jobs in one order

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from convoy.coordinator.outcome import ChildEnd, Verdict, multi_job_outcome
-from convoy.coordinator.store import FINAL_STATES, JobStore
+from convoy.config.lifecycle import FINAL_STATES
+from convoy.coordinator.state.jobs import JobStore
 
 
 def outcome(record: dict[str, Any], phases: dict[str, dict[str, Any]]) -> str:
@@ -46,8 +46,8 @@ def job_results(store: JobStore, job_id: str) -> dict[str, Any]:
 
     children = store.children(job_id)
     if children:
-        ends = child_ends(store, children)
-        verdict = multi_job_verdict(store, job_id, ends, record) if record["state"] in FINAL_STATES else None
+        ends = store.child_ends(children)
+        verdict = store.verdict(job_id, ends, record) if record["state"] in FINAL_STATES else None
         why = {f.job_id: f.reason for f in verdict.failed_children} if verdict else {}
         results["children"] = [_child_summary(store, child_id, why.get(child_id)) for child_id in children]
         if verdict and verdict.reasons:
@@ -74,20 +74,3 @@ def _child_summary(store: JobStore, child_id: str, reason: str | None = None) ->
     if reason:
         summary["reason"] = reason
     return summary
-
-
-def child_ends(store: JobStore, child_ids: list[str]) -> list[ChildEnd]:
-    """How each child ended, read from its record and phases (the outcome's input)."""
-    rows = store.fields(child_ids, "state", "outcome", "message", "cancel_reason", "role", "job_queue")
-    return [ChildEnd(job_id=cid, label=row["role"] or row["job_queue"] or "", state=row["state"] or "",
-                     outcome=row["outcome"] or "", message=row["message"] or "",
-                     cancel_reason=row["cancel_reason"] or "", phases=store.phases(cid))
-            for cid, row in zip(child_ids, rows)]
-
-
-def multi_job_verdict(store: JobStore, parent_id: str, ends: list[ChildEnd],
-                      record: dict[str, Any] | None = None) -> Verdict:
-    """The parent's outcome and reasons from what the store holds now."""
-    record = record if record is not None else store.get(parent_id)
-    return multi_job_outcome(store.phases(parent_id), ends, cancelled=bool(record.get("cancel_requested")),
-                             message=record.get("message") or "")

@@ -14,22 +14,22 @@ from typing import Any
 
 from celery import Task
 
-from convoy.config.celery_app import app
+from convoy.tasks.celery import app
 from convoy.config.jobs import is_guest
 from convoy.config.settings import load_settings
-from convoy.coordinator import canvas
-from convoy.coordinator.cancel import ALLOCATING, ALLOCATION_TIMED_OUT, abort_allocation, cancel_device_job
-from convoy.coordinator.connection import get_store
-from convoy.coordinator.outcome import ChildFailure, child_failure
-from convoy.coordinator.results import child_ends, multi_job_verdict
-from convoy.coordinator.store import FINAL_STATES, JobStore
-from convoy.tasks import states
-from convoy.tasks.control import ControlWatcher
-from convoy.tasks.coordinator_env import device_targets, parent_dir, parent_test_env
-from convoy.tasks.guests import start_guest
-from convoy.tasks.multinode_env import multinode_files
-from convoy.tasks.output import patient_writer, patiently
-from convoy.tasks.runner import run_script
+from convoy.tasks import canvas
+from convoy.tasks.cancel import ALLOCATING, ALLOCATION_TIMED_OUT, abort_allocation, cancel_device_job
+from convoy.coordinator.state.connection import get_store
+from convoy.config.outcome import ChildFailure, child_failure
+from convoy.config.lifecycle import FINAL_STATES
+from convoy.coordinator.state.jobs import JobStore
+from convoy.tasks import events as states
+from convoy.coordinator.state.control import ControlWatcher
+from convoy.tasks.run.env import device_targets, parent_dir, parent_test_env
+from convoy.tasks.run.guests import start_guest
+from convoy.tasks.run.multinode_env import multinode_files
+from convoy.tasks.run.output import patient_writer, patiently
+from convoy.tasks.run.script import run_script
 
 log = logging.getLogger(__name__)
 
@@ -82,7 +82,7 @@ def reserve(self: Task, parent_id: str) -> None:
     job = store.get(parent_id)["document"]
     if not job.get("reserve_data"):
         return
-    from convoy.tasks.reserve import run_reservation
+    from convoy.tasks.run.reserve import run_reservation
 
     store.transition(parent_id, "reserve")
     store.start_phase(parent_id, "reserve")
@@ -187,7 +187,7 @@ def cleanup(self: Task, parent_id: str) -> None:
                 store.transition(cid, "cancelled", outcome="fail", message="did not release in time")
                 status = 1
     out(f"released {len(children)} device(s)")
-    ends = child_ends(store, children)
+    ends = store.child_ends(children)
     for end in ends:
         if (reason := child_failure(end)) is not None:
             out(ChildFailure(end.job_id, end.label, reason).describe())
@@ -195,7 +195,7 @@ def cleanup(self: Task, parent_id: str) -> None:
     _finish_group(store, parent_id)
     record = store.get(parent_id)
     # pass only if every phase of the parent and every child passed; the message names what did not
-    verdict = multi_job_verdict(store, parent_id, ends, record)
+    verdict = store.verdict(parent_id, ends, record)
     ending = {"outcome": verdict.outcome}
     if verdict.outcome == "fail" and not record.get("message") and verdict.reasons:
         ending["message"] = "; ".join(verdict.reasons)

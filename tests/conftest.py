@@ -14,9 +14,9 @@ from typing import Callable, Iterator
 import pytest
 import redis as redis_lib
 
-from convoy.connectors.base import DeviceConfig
-from convoy.workers.cluster import EmbeddedCluster, emulated_devices
-from convoy.workers.redis_server import RedisServer
+from convoy.config.devices import DeviceConfig
+from convoy.workers.embedded.cluster import EmbeddedCluster, emulated_devices
+from convoy.workers.embedded.redis_server import RedisServer
 
 
 @pytest.fixture(scope="session")

@@ -15,12 +15,13 @@ import sys
 
 from celery.signals import worker_init, worker_ready, worker_shutdown
 
-from convoy.config.celery_app import app
-from convoy.coordinator import keys
-from convoy.coordinator.connection import get_store
-from convoy.tasks import device_job, parent  # noqa: F401  (registers the tasks)
-from convoy.tasks.device_runtime import current_device, device_from_env
-from convoy.workers.device_lock import DeviceLock, Holder
+from convoy.tasks.celery import app
+from convoy.coordinator.state import keys
+from convoy.coordinator.state.connection import get_store
+from convoy.tasks import parent  # noqa: F401  (registers the tasks)
+from convoy.tasks import device as device_job
+from convoy.tasks.run.runtime import current_device, device_from_env
+from convoy.coordinator.state.leases import DeviceLock, Holder
 from convoy.workers.heartbeat import Heartbeat, register_device
 from convoy.workers.lifeline import die_with_parent
 from convoy.workers.recovery import recover_device

@@ -2,7 +2,7 @@
 
 ``convoy agents`` and ``convoy queue-status`` read these to tell online,
 busy and offline devices apart.  The same beat renews the worker's device
-lock (:mod:`convoy.workers.device_lock`).
+lock (:mod:`convoy.coordinator.state.leases`).
 """
 from __future__ import annotations
 
@@ -12,10 +12,10 @@ from typing import Callable
 
 import redis
 
-from convoy.connectors.base import DeviceConfig
-from convoy.coordinator import keys
-from convoy.coordinator.store import now_iso
-from convoy.workers.device_lock import DeviceLock
+from convoy.config.devices import DeviceConfig
+from convoy.coordinator.state import keys
+from convoy.coordinator.state.jobs import now_iso
+from convoy.coordinator.state.leases import DeviceLock
 
 BEAT_SECONDS = 5.0
 ALIVE_TTL_SECONDS = 15

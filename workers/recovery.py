@@ -10,13 +10,14 @@ from __future__ import annotations
 import logging
 
 from convoy.config.settings import load_settings
-from convoy.coordinator import keys
-from convoy.coordinator.cancel import ALLOCATING, UNABLE_TO_ALLOCATE, abort_allocation
-from convoy.coordinator.store import FINAL_STATES, JobStore
+from convoy.coordinator.state import keys
+from convoy.tasks.cancel import ALLOCATING, UNABLE_TO_ALLOCATE, abort_allocation
+from convoy.config.lifecycle import FINAL_STATES
+from convoy.coordinator.state.jobs import JobStore
 from convoy.errors import JobNotFound
-from convoy.tasks.device_runtime import DeviceRuntime
-from convoy.tasks.devices import release_device
-from convoy.tasks.runner import kill_process_group
+from convoy.tasks.run.runtime import DeviceRuntime
+from convoy.coordinator.state.devices import release_device
+from convoy.tasks.run.script import kill_process_group
 
 log = logging.getLogger(__name__)
 

@@ -17,8 +17,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from convoy.connectors.base import DeviceConfig
-from convoy.tasks.device_runtime import DEVICE_ENV, device_to_env
+from convoy.config.devices import DeviceConfig
+from convoy.tasks.run.runtime import DEVICE_ENV, device_to_env
 from convoy.workers.lifeline import PARENT_PID_ENV
 
 CELERY_APP = "convoy.workers.celery_entry"

@@ -13,7 +13,9 @@ import time
 from pathlib import Path
 from typing import Any, ClassVar
 
-from convoy.connectors.base import Connector, DeviceConfig, Log, SSHTarget
+from convoy.config.devices import DeviceConfig
+
+from convoy.connectors.base import Connector, Log, SSHTarget
 from convoy.connectors.emulated.processes import kill_device_processes
 from convoy.connectors.emulated.image import (append_authorized_keys, clear_home, device_paths,
                                               device_settings, image_name, reset_home)

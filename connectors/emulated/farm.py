@@ -31,7 +31,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, Iterable
 
-from convoy.connectors.base import DeviceConfig
+from convoy.config.devices import DeviceConfig
 from convoy.connectors.emulated.image import device_paths, device_settings
 from convoy.errors import ConvoyError, DeviceError
 

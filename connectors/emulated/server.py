@@ -35,7 +35,7 @@ from typing import Any, Awaitable, Callable
 
 import asyncssh
 
-from convoy.connectors.base import DeviceConfig
+from convoy.config.devices import DeviceConfig
 from convoy.connectors.emulated.image import device_paths, device_settings
 from convoy.connectors.emulated.processes import MARKER
 from convoy.errors import DeviceError

@@ -11,7 +11,7 @@ import time
 from collections.abc import Mapping
 from typing import Any
 
-from convoy.coordinator import keys
+from convoy.coordinator.state import keys
 from convoy.coordinator.multinode import lua
 from convoy.coordinator.multinode.store import Group, load_group
 from convoy.errors import ConvoyError

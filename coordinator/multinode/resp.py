@@ -25,26 +25,13 @@ import time
 from collections import deque
 from urllib.parse import unquote, urlsplit
 
+from convoy.coordinator.state.urls import redact_url, safe_client_name
+
 TYPE_CHECKING = False
 if TYPE_CHECKING:  # typing costs milliseconds at every command start
     from typing import Any
 
 CRLF = b"\r\n"
-
-
-def redact_url(url: str) -> str:
-    """``url`` without its password (for messages: secrets never reach output or errors)."""
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    user = parts.username or ""
-    host = parts.netloc.rpartition("@")[2]
-    return parts._replace(netloc=f"{user}:***@{host}").geturl()
-
-
-def safe_client_name(name: str) -> str:
-    """What ``CLIENT SETNAME`` accepts: ASCII ``!``..``~`` only (anything else becomes ``_``)."""
-    return "".join(c if "!" <= c <= "~" else "_" for c in name)
 
 
 class RespError(Exception):

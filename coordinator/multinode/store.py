@@ -26,7 +26,7 @@ import os
 import sys
 import time
 
-from convoy.coordinator import keys
+from convoy.coordinator.state import keys
 from convoy.coordinator.multinode import lua
 from convoy.errors import (
     BarrierTimeout,

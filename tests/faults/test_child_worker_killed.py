@@ -14,9 +14,9 @@ import subprocess
 
 import pytest
 
-from convoy.coordinator import keys
+from convoy.coordinator.state import keys
 from convoy.coordinator.api import job_results, submit_job, wait_for_job
-from convoy.coordinator.connection import get_store
+from convoy.coordinator.state.connection import get_store
 
 from helpers import CONVOY, assert_all_released, unique_queue, wait_for_state
 

@@ -17,10 +17,10 @@ import psutil
 import pytest
 import yaml
 
-from convoy.coordinator import keys
+from convoy.coordinator.state import keys
 from convoy.coordinator.api import job_results, submit_job, wait_for_job
-from convoy.coordinator.connection import get_store
-from convoy.workers.cluster import emulated_devices
+from convoy.coordinator.state.connection import get_store
+from convoy.workers.embedded.cluster import emulated_devices
 
 from helpers import CONVOY, unique_queue, wait_for, wait_until
 
@@ -298,14 +298,14 @@ def test_a_second_worker_for_a_device_waits_for_its_lock_and_takes_over_when_it_
 
 # --- the device lock itself -------------------------------------------------------------------
 def holder_token(process: subprocess.Popen, host: str | None = None) -> str:
-    from convoy.workers.device_lock import Holder
+    from convoy.coordinator.state.leases import Holder
 
     return Holder(host=host or socket.gethostname(), pid=process.pid,
                   started=psutil.Process(process.pid).create_time(), nonce="other").token()
 
 
 def test_the_device_lock_is_taken_over_from_a_killed_holder_at_once_but_never_from_a_live_one(redis_client):
-    from convoy.workers.device_lock import DeviceLock
+    from convoy.coordinator.state.leases import DeviceLock
 
     other = subprocess.Popen(["sleep", "600"])
     try:
@@ -326,7 +326,7 @@ def test_the_device_lock_is_taken_over_from_a_killed_holder_at_once_but_never_fr
 
 
 def test_a_holder_on_another_host_is_waited_for_until_its_lease_ends_and_a_lost_lock_is_noticed(redis_client):
-    from convoy.workers.device_lock import DeviceLock
+    from convoy.coordinator.state.leases import DeviceLock
 
     other = subprocess.Popen(["sleep", "600"])
     try:

@@ -21,10 +21,11 @@ from pathlib import Path
 import pytest
 import yaml
 
-from convoy.coordinator.connection import make_client
-from convoy.coordinator.store import FINAL_STATES, JobStore
-from convoy.workers.cluster import EmbeddedCluster, emulated_devices
-from convoy.workers.redis_server import RedisServer
+from convoy.coordinator.state.connection import make_client
+from convoy.config.lifecycle import FINAL_STATES
+from convoy.coordinator.state.jobs import JobStore
+from convoy.workers.embedded.cluster import EmbeddedCluster, emulated_devices
+from convoy.workers.embedded.redis_server import RedisServer
 
 from helpers import CONVOY, unique_queue, wait_for
 

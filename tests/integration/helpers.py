@@ -7,8 +7,8 @@ import uuid
 from pathlib import Path
 from typing import Callable
 
-from convoy.coordinator import keys
-from convoy.coordinator.connection import get_store
+from convoy.coordinator.state import keys
+from convoy.coordinator.state.connection import get_store
 
 CONVOY = str(Path(sys.executable).parent / "convoy")
 REPO = Path(__file__).resolve().parents[2]

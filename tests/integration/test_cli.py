@@ -14,9 +14,9 @@ from pathlib import Path
 
 import pytest
 
-from convoy.coordinator import keys
+from convoy.coordinator.state import keys
 from convoy.coordinator.api import submit_job, wait_for_job
-from convoy.coordinator.connection import get_store
+from convoy.coordinator.state.connection import get_store
 from convoy.errors import JobValidationError
 
 from helpers import CONVOY, REPO, unique_queue

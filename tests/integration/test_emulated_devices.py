@@ -18,7 +18,7 @@ from typing import Callable
 
 import pytest
 
-from convoy.connectors.base import DeviceConfig
+from convoy.config.devices import DeviceConfig
 from convoy.connectors.emulated.connector import EmulatedConnector
 from convoy.connectors.emulated.farm import DeviceFarm, allocate_addresses, device_paths
 from convoy.connectors.sshkeys import ensure_agent_key, public_key_path

@@ -16,8 +16,8 @@ from pathlib import Path
 import pytest
 
 from convoy.coordinator.api import cancel_job, submit_job, wait_for_job
-from convoy.coordinator.connection import get_store
-from convoy.workers.redis_server import free_port
+from convoy.coordinator.state.connection import get_store
+from convoy.workers.embedded.redis_server import free_port
 
 from helpers import unique_queue, wait_for_state, wait_until
 

@@ -1,6 +1,6 @@
 """LAVA's documented MultiNode examples, written as LAVA jobs, run through ``convoy run``.
 
-Each job in ``examples/lava-*.yaml`` is translated (convoy.config.lava), its
+Each job in ``examples/lava-*.yaml`` is translated (convoy.config.lava.translate), its
 device types become queues served by emulated devices, and its test
 definitions run with the real ``lava-*`` commands.  The assertions read what
 a user reads: the exit code, ``results.json`` and each device's output.

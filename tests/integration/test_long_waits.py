@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from convoy.coordinator import keys
+from convoy.coordinator.state import keys
 from convoy.coordinator.api import job_results, submit_job, wait_for_job
 from convoy.coordinator.multinode import group as mn_group
 

@@ -12,7 +12,7 @@ import pytest
 
 from convoy.config.settings import load_settings
 from convoy.coordinator.api import cancel_job, job_results, submit_job, wait_for_job
-from convoy.coordinator.connection import get_store
+from convoy.coordinator.state.connection import get_store
 
 from helpers import assert_all_released, states_seen, unique_queue, wait_for_state
 

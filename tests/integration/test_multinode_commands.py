@@ -10,10 +10,10 @@ from pathlib import Path
 
 import pytest
 import redis as redis_lib
-from convoy.coordinator import keys
+from convoy.coordinator.state import keys
 from convoy.coordinator.multinode import group as mn_group
 from convoy.coordinator.multinode.resp import RespConn
-from convoy.workers.redis_server import RedisServer, free_port
+from convoy.workers.embedded.redis_server import RedisServer, free_port
 
 from helpers import wait_for
 

@@ -10,9 +10,9 @@ import signal
 
 import pytest
 
-from convoy.coordinator import keys
+from convoy.coordinator.state import keys
 from convoy.coordinator.api import cancel_job, job_results, submit_job, wait_for_job
-from convoy.coordinator.connection import get_store
+from convoy.coordinator.state.connection import get_store
 
 from helpers import assert_all_released, unique_queue, wait_for_state, wait_until
 

@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 import redis as redis_lib
-from convoy.coordinator import keys
+from convoy.coordinator.state import keys
 from convoy.coordinator.multinode import group as mn_group
 from convoy.coordinator.multinode import lua, store
 from convoy.coordinator.multinode.resp import RespConn

@@ -7,7 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from convoy.connectors.base import DeviceConfig, SSHTarget
+from convoy.config.devices import DeviceConfig
+
+from convoy.connectors.base import SSHTarget
 from convoy.connectors.emulated.connector import EmulatedConnector
 from convoy.connectors.emulated.farm import DeviceFarm, allocate_addresses
 from convoy.connectors.noprovision import NoProvisionConnector

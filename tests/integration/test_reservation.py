@@ -15,8 +15,8 @@ from pathlib import Path
 import pytest
 
 from convoy.coordinator.api import cancel_job, job_results, submit_job, wait_for_job
-from convoy.coordinator.connection import get_store
-from convoy.workers.cluster import emulated_devices
+from convoy.coordinator.state.connection import get_store
+from convoy.workers.embedded.cluster import emulated_devices
 
 from helpers import CONVOY, assert_all_released, states_seen, unique_queue, wait_for_state
 from keyserver import KeyServer

@@ -8,9 +8,9 @@ import subprocess
 import pytest
 import yaml
 
-from convoy.coordinator import keys
+from convoy.coordinator.state import keys
 from convoy.coordinator.api import cancel_job, job_results, job_status, submit_job, wait_for_job
-from convoy.coordinator.connection import get_store
+from convoy.coordinator.state.connection import get_store
 
 from helpers import CONVOY, states_seen, unique_queue, wait_for_state, wait_until
 
@@ -107,7 +107,7 @@ def test_two_jobs_for_one_device_run_one_after_the_other(start_cluster):
 
 
 def test_killed_worker_is_restarted_and_the_device_serves_again(cluster_redis_url, tmp_path):
-    from convoy.workers.cluster import emulated_devices
+    from convoy.workers.embedded.cluster import emulated_devices
 
     queue = unique_queue("restart")
     (device,) = emulated_devices({queue: 1}, prefix=f"kill-{os.getpid()}")

@@ -7,17 +7,16 @@ from pathlib import Path
 
 import pytest
 
-from convoy.config import agents as agents_module
 from convoy.config.agents import AgentConfig, load_agent
-from convoy.connectors.base import DeviceConfig
+from convoy.config.devices import DeviceConfig
 from convoy.errors import AgentConfigError, JobValidationError
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "config" / "agents" / "emulated.yaml"
 
 
-def problems(source) -> list[tuple[str, str]]:
+def problems(source, known_connectors=None) -> list[tuple[str, str]]:
     with pytest.raises(AgentConfigError) as info:
-        load_agent(source)
+        load_agent(source, known_connectors)
     assert isinstance(info.value, JobValidationError) and info.value.what == "agent file"
     return [(e.path, e.message) for e in info.value.errors]
 
@@ -141,14 +140,13 @@ def test_missing_file():
     assert problems(Path("/nonexistent/agent.yaml")) == [("", "file not found: /nonexistent/agent.yaml")]
 
 
-def test_unknown_connector_with_registry(monkeypatch):
-    monkeypatch.setattr(agents_module, "known_connectors", lambda: {"emulated", "noprovision"})
-    assert problems({"devices": [{"name": "a", "queue": "q", "connector": "lxd"}]}) == [
+def test_unknown_connector_with_registry():
+    assert problems({"devices": [{"name": "a", "queue": "q", "connector": "lxd"}]},
+                    {"emulated", "noprovision"}) == [
         ("devices[0].connector", "unknown connector 'lxd' (known: emulated, noprovision)")]
 
 
-def test_any_identifier_without_registry(monkeypatch):
-    monkeypatch.setattr(agents_module, "known_connectors", lambda: None)
+def test_any_identifier_without_registry():
     agent = load_agent({"devices": [{"name": "a", "queue": "q", "connector": "vendor.board-x",
                                      "config": {"anything": [1, 2]}}]})
     assert agent.devices[0].connector == "vendor.board-x"
@@ -157,6 +155,9 @@ def test_any_identifier_without_registry(monkeypatch):
         ("devices[0].connector", "invalid connector name 'no spaces!'")]
 
 
-def test_known_connectors_reads_the_registry_when_present():
-    known = agents_module.known_connectors()
-    assert known is None or {"emulated", "noprovision"} <= known
+def test_the_installed_connectors_are_known_to_the_registry():
+    from convoy.connectors.registry import available_connectors
+
+    known = set(available_connectors())
+    assert {"emulated", "noprovision"} <= known
+    assert load_agent(EXAMPLE, known).devices

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from convoy.connectors.base import DeviceConfig
+from convoy.config.devices import DeviceConfig
 from convoy.connectors.emulated import image
 from convoy.connectors.emulated.connector import EmulatedConnector
 from convoy.connectors.emulated.farm import DeviceFarm, _can_bind, allocate_addresses, load_devices

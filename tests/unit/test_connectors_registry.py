@@ -10,9 +10,8 @@ from pathlib import Path
 import pytest
 
 from convoy.connectors import registry
-from convoy.connectors.base import DeviceConfig
+from convoy.config.devices import DeviceConfig
 from convoy.connectors.emulated.connector import EmulatedConnector
-from convoy.connectors.multi import MultiConnector
 from convoy.connectors.noprovision import NoProvisionConnector
 from convoy.errors import ConnectorLoadError, ConnectorNotFound, DeviceError
 
@@ -59,16 +58,16 @@ def plugin(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def test_convoy_connectors_are_registered() -> None:
-    assert {"emulated", "noprovision", "multi"} <= set(registry.available_connectors())
+    assert {"emulated", "noprovision"} <= set(registry.available_connectors())
     assert registry.get_connector_class("emulated") is EmulatedConnector
     assert registry.get_connector_class("noprovision") is NoProvisionConnector
-    assert registry.get_connector_class("multi") is MultiConnector
+    assert "multi" not in registry.available_connectors()  # a multi job's parent needs no device
 
 
 def test_unknown_connector_lists_the_known_ones() -> None:
     with pytest.raises(ConnectorNotFound) as caught:
         registry.get_connector_class("maas-but-misspelt")
-    assert {"emulated", "noprovision", "multi"} <= set(caught.value.known)
+    assert {"emulated", "noprovision"} <= set(caught.value.known)
     assert "emulated" in str(caught.value) and "maas-but-misspelt" in str(caught.value)
 
 
@@ -95,9 +94,3 @@ def test_bad_entry_points_are_clear_errors(plugin) -> None:
         registry.get_connector_class("bogus")
     with pytest.raises(ConnectorLoadError, match="ModuleNotFoundError"):
         registry.get_connector_class("broken")
-
-
-def test_multi_connector_refuses_device_work(tmp_path: Path) -> None:
-    connector = registry.make_connector(DeviceConfig("parent", ("multi",), "multi"), tmp_path / "k", tmp_path)
-    with pytest.raises(DeviceError, match="driven by the coordinator"):
-        connector.provision({}, threading.Event(), print)

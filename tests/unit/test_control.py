@@ -5,11 +5,11 @@ import threading
 import time
 from pathlib import Path
 
-from convoy.coordinator.connection import make_client
+from convoy.coordinator.state.connection import make_client
 from convoy.coordinator.multinode.resp import RespConn
-from convoy.coordinator.store import JobStore
-from convoy.tasks.control import ControlWatcher
-from convoy.workers.redis_server import RedisServer, free_port
+from convoy.coordinator.state.jobs import JobStore
+from convoy.coordinator.state.control import ControlWatcher
+from convoy.workers.embedded.redis_server import RedisServer, free_port
 
 
 def test_a_signal_sent_before_the_watcher_started_is_seen(redis_client):
@@ -78,8 +78,9 @@ def test_signals_reach_the_watcher_across_a_redis_restart(tmp_path: Path):
         store = JobStore(client)
         store.signal("j5", "test")  # before the restart: seen once, not again after it
         seen: list[str] = []
-        with ControlWatcher(client, "j5") as watcher:
-            watcher.on_signal(seen.append)
+        watcher = ControlWatcher(client, "j5")
+        watcher.on_signal(seen.append)  # before it reads: the signal sent before it started counts too
+        with watcher:
             assert watcher.wait_any(("test",), timeout=10) == "test"
             server = shutdown_and_restart(server)
             wait_for(lambda: any(c.get("cmd") == "xread" for c in client.client_list()))  # reading again

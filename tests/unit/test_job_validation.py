@@ -410,7 +410,7 @@ def test_ssh_client_config_refuses_what_would_add_directives(tmp_path: Path):
     """Defence in depth: even a user name that got past validation cannot add lines to the job's SSH config."""
     from convoy.connectors.base import SSHTarget
     from convoy.errors import ConvoyError
-    from convoy.tasks.sshclient import write_ssh_setup
+    from convoy.tasks.run.ssh import write_ssh_setup
 
     for bad in [SSHTarget("10.0.0.1", 22, "ubuntu\nProxyCommand touch /tmp/pwned"),
                 SSHTarget("10.0.0.1", 22, "a b"), SSHTarget("10.0.0.1 *", 22, "ubuntu"),
@@ -426,7 +426,7 @@ def test_ssh_client_config_is_read_by_ssh_as_written(tmp_path: Path):
     import subprocess
 
     from convoy.connectors.base import SSHTarget
-    from convoy.tasks.sshclient import write_ssh_setup
+    from convoy.tasks.run.ssh import write_ssh_setup
 
     if shutil.which("ssh") is None:
         pytest.skip("no OpenSSH client")

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from convoy.errors import KeyImportError
-from convoy.tasks.keyimport import (KeyId, PublicKey, RetryPolicy, authorized_keys_script, fetch, import_keys,
+from convoy.tasks.run.keyimport import (KeyId, PublicKey, RetryPolicy, authorized_keys_script, fetch, import_keys,
                                     key_url, parse_key_id, parse_key_list, parse_public_key, retryable_status)
 from keyserver import KeyServer
 

@@ -15,7 +15,7 @@ import pytest
 import yaml
 
 from convoy.config.jobs import job_queues, load_job, validate_job
-from convoy.config.lava import looks_like_lava, translate
+from convoy.config.lava.translate import looks_like_lava, translate
 from convoy.errors import JobValidationError
 
 ROOT = Path(__file__).resolve().parents[2]

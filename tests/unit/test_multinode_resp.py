@@ -12,9 +12,8 @@ from convoy.coordinator.multinode.resp import (
     _Push,
     encode,
     parse,
-    redact_url,
-    safe_client_name,
 )
+from convoy.coordinator.state.urls import redact_url, safe_client_name
 from convoy.errors import MultiNodeUsageError
 
 

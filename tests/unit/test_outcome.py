@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import pytest
 
-from convoy.coordinator.outcome import ChildEnd, child_failure, multi_job_outcome
+from convoy.config.outcome import ChildEnd, child_failure, multi_job_outcome
 
 OK = {"status": 0}
 PASSED = {"provision": OK, "allocate": OK, "test": OK, "cleanup": OK}

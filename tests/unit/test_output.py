@@ -6,7 +6,7 @@ import threading
 import redis
 from tenacity import wait_fixed
 
-from convoy.tasks.output import OutputForwarder, lost_notice
+from convoy.tasks.run.output import OutputForwarder, lost_notice
 
 FAST = wait_fixed(0.001)  # the retry policy's timing is not under test here
 

@@ -7,9 +7,9 @@ from datetime import datetime, timedelta, timezone
 
 import pytest
 
-from convoy.tasks import reserve
-from convoy.tasks.keyimport import PublicKey
-from convoy.tasks.reserve import Device, copy_to_all, reservation_banner, reserve_devices, reserve_timeout
+from convoy.tasks.run import reserve
+from convoy.tasks.run.keyimport import PublicKey
+from convoy.tasks.run.reserve import Device, copy_to_all, reservation_banner, reserve_devices, reserve_timeout
 
 NOW = datetime(2026, 11, 22, 10, 30, 0, 123456, tzinfo=timezone.utc)
 

@@ -8,7 +8,7 @@ import time
 import psutil
 import redis
 
-from convoy.tasks.runner import OUTPUT_LOST_EXIT_CODE, STOPPED_EXIT_CODE, run_script
+from convoy.tasks.run.script import OUTPUT_LOST_EXIT_CODE, STOPPED_EXIT_CODE, run_script
 
 
 def run(script, tmp_path, cancel=None, timeout=None):
@@ -66,7 +66,7 @@ def test_timeout_stops_the_script(tmp_path):
 
 
 def test_private_files_give_each_script_its_own_cache_file(tmp_path):
-    from convoy.tasks.runner import private_mounts_supported
+    from convoy.tasks.run.script import private_mounts_supported
 
     if not private_mounts_supported():
         import pytest
@@ -125,7 +125,7 @@ def test_lost_output_keeps_a_failing_scripts_own_exit_code(tmp_path):
 
 
 def test_a_character_split_between_two_reads_stays_whole():
-    from convoy.tasks.runner import _pump
+    from convoy.tasks.run.script import _pump
 
     read_fd, write_fd = os.pipe()
     got: list[str] = []
@@ -147,7 +147,7 @@ def test_a_character_split_between_two_reads_stays_whole():
 
 
 def test_output_of_a_process_left_running_is_said_to_end_with_the_script(tmp_path, monkeypatch):
-    import convoy.tasks.runner as runner
+    import convoy.tasks.run.script as runner
 
     monkeypatch.setattr(runner, "READER_JOIN_SECONDS", 0.2)
     marker = tmp_path / "leftover.pid"

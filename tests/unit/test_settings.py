@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from convoy.config.celery_config import celery_config
+from convoy.tasks.celery import celery_config
 from convoy.config.settings import load_settings
 from convoy.errors import ConvoyError
 

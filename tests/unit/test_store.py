@@ -8,11 +8,11 @@ from pathlib import Path
 import pytest
 import redis
 
-from convoy.coordinator import keys
-from convoy.coordinator.connection import make_client
+from convoy.coordinator.state import keys
+from convoy.coordinator.state.connection import make_client
 from convoy.coordinator.multinode.resp import RespConn
-from convoy.coordinator.store import JobStore
-from convoy.workers.redis_server import RedisServer, free_port
+from convoy.coordinator.state.jobs import JobStore
+from convoy.workers.embedded.redis_server import RedisServer, free_port
 
 
 def make(redis_client, job_id="j1", queue="q"):

@@ -24,7 +24,7 @@ from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
 from convoy.config.jobs import load_job, validate_job
-from convoy.config.lava import DEPLOY_METHODS
+from convoy.config.lava.translate import DEPLOY_METHODS
 from convoy.config.yamlsafe import read_document
 from convoy.errors import FieldError, JobValidationError
 

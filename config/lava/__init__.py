@@ -1,0 +1,1 @@
+"""LAVA's job form (``protocols: lava-multinode``, ``device_group``) translated to multi jobs."""

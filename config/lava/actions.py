@@ -1,0 +1,471 @@
+"""LAVA's ``actions:`` (deploy, boot, test), translated into what each role's convoy job runs.
+
+The actions are read in the order written; each fills in the roles it names
+(:class:`Role`), and :mod:`convoy.config.lava.translate` turns the roles into jobs:
+
+==============================================  =============================================
+LAVA                                            convoy
+==============================================  =============================================
+``deploy`` of a role                            ``provision_data``: ``deploy`` (the ``to:``
+                                                method), ``os``, ``images`` (name → url)
+``boot`` of a role                              ``provision_data.boot`` (the method)
+``test`` inline definitions of a role           ``test_data.test_cmds``: every ``install.steps``
+                                                and ``run.steps``, in action and definition order
+an action's ``protocols: lava-multinode``       the same API call (``lava-wait ipv4`` …) at that
+requests (``lava-wait``, ``lava-send`` …)       point of the role's commands
+==============================================  =============================================
+
+An action without ``role`` applies to every role.  A MultiNode request is
+checked here by the rules its ``lava-*`` command applies (message id, one-line
+``key=value`` message, timeout), so a job that would fail at run time is
+refused at submission; text that goes into comment lines (a definition's name,
+``install.deps``) is kept on one line.
+
+Accepted and ignored: action ``timeout``/``name``/``namespace``,
+``install.deps`` (the image must provide them; they are listed as a comment in
+the commands), ``parse``.
+
+Deploy methods (``to:``) accepted, all meaning "provision the device with the
+image/os named" (the emulated connector uses ``os`` as the image name):
+see :data:`DEPLOY_METHODS`.  Rejected, each with a ``JobValidationError``
+naming the field: test definitions that are not ``from: inline`` (convoy does
+not fetch ``git``/``url``/``bzr``/``tar`` definitions), ``interactive`` and
+``monitors`` tests, deploy or boot to ``lxc``/``docker`` (LAVA's dispatcher
+runs those containers; convoy has no connector for them), an action's
+protocols other than ``lava-multinode``, ``install`` sources convoy cannot
+honour (``git-repos``, ``sources``, ``keys``), and a second deploy for one
+role.  From LAVA's V1 JSON actions (``command:`` + ``parameters:``)
+``deploy_*`` (the ``image`` is recorded), ``boot_*`` and ``submit_results*``
+are accepted; ``lava_test_shell`` names remote test definitions and is
+rejected.
+
+Differences users should know: the steps run as one ``bash -e`` script per
+device on the device's host (LAVA also stops at a failing step, ``set -e``),
+with ``DEVICE_IP`` set and the MultiNode commands on PATH; guests' steps run
+on the coordinator (``ssh ubuntu@$DEVICE_IP`` reaches the host device).
+LAVA's ``lava-test-case`` helpers are not provided.
+"""
+from __future__ import annotations
+
+import shlex
+from dataclasses import dataclass, field
+from typing import Any
+
+from convoy.config.durations import MAX_DURATION, DurationError, as_seconds, parse_duration
+from convoy.config.schemas import (
+    ENV_NAME_RE,
+    ROLE_RE,
+    SSH_CONNECTION,
+    join_path,
+    kind_of,
+    message_id_problem,
+)
+from convoy.config.shown import shown
+from convoy.errors import FieldError
+
+__all__ = ["DEPLOY_METHODS", "MULTINODE", "ActionTranslator", "Role"]
+
+MULTINODE = "lava-multinode"
+
+#: ``deploy: to:`` methods translated as "provision with the image/os named"
+DEPLOY_METHODS = frozenset({
+    "tftp", "nfs", "tmpfs", "ssh", "overlay", "download", "flasher", "fastboot", "usb", "sata", "nbd",
+    "iso-installer", "u-boot-ums", "uuu", "recovery", "removeable", "vemsd", "mps", "musca",
+})
+#: deploy and boot methods that need LAVA's dispatcher itself
+_CONTAINER_METHODS = {
+    "lxc": "lxc needs LAVA's lava-lxc protocol (a container on the dispatcher); convoy has no connector for it",
+    "docker": "docker runs on LAVA's dispatcher; convoy has no connector for it",
+}
+_DURATION_UNITS = {"days": 86400, "hours": 3600, "minutes": 60, "seconds": 1}
+_API_REQUESTS = {"lava-send", "lava-wait", "lava-wait-all", "lava-sync"}
+_TEST_REJECTED = {
+    "interactive": "interactive tests drive a device's console; convoy runs shell test definitions only",
+    "monitors": "monitors watch a device's console; convoy runs shell test definitions only",
+    "docker": "tests in docker run on LAVA's dispatcher; convoy has no equivalent",
+}
+_INSTALL_REJECTED = {"git-repos", "bzr-repos", "sources", "keys"}
+
+
+@dataclass
+class Role:
+    """One LAVA role as the actions fill it in: what its device is provisioned with and what it runs."""
+
+    name: str
+    path: str                       #: where the role is written (``protocols.lava-multinode.roles.server``)
+    name_path: str                  #: where its name is written
+    spec: dict[str, Any]
+    deploy_at: str | None = None
+    provision: dict[str, Any] = field(default_factory=dict)
+    commands: list[str] = field(default_factory=list)
+
+    @property
+    def guest(self) -> bool:
+        return self.spec.get("connection") == SSH_CONNECTION
+
+
+class ActionTranslator:
+    """Translates ``actions:`` into the roles, collecting every problem rather than stopping at the first.
+
+    :class:`convoy.config.lava.translate._Translator` builds on it for the job and its roles.
+    """
+
+    def __init__(self) -> None:
+        self.errors: list[FieldError] = []
+
+    def error(self, path: str, message: str) -> None:
+        self.errors.append(FieldError(path, message))
+
+    # --- actions ------------------------------------------------------------------
+    def actions(self, actions: Any, roles: list[Role], multinode: bool) -> None:
+        """Each action, in order, into the roles it names: the order of the commands is the order written."""
+        if actions is None:
+            return
+        if not isinstance(actions, list):
+            self.error("actions", f"must be a list of deploy, boot and test actions, got {kind_of(actions)}")
+            return
+        for i, action in enumerate(actions):
+            path = f"actions[{i}]"
+            if isinstance(action, dict) and isinstance(action.get("command"), str):
+                self.v1_action(action, path, roles, multinode)
+                continue
+            if not isinstance(action, dict) or len(action) != 1:
+                self.error(path, "each action is a mapping with one key: deploy, boot or test")
+                continue
+            ((kind, body),) = action.items()
+            path = join_path(path, kind)
+            if kind not in ("deploy", "boot", "test"):
+                self.error(path, "convoy translates deploy, boot and test actions only")
+                continue
+            if not isinstance(body, dict):
+                self.error(path, f"must be a mapping, got {kind_of(body)}")
+                continue
+            targets = self.targets(body.get("role"), f"{path}.role", roles, multinode, "role" in body)
+            requests = self.protocol_requests(body.get("protocols"), f"{path}.protocols") \
+                if "protocols" in body else []
+            for role in targets:
+                role.commands.extend(requests)
+            getattr(self, kind)(body, path, targets)
+
+    def targets(self, value: Any, path: str, roles: list[Role], multinode: bool, given: bool) -> list[Role]:
+        """The roles an action applies to: those listed, or all when it names none."""
+        if not given:
+            return roles
+        if not multinode:
+            self.error(path, f"role is only used in MultiNode jobs (protocols: {MULTINODE})")
+            return []
+        names = [value] if isinstance(value, str) else value
+        if not isinstance(names, list) or not names or not all(isinstance(n, str) for n in names):
+            self.error(path, f"must be a list of role names, got {kind_of(value)}")
+            return []
+        by_name = {r.name: r for r in roles}
+        chosen = []
+        for j, name in enumerate(names):
+            if name not in by_name:
+                self.error(path if isinstance(value, str) else f"{path}[{j}]",
+                           f"no role {shown(name)} (roles: {', '.join(by_name) or 'none'})")
+            elif by_name[name] not in chosen:
+                chosen.append(by_name[name])
+        return chosen
+
+    def deploy(self, body: dict[str, Any], path: str, roles: list[Role]) -> None:
+        """The deploy as the role's provision_data; a device is provisioned once, so a second deploy is an error."""
+        method = body.get("to")
+        if "to" not in body:
+            self.error(f"{path}.to", "required: the deploy method (tftp, nfs, tmpfs, ssh, ...)")
+            return
+        if not isinstance(method, str):
+            self.error(f"{path}.to", f"must be the deploy method's name (tftp, nfs, ...), got {kind_of(method)}")
+            return
+        if method in _CONTAINER_METHODS:
+            self.error(f"{path}.to", _CONTAINER_METHODS[method])
+            return
+        if method not in DEPLOY_METHODS:
+            self.error(f"{path}.to", f"deploy method {shown(method)} cannot be translated "
+                                     f"(accepted: {', '.join(sorted(DEPLOY_METHODS))})")
+            return
+        provision: dict[str, Any] = {"deploy": method}
+        if "os" in body:
+            provision["os"] = body["os"]
+        images = _images(body)
+        if images:
+            provision["images"] = images
+        for role in roles:
+            if role.guest:
+                continue  # a secondary connection has no device to deploy to
+            if role.deploy_at is not None:
+                self.error(path, f"role {role.name or 'of this job'} is already deployed by {role.deploy_at}; "
+                                 "convoy provisions a device once per job")
+                continue
+            role.deploy_at = path
+            role.provision.update(provision)
+
+    def boot(self, body: dict[str, Any], path: str, roles: list[Role]) -> None:
+        """The boot method, recorded for the connector; guests have no device to boot."""
+        method = body.get("method")
+        if "method" in body and not isinstance(method, str):
+            self.error(f"{path}.method", f"must be the boot method's name (u-boot, qemu, ...), got {kind_of(method)}")
+            return
+        if method in _CONTAINER_METHODS:
+            self.error(f"{path}.method", _CONTAINER_METHODS[method])
+            return
+        for role in roles:
+            if not role.guest and isinstance(method, str):
+                role.provision.setdefault("boot", method)
+
+    def test(self, body: dict[str, Any], path: str, roles: list[Role]) -> None:
+        """Inline test definitions as the roles' shell commands."""
+        for key, reason in _TEST_REJECTED.items():
+            if key in body:
+                self.error(f"{path}.{key}", reason)
+        if any(key in body for key in _TEST_REJECTED):
+            return
+        definitions = body.get("definitions")
+        if not isinstance(definitions, list) or not definitions:
+            self.error(f"{path}.definitions", "required: a list of test definitions" if definitions is None
+                       else f"must be a non-empty list of test definitions, got {kind_of(definitions)}")
+            return
+        lines: list[str] = []
+        for j, definition in enumerate(definitions):
+            lines.extend(self.definition(definition, f"{path}.definitions[{j}]"))
+        for role in roles:
+            role.commands.extend(lines)
+
+    def definition(self, definition: Any, path: str) -> list[str]:
+        """One inline definition as commands: its parameters exported, then install and run steps."""
+        if not isinstance(definition, dict):
+            self.error(path, f"must be a mapping (from, repository, name, path), got {kind_of(definition)}")
+            return []
+        source = definition.get("from")
+        if source != "inline":
+            self.error(f"{path}.from", "required: convoy translates from: inline test definitions" if source is None
+                       else f"only inline test definitions can be translated (got {source}); convoy does not "
+                            "fetch test definitions: paste it under repository: with from: inline")
+            return []
+        repo = definition.get("repository")
+        if not isinstance(repo, dict):
+            self.error(f"{path}.repository", "must be the inline test definition (metadata, run: {steps: [...]}), "
+                                             f"got {kind_of(repo)}")
+            return []
+        metadata = repo.get("metadata")
+        if metadata is not None and not isinstance(metadata, dict):
+            self.error(f"{path}.repository.metadata", f"must be a mapping (format, name, description, ...), "
+                                                      f"got {kind_of(metadata)}")
+            return []
+        name = definition.get("name") or (metadata or {}).get("name") or "inline"
+        lines = [f"# LAVA test definition {_one_line(name)} ({path})"]
+        params, overrides = repo.get("params") or {}, definition.get("parameters") or {}
+        for value, where in ((params, f"{path}.repository.params"), (overrides, f"{path}.parameters")):
+            if not isinstance(value, dict):
+                self.error(where, f"must be a mapping of NAME: value, got {kind_of(value)}")
+                return []
+        for value, where in ((params, f"{path}.repository.params"), (overrides, f"{path}.parameters")):
+            for key in value:
+                if not ENV_NAME_RE.fullmatch(key):
+                    self.error(join_path(where, key), "not a shell variable name (letters, digits and '_', "
+                                                      "not starting with a digit)")
+        for key, value in {**params, **overrides}.items():
+            if ENV_NAME_RE.fullmatch(key):
+                lines.append(f"export {key}={shlex.quote(_text(value))}")
+        lines.extend(self.install(repo.get("install"), f"{path}.repository.install"))
+        run = repo.get("run")
+        steps = run.get("steps") if isinstance(run, dict) else None
+        if not isinstance(steps, list):
+            self.error(f"{path}.repository.run.steps", "required: the list of shell steps to run" if steps is None
+                       else f"must be a list of shell commands, got {kind_of(steps)}")
+            return []
+        return lines + self.commands(steps, f"{path}.repository.run.steps")
+
+    def commands(self, steps: list[Any], path: str) -> list[str]:
+        """Shell steps as lines; YAML turns an unquoted ``a: b`` step into a mapping, which is reported."""
+        for j, step in enumerate(steps):
+            if isinstance(step, (dict, list)) or step is None:
+                hint = " (quote a step that contains ': ')" if isinstance(step, dict) else ""
+                self.error(f"{path}[{j}]", f"must be a shell command (a string), got {kind_of(step)}{hint}")
+        return [_text(step).rstrip("\n") for step in steps]
+
+    def install(self, install: Any, path: str) -> list[str]:
+        """An ``install:`` block's steps; convoy does not change the software sources, so those are rejected."""
+        if install is None:
+            return []
+        if not isinstance(install, dict):
+            self.error(path, f"must be a mapping (deps, steps), got {kind_of(install)}")
+            return []
+        lines = []
+        for key in install:
+            if key in _INSTALL_REJECTED:
+                self.error(join_path(path, key), "convoy does not change the device's software sources; "
+                                                 "provide it in the image")
+        deps = install.get("deps") or []
+        if deps:
+            listed = " ".join(map(_text, deps)) if isinstance(deps, list) else _text(deps)
+            lines.append(f"# install.deps (the image provides them; convoy installs nothing): {_one_line(listed)}")
+        steps = install.get("steps") or []
+        if not isinstance(steps, list):
+            self.error(f"{path}.steps", f"must be a list of shell commands, got {kind_of(steps)}")
+            return lines
+        return lines + self.commands(steps, f"{path}.steps")
+
+    def protocol_requests(self, protocols: Any, path: str) -> list[str]:
+        """An action's MultiNode requests (``{request: lava-wait, messageID: ipv4}``) as API commands."""
+        if not isinstance(protocols, dict):
+            self.error(path, f"must be a mapping of protocols, got {kind_of(protocols)}")
+            return []
+        commands = []
+        for name, requests in protocols.items():
+            ppath = join_path(path, name)
+            if name != MULTINODE:
+                self.error(ppath, f"convoy translates only the {MULTINODE} protocol")
+                continue
+            for k, request in enumerate(requests if isinstance(requests, list) else [requests]):
+                rpath = f"{ppath}[{k}]" if isinstance(requests, list) else ppath
+                command = self.request(request, rpath)
+                if command:
+                    commands.append(command)
+        return commands
+
+    def request(self, request: Any, path: str) -> str | None:
+        """One MultiNode request as the command line of the same API call."""
+        if not isinstance(request, dict):
+            self.error(path, f"must be a mapping (request, messageID, message), got {kind_of(request)}")
+            return None
+        kind, mid = request.get("request"), request.get("messageID")
+        if not isinstance(kind, str) or kind not in _API_REQUESTS:
+            self.error(f"{path}.request", f"must be one of {', '.join(sorted(_API_REQUESTS))} (got {shown(kind)})")
+            return None
+        if mid is None:
+            self.error(f"{path}.messageID", "required: the message id")
+            return None
+        problem = message_id_problem(mid) if isinstance(mid, str) else f"must be a string, got {kind_of(mid)}"
+        if problem:
+            self.error(f"{path}.messageID", problem)
+            return None
+        words = [kind]
+        if "timeout" in request and kind != "lava-send":
+            seconds = self.seconds(request["timeout"], f"{path}.timeout")
+            if seconds is not None:
+                words += ["--timeout", str(seconds)]
+        words.append(mid)
+        if kind == "lava-send":
+            words += self.message(request.get("message"), f"{path}.message")
+        if kind == "lava-wait-all" and "role" in request:
+            role = request["role"]
+            if not isinstance(role, str) or not ROLE_RE.fullmatch(role):
+                self.error(f"{path}.role", f"must be a role name, got {shown(role)}")
+            else:
+                words.append(role)
+        return " ".join(shlex.quote(word) for word in words)
+
+    def message(self, message: Any, path: str) -> list[str]:
+        """``lava-send``'s ``message`` as ``key=value`` words, by the rules ``lava-send`` applies."""
+        if message is None:
+            return []
+        if not isinstance(message, dict):
+            self.error(path, f"must be a mapping of key: value, got {kind_of(message)}")
+            return []
+        words = []
+        for key, value in message.items():
+            where = join_path(path, key)
+            if not key or "=" in key or any(c.isspace() or not c.isprintable() for c in key):
+                self.error(where, "a message key must be printable, without spaces or '='")
+            elif isinstance(value, (dict, list)):
+                self.error(where, f"must be a single value (string or number), got {kind_of(value)}")
+            elif any(c in _text(value) for c in "\r\n\0"):
+                self.error(where, "message values are one line")
+            else:
+                words.append(f"{key}={_text(value)}")
+        return words
+
+    def v1_action(self, action: dict[str, Any], path: str, roles: list[Role], multinode: bool) -> None:
+        """A LAVA V1 JSON action: ``{"command": "deploy_linaro_image", "parameters": {...}}``."""
+        command, params = action["command"], action.get("parameters") or {}
+        if not isinstance(params, dict):
+            self.error(f"{path}.parameters", f"must be a mapping, got {kind_of(params)}")
+            return
+        targets = self.targets(params.get("role"), f"{path}.parameters.role", roles, multinode, "role" in params)
+        if command.startswith("deploy_"):
+            for role in targets:
+                if role.deploy_at is not None:
+                    self.error(path, f"role {role.name or 'of this job'} is already deployed by {role.deploy_at}")
+                    continue
+                role.deploy_at = path
+                role.provision["deploy"] = command
+                for key in ("image", "rootfs", "hwpack"):
+                    if isinstance(params.get(key), str):
+                        role.provision.setdefault("image", params[key])
+        elif command == "lava_test_shell":
+            before = len(self.errors)
+            for key, kind in (("testdef_repos", "git-repo"), ("testdef_urls", "url")):
+                given = params.get(key) or []
+                if not isinstance(given, list):
+                    self.error(f"{path}.parameters.{key}", f"must be a list of test definitions, got {kind_of(given)}")
+                    continue
+                for j, _ in enumerate(given):
+                    self.error(f"{path}.parameters.{key}[{j}]",
+                               f"only inline test definitions can be translated (got {kind})")
+            if len(self.errors) == before:
+                self.error(f"{path}.parameters", "lava_test_shell without testdef_repos or testdef_urls")
+        elif not command.startswith(("boot_", "submit_results")):
+            self.error(f"{path}.command", f"LAVA V1 command {shown(command)} cannot be translated "
+                                          "(deploy_*, boot_*, submit_results* can)")
+
+    # --- values -------------------------------------------------------------------
+    def seconds(self, value: Any, path: str) -> int | float | None:
+        """A duration checked here (it goes into a command line, not through convoy's validator), or None."""
+        before = len(self.errors)
+        value = self.duration(value, path)
+        if len(self.errors) > before:
+            return None
+        try:
+            return as_seconds(parse_duration(value, field=path))
+        except DurationError as exc:
+            self.error(path, exc.reason)
+            return None
+
+    def duration(self, value: Any, path: str) -> Any:
+        """LAVA's ``{minutes: 10}`` as seconds; any other value is left for convoy to check."""
+        if not isinstance(value, dict):
+            return value
+        total = 0
+        for unit, amount in value.items():
+            where = join_path(path, unit)
+            if unit not in _DURATION_UNITS:
+                self.error(where, f"unknown unit (use {', '.join(_DURATION_UNITS)})")
+                return value
+            if isinstance(amount, bool) or not isinstance(amount, (int, float)) or not amount >= 0:
+                self.error(where, f"must be a non-negative number, got {shown(amount)}")
+                return value
+            if amount > MAX_DURATION:  # exact comparison: 10**300 minutes would overflow a float
+                self.error(where, f"must be at most {MAX_DURATION} seconds (365 days) in all, got {shown(amount)}")
+                return value
+            total += amount * _DURATION_UNITS[unit]
+        if total <= 0:
+            self.error(path, "must be a positive duration ({minutes: 10}, {seconds: 30}, ...)")
+        elif total > MAX_DURATION:
+            self.error(path, f"must be at most {MAX_DURATION} seconds (365 days) in all")
+            return value
+        return int(total) if float(total).is_integer() else total
+
+
+def _images(deploy: dict[str, Any]) -> dict[str, str]:
+    """Every artifact a deploy names with a url (kernel, dtb, nfsrootfs, images: {rootfs: ...})."""
+    images: dict[str, str] = {}
+    for key, value in deploy.items():
+        if isinstance(value, dict) and isinstance(value.get("url"), str):
+            images[key] = value["url"]
+        elif key == "images" and isinstance(value, dict):
+            for name, image in value.items():
+                if isinstance(image, dict) and isinstance(image.get("url"), str):
+                    images[str(name)] = image["url"]
+    return images
+
+
+def _one_line(value: Any) -> str:
+    """``value`` as one line of a comment in the commands: a newline would start a command."""
+    return " ".join(_text(value).split())
+
+
+def _text(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return str(value)

@@ -1,0 +1,273 @@
+"""CLI commands that start processes: ``run``, ``worker``, ``coordinator``, ``devices``."""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import click
+
+from convoy.coordinator.cli.main import EXIT_CANCELLED, EXIT_FAIL, _existing, cli, exit_code
+from convoy.errors import ConvoyError
+
+#: how long an interrupted ``convoy run`` waits for its cancelled job's cleanup
+CANCEL_CLEANUP_SECONDS = 120.0
+
+
+def _with_addresses(devices: list) -> list:
+    """Give every emulated device without an ``address`` a free loopback address."""
+    from dataclasses import replace
+
+    from convoy.connectors.emulated.farm import allocate_addresses, default_port
+
+    missing = [d for d in devices if d.connector == "emulated" and not d.config.get("address")]
+    if not missing:
+        return devices
+    port = default_port()
+    assigned = iter(allocate_addresses(len(missing), port))
+    out = []
+    for device in devices:
+        if device in missing:
+            config = {"port": port, **device.config, "address": next(assigned)}
+            device = replace(device, config=config)
+        out.append(device)
+    return out
+
+
+class Interrupted(Exception):
+    """SIGTERM or SIGINT reached ``convoy run`` (a CI timeout, Ctrl-C)."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+class InterruptGuard:
+    """Turns SIGTERM and SIGINT into :class:`Interrupted` in the main thread while armed.
+
+    While a job runs (``patient``) the first signal only is recorded, so
+    the live view goes on showing the job's cancel and cleanup; a second
+    one raises.  Teardown disarms it: no signal cuts the stopping of Redis,
+    the workers and the device farm short.
+    """
+
+    SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+    def __init__(self) -> None:
+        self.armed = True
+        self.patient = False
+        self.received: list[int] = []
+        self._previous: dict[int, Any] = {}
+
+    def _handle(self, signum: int, _frame: object) -> None:
+        self.received.append(signum)
+        if self.armed and not (self.patient and len(self.received) == 1):
+            raise Interrupted(signum)
+
+    @property
+    def interrupted(self) -> bool:
+        return bool(self.received)
+
+    def __enter__(self) -> "InterruptGuard":
+        for sig in self.SIGNALS:
+            self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def disarm(self) -> None:
+        self.armed = False
+
+    def __exit__(self, *exc: object) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+
+
+@cli.command()
+@click.argument("job_file", type=click.Path(dir_okay=False))
+@click.option("--agent", "agent_file", type=click.Path(dir_okay=False),
+              help="Use exactly the devices this agent file declares.")
+@click.option("--artifacts", type=click.Path(file_okay=False),
+              help="Leave DIR/<job_id>/ with results.json, phase output and job_list.json.")
+@click.option("--state-dir", type=click.Path(file_okay=False), help="Keep the cluster's files here.")
+@click.option("--quiet", is_flag=True, help="Do not show the job's output live.")
+def run(job_file: str, agent_file: str | None, artifacts: str | None, state_dir: str | None, quiet: bool) -> None:
+    """Run a job on an embedded cluster: private Redis, emulated devices, workers, teardown.
+
+    The exit code is the job's outcome: 0 passed, 1 failed, 3 cancelled.
+    SIGTERM or SIGINT cancels the job (its cleanup runs on the devices),
+    stops everything this command started and exits 3.
+    """
+    from convoy.config.agents import load_agent
+    from convoy.connectors.registry import available_connectors
+    from convoy.config.jobs import job_queues, load_job
+    from convoy.workers.embedded.cluster import EmbeddedCluster, emulated_devices
+
+    job = load_job(Path(_existing(job_file)))
+    devices = (list(load_agent(Path(_existing(agent_file)), available_connectors()).devices) if agent_file
+               else emulated_devices(job_queues(job)))
+    devices = _with_addresses(devices)
+    own_dir = state_dir is None
+    base = Path(state_dir) if state_dir else Path(tempfile.mkdtemp(prefix="convoy-run-"))
+    click.echo(f"convoy run: starting {len(devices)} device(s): "
+               + ", ".join(f"{d.name} ({d.config.get('address', d.connector)})" for d in devices))
+    code = EXIT_FAIL
+    cluster = EmbeddedCluster(base, devices, redis_url=os.environ.get("CONVOY_REDIS_URL"),
+                              log=lambda m: click.echo(f"convoy run: {m}", err=True))
+    with InterruptGuard() as guard:
+        try:
+            cluster.start()
+            code = _run_job(job, artifacts, quiet, guard)
+        except Interrupted as exc:  # before the job was submitted, or a second signal
+            click.echo(f"convoy run: {exc}; stopping", err=True)
+            code = EXIT_CANCELLED
+        finally:
+            guard.disarm()
+            click.echo("convoy run: stopping the cluster", err=True)
+            cluster.stop()
+            if own_dir:
+                shutil.rmtree(base, ignore_errors=True)
+    sys.exit(code)
+
+
+def _run_job(job: dict[str, Any], artifacts: str | None, quiet: bool, guard: InterruptGuard) -> int:
+    """Submit the job and show it live; a signal cancels it and the view follows its cleanup."""
+    from convoy.coordinator.api import cancel_job, job_results, submit_job
+    from convoy.coordinator.state.connection import get_store
+    from convoy.coordinator.cli.live import LiveView
+    from convoy.errors import JobStateError
+
+    guard.patient = True  # from here on a signal cancels the job, once it is submitted
+    job_id = submit_job(job)
+    click.echo(f"convoy run: job {job_id} submitted")
+    view = LiveView(get_store(), job_id, show_output=not quiet)
+    cleanup_deadline: float | None = None
+
+    def cancel_on_signal() -> None:
+        nonlocal cleanup_deadline
+        if guard.interrupted and cleanup_deadline is None:
+            name = signal.Signals(guard.received[0]).name
+            click.echo(f"convoy run: {name}; cancelling job {job_id} and cleaning up", err=True)
+            try:
+                cancel_job(job_id)
+            except JobStateError:
+                pass  # it ended meanwhile
+            cleanup_deadline = time.monotonic() + CANCEL_CLEANUP_SECONDS
+        elif cleanup_deadline is not None and time.monotonic() > cleanup_deadline:
+            raise Interrupted(guard.received[0])  # stop waiting; the cluster stops anyway
+
+    if guard.interrupted:  # a signal while submitting
+        cancel_on_signal()
+    view.follow(on_tick=cancel_on_signal)
+    guard.patient = False
+    results = job_results(job_id)
+    if artifacts:
+        write_artifacts(Path(artifacts), job_id, results)
+        click.echo(f"convoy run: artifacts in {Path(artifacts) / job_id}")
+    click.echo(f"convoy run: job {job_id} {results['job_state']} ({results['outcome']})"
+               + (f": {results['message']}" if results.get("message") else ""))
+    return EXIT_CANCELLED if guard.interrupted else exit_code(results)
+
+
+def write_artifacts(root: Path, job_id: str, results: dict[str, Any]) -> Path:
+    """DIR/<job_id>/: results.json (parent and children), <phase>.log, job_list.json."""
+    from convoy.config.settings import load_settings
+    from convoy.coordinator.state.connection import get_store
+    from convoy.coordinator.results import job_results
+
+    target = root / job_id
+    target.mkdir(parents=True, exist_ok=True)
+    store = get_store()
+    full = dict(results)
+    if "children" in results:
+        full["children"] = [job_results(store, child["job_id"]) for child in results["children"]]
+    (target / "results.json").write_text(json.dumps(full, indent=2) + "\n")
+    _write_phase_logs(target, results)
+    for child in full.get("children", []):
+        _write_phase_logs(target / "children" / child["job_id"], child)
+    job_list = load_settings().jobs_dir / job_id / "job_list.json"
+    if job_list.is_file():
+        shutil.copy(job_list, target / "job_list.json")
+    return target
+
+
+def _write_phase_logs(target: Path, results: dict[str, Any]) -> None:
+    target.mkdir(parents=True, exist_ok=True)
+    for key, value in results.items():
+        if key.endswith("_output"):
+            (target / f"{key[:-len('_output')]}.log").write_text(value)
+
+
+@cli.command()
+@click.option("--config", "agent_file", required=True, type=click.Path(dir_okay=False),
+              help="Agent file: the devices of this host.")
+@click.option("--no-devices", is_flag=True, help="Do not serve the emulated devices here (they run elsewhere).")
+def worker(agent_file: str, no_devices: bool) -> None:
+    """Start one Celery worker per device of the agent file and keep them running."""
+    from convoy.config.agents import load_agent
+    from convoy.connectors.registry import available_connectors
+    from convoy.config.settings import load_settings
+    from convoy.workers.supervisor import Supervisor
+
+    agent = load_agent(Path(_existing(agent_file)), available_connectors())
+    devices = _with_addresses(list(agent.devices))
+    settings = load_settings()
+    supervisor = Supervisor(log=lambda m: click.echo(f"convoy worker: {m}", err=True))
+    for device in devices:
+        supervisor.add_device(device, settings.state_dir / "logs")
+    emulated = [d for d in devices if d.connector == "emulated"]
+    farm = None
+    if emulated and not no_devices:
+        from convoy.connectors.emulated.farm import DeviceFarm
+
+        farm = DeviceFarm(emulated, settings.state_dir)
+        farm.__enter__()
+    for device in devices:
+        click.echo(f"convoy worker: device {device.name} serves {', '.join(device.queues)}"
+                   + (f" at {device.config['address']}" if device.config.get("address") else ""))
+    click.echo(f"convoy worker: logs in {settings.state_dir / 'logs'}")
+    try:
+        supervisor.run_forever()
+    finally:
+        if farm is not None:
+            farm.__exit__(None, None, None)
+
+
+@cli.command()
+@click.option("--concurrency", default=32, show_default=True, help="Parent tasks run at once.")
+def coordinator(concurrency: int) -> None:
+    """Start the coordinator worker: the parent tasks of multi jobs."""
+    from convoy.config.settings import load_settings
+    from convoy.workers.supervisor import Supervisor, coordinator_command
+
+    settings = load_settings()
+    log_dir = settings.state_dir / "logs"
+    log_dir.mkdir(parents=True, exist_ok=True)
+    supervisor = Supervisor(log=lambda m: click.echo(f"convoy coordinator: {m}", err=True))
+    supervisor.add("coordinator", coordinator_command(settings.coordinator_queue, log_dir / "coordinator.log",
+                                                      concurrency), dict(os.environ), output=log_dir / "coordinator.out")
+    click.echo(f"convoy coordinator: serving {settings.coordinator_queue}; log in {log_dir / 'coordinator.log'}")
+    supervisor.run_forever()
+
+
+@cli.command()
+@click.option("--config", "agent_file", required=True, type=click.Path(dir_okay=False),
+              help="Agent file whose emulated devices to serve.")
+def devices(agent_file: str) -> None:
+    """Serve the agent file's emulated devices (SSH servers on loopback) until stopped."""
+    from convoy.config.agents import load_agent
+    from convoy.connectors.registry import available_connectors
+    from convoy.config.settings import load_settings
+    from convoy.connectors.emulated.farm import serve_devices
+
+    agent = load_agent(Path(_existing(agent_file)), available_connectors())
+    emulated = [d for d in _with_addresses(list(agent.devices)) if d.connector == "emulated"]
+    if not emulated:
+        raise ConvoyError(f"{agent_file} declares no emulated devices")
+    for device in emulated:
+        click.echo(f"convoy devices: {device.name} at {device.config['address']}:{device.config.get('port', 22)}")
+    serve_devices(emulated, load_settings().state_dir)

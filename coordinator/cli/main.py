@@ -1,0 +1,209 @@
+"""The ``convoy`` command: submit and follow jobs, inspect queues and devices.
+
+Commands that start processes (``run``, ``worker``, ``coordinator``,
+``devices``) live in :mod:`convoy.coordinator.cli.cluster`.  Every error a
+user can cause is a :class:`ConvoyError`, printed as one clear message with a
+non-zero exit code — never a traceback.
+"""
+from __future__ import annotations
+
+import json
+import sys
+from typing import Any
+
+import click
+import redis
+
+from convoy.errors import ConvoyError
+
+EXIT_FAIL = 1
+EXIT_CANCELLED = 3
+
+
+def _store():
+    from convoy.coordinator.state.connection import check_redis, get_store
+
+    check_redis()
+    return get_store()
+
+
+def _print_json(data: Any) -> None:
+    click.echo(json.dumps(data, indent=2, sort_keys=False))
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="convoy")
+def cli() -> None:
+    """convoy: multi-device test jobs on Celery (Testflinger multi-device jobs, LAVA MultiNode)."""
+
+
+@cli.command()
+@click.argument("job_file", type=click.Path(dir_okay=False))
+def validate(job_file: str) -> None:
+    """Check a job file without a server; print the normalised job."""
+    from convoy.config.jobs import load_job
+
+    job = load_job(_existing(job_file))
+    click.echo(f"{job_file}: valid")
+    _print_json(job)
+
+
+def _existing(path: str) -> str:
+    import pathlib
+
+    if not pathlib.Path(path).is_file():
+        raise ConvoyError(f"no such file: {path}")
+    return str(pathlib.Path(path))
+
+
+@cli.command()
+@click.argument("job_file", type=click.Path(dir_okay=False))
+@click.option("--poll", is_flag=True, help="Follow the job live until it ends.")
+def submit(job_file: str, poll: bool) -> None:
+    """Submit a job file; print its id."""
+    from pathlib import Path
+
+    from convoy.coordinator.api import submit_job
+
+    job_id = submit_job(Path(_existing(job_file)))
+    click.echo(job_id)
+    if poll:
+        sys.exit(_follow(job_id))
+
+
+def _follow(job_id: str) -> int:
+    from convoy.coordinator.api import job_results
+    from convoy.coordinator.cli.live import LiveView
+
+    LiveView(_store(), job_id).follow()
+    results = job_results(job_id)
+    click.echo(f"job {job_id}: {results['job_state']} ({results['outcome']})"
+               + (f": {results['message']}" if results.get("message") else ""))
+    return exit_code(results)
+
+
+def exit_code(results: dict[str, Any]) -> int:
+    """0 for a passing job, 3 cancelled, 1 any other outcome."""
+    return {"pass": 0, "cancelled": EXIT_CANCELLED}.get(results["outcome"], EXIT_FAIL)
+
+
+@cli.command()
+@click.argument("job_id")
+def status(job_id: str) -> None:
+    """Print the job's state."""
+    click.echo(_store().state(job_id))
+
+
+@cli.command()
+@click.argument("job_id")
+def results(job_id: str) -> None:
+    """Print the job's results as JSON (per-phase exit codes and output)."""
+    from convoy.coordinator.results import job_results
+
+    _print_json(job_results(_store(), job_id))
+
+
+@cli.command()
+@click.argument("job_id")
+def poll(job_id: str) -> None:
+    """Follow a job live: every phase of the job and of each child, with output."""
+    sys.exit(_follow(job_id))
+
+
+@cli.command()
+@click.argument("job_id")
+def cancel(job_id: str) -> None:
+    """Cancel a job (a multi job cancels every child); cleanup still runs."""
+    from convoy.coordinator.api import cancel_job
+
+    _store()
+    cancel_job(job_id)
+    click.echo(f"cancelling {job_id}")
+
+
+@cli.command()
+@click.argument("job_id")
+def show(job_id: str) -> None:
+    """Print the job's record: its document, state, device and children."""
+    store = _store()
+    record = store.get(job_id)
+    record["children"] = store.children(job_id)
+    _print_json(record)
+
+
+@cli.command()
+@click.option("--limit", default=20, show_default=True, help="How many of the newest jobs.")
+def jobs(limit: int) -> None:
+    """List the newest jobs."""
+    from convoy.coordinator.state import keys
+
+    store = _store()
+    ids = store.r.zrevrange(keys.JOBS, 0, limit - 1)
+    for job_id in ids:
+        record = store.get(job_id)
+        parent = f" (child of {record['parent_job_id']})" if record.get("parent_job_id") else ""
+        click.echo(f"{job_id}  {record['state']:<10} {record['job_queue']:<20} {record['created_at']}{parent}")
+
+
+@cli.command("list-queues")
+def list_queues() -> None:
+    """List the queues devices serve, with online devices and waiting jobs."""
+    from convoy.coordinator.state.devices import queue_summaries
+
+    for summary in queue_summaries(_store().r):
+        click.echo(f"{summary.queue:<24} devices online {summary.online}/{summary.total}  "
+                   f"busy {summary.busy}  waiting jobs {len(summary.waiting)}")
+
+
+@cli.command("queue-status")
+@click.argument("queue")
+def queue_status(queue: str) -> None:
+    """Show a queue's devices (online, busy, offline) and waiting jobs."""
+    from convoy.coordinator.state.devices import device_summaries, queue_summaries
+
+    client = _store().r
+    summary = next((s for s in queue_summaries(client) if s.queue == queue), None)
+    if summary is None:
+        raise ConvoyError(f"no device serves queue {queue!r}")
+    for device in device_summaries(client):
+        if queue in device.queues:
+            click.echo(f"{device.name:<24} {device.status:<8} {device.job_id or ''}")
+    click.echo(f"waiting jobs: {len(summary.waiting)}")
+    for job_id in summary.waiting:
+        click.echo(f"  {job_id}")
+
+
+@cli.command()
+def agents() -> None:
+    """List devices: host, queues, online/busy/offline, the job each holds."""
+    from convoy.coordinator.state.devices import device_summaries
+
+    for device in device_summaries(_store().r):
+        click.echo(f"{device.name:<24} {device.status:<8} host={device.host} queues={','.join(device.queues)}"
+                   + (f" job={device.job_id}" if device.job_id else ""))
+
+
+def main() -> None:
+    """Entry point: run the CLI, turning every convoy error into a message and exit code."""
+    from convoy.coordinator.cli import cluster as cli_cluster  # noqa: F401  (registers run, worker, ...)
+
+    try:
+        cli.main(standalone_mode=False)
+    except click.exceptions.Abort:
+        click.echo("aborted", err=True)
+        sys.exit(130)
+    except click.ClickException as exc:
+        exc.show()
+        sys.exit(exc.exit_code)
+    except ConvoyError as exc:
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(exc.exit_code)
+    except redis.RedisError as exc:
+        click.echo(f"error: Redis: {exc} (is CONVOY_REDIS_URL right?)", err=True)
+        sys.exit(4)
+    except KeyboardInterrupt:
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    main()

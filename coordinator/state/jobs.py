@@ -1,0 +1,258 @@
+"""The job store: job records, states, phases and output in Redis.
+
+Every state change and output chunk is also appended to the job's event
+stream, so that watchers (``convoy poll``, ``wait_for_job``, a parent waiting
+for its children) block on ``XREAD`` instead of polling.  State transitions
+are atomic (a Lua script) so a cancel and a worker starting the job can never
+both win.
+"""
+from __future__ import annotations
+
+import json
+import time
+from datetime import datetime, timezone
+from typing import Any, Callable, Iterable
+
+import redis
+
+from convoy.config.lifecycle import TRANSITIONS, JobState
+from convoy.config.outcome import ChildEnd, Verdict, multi_job_outcome
+from convoy.coordinator.state import keys
+from convoy.coordinator.state.connection import BLOCK_SLICE_MS, block_ms_before, reconnecting
+from convoy.errors import JobNotFound
+
+EVENTS_MAXLEN = 20000
+
+# KEYS[1]=record KEYS[2]=events; ARGV[1]=new state, ARGV[2]=allowed from (comma list; the
+# lifecycle table's entry, maybe narrowed by the caller), ARGV[3]=timestamp, ARGV[4..]=extra field/value pairs.  The event's ``ts`` is
+# Redis's own clock (seconds.microseconds), so latencies between jobs share one clock.
+_TRANSITION = """
+local cur = redis.call('HGET', KEYS[1], 'state')
+if not cur then return {0, ''} end
+if cur == 'complete' or cur == 'cancelled' then return {0, cur} end
+if ARGV[2] ~= '' then
+  local ok = false
+  for s in string.gmatch(ARGV[2], '[^,]+') do if s == cur then ok = true end end
+  if not ok then return {0, cur} end
+end
+redis.call('HSET', KEYS[1], 'state', ARGV[1], 'updated_at', ARGV[3])
+for i = 4, #ARGV, 2 do redis.call('HSET', KEYS[1], ARGV[i], ARGV[i+1]) end
+local t = redis.call('TIME')
+redis.call('XADD', KEYS[2], 'MAXLEN', '~', '20000', '*', 'type', 'state', 'state', ARGV[1], 'from', cur,
+           'ts', t[1] .. '.' .. string.format('%06d', tonumber(t[2])))
+return {1, cur}
+"""
+
+
+def now_iso() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="milliseconds")
+
+
+class JobStore:
+    """Job records in Redis; one instance per process is enough (thread-safe client)."""
+
+    def __init__(self, client: redis.Redis) -> None:
+        self.r = client
+        self._transition = client.register_script(_TRANSITION)
+
+    # --- records ------------------------------------------------------------
+    def create(self, job_id: str, document: dict[str, Any], *, queue: str,
+               parent_job_id: str | None = None, role: str | None = None,
+               pipe: redis.client.Pipeline | None = None) -> None:
+        """Store a new job record in state ``waiting`` (inside ``pipe`` when given)."""
+        record = {
+            "job_id": job_id,
+            "state": "waiting",
+            "job_queue": queue,
+            "document": json.dumps(document),
+            "created_at": now_iso(),
+            "updated_at": now_iso(),
+        }
+        if parent_job_id:
+            record["parent_job_id"] = parent_job_id
+        if role:
+            record["role"] = role
+        target = pipe if pipe is not None else self.r
+        target.hset(keys.job(job_id), mapping=record)
+        target.zadd(keys.JOBS, {job_id: time.time()})
+        target.zadd(keys.queue_waiting(queue), {job_id: time.time()})
+        target.xadd(keys.job_events(job_id), {"type": "state", "state": "waiting", "from": ""},
+                    maxlen=EVENTS_MAXLEN, approximate=True)
+
+    def exists(self, job_id: str) -> bool:
+        return bool(self.r.exists(keys.job(job_id)))
+
+    def get(self, job_id: str) -> dict[str, Any]:
+        """The job record with JSON fields decoded; raises JobNotFound."""
+        raw = self.r.hgetall(keys.job(job_id))
+        if not raw:
+            raise JobNotFound(job_id)
+        record: dict[str, Any] = dict(raw)
+        for field in ("document", "device_info"):
+            if field in record:
+                record[field] = json.loads(record[field])
+        return record
+
+    def state(self, job_id: str) -> str:
+        state = self.r.hget(keys.job(job_id), "state")
+        if state is None:
+            raise JobNotFound(job_id)
+        return state
+
+    def states(self, job_ids: Iterable[str]) -> dict[str, str]:
+        ids = list(job_ids)
+        pipe = self.r.pipeline(transaction=False)
+        for job_id in ids:
+            pipe.hget(keys.job(job_id), "state")
+        return dict(zip(ids, pipe.execute()))
+
+    def fields(self, job_ids: Iterable[str], *names: str) -> list[dict[str, Any]]:
+        """``names`` of each job's record in one round trip (JSON fields decoded)."""
+        ids = list(job_ids)
+        pipe = self.r.pipeline(transaction=False)
+        for job_id in ids:
+            pipe.hmget(keys.job(job_id), names)
+        out = []
+        for values in pipe.execute():
+            row = {}
+            for name, value in zip(names, values):
+                row[name] = json.loads(value) if value is not None and name in ("document", "device_info") else value
+            out.append(row)
+        return out
+
+    def set_fields(self, job_id: str, **fields: Any) -> None:
+        encoded = {k: json.dumps(v) if isinstance(v, (dict, list)) else str(v) for k, v in fields.items()}
+        self.r.hset(keys.job(job_id), mapping=encoded)
+
+    def transition(self, job_id: str, to: str, *, allowed_from: Iterable[str] = (),
+                   **fields: Any) -> tuple[bool, str]:
+        """Move the job to state ``to`` if the lifecycle table allows it from the current state.
+
+        ``allowed_from`` narrows the table's entry further (a caller that
+        must only start a waiting job, say).  Returns (changed, previous
+        state).  Final states never change.
+        """
+        allowed = TRANSITIONS[JobState(to)]
+        if allowed_from:
+            allowed = allowed & frozenset(JobState(s) for s in allowed_from)
+        extra: list[str] = []
+        for k, v in fields.items():
+            extra += [k, json.dumps(v) if isinstance(v, (dict, list)) else str(v)]
+        changed, previous = self._transition(
+            keys=[keys.job(job_id), keys.job_events(job_id)],
+            args=[str(to), ",".join(sorted(allowed)) or "-", now_iso(), *extra],
+        )
+        if changed:
+            record = self.r.hget(keys.job(job_id), "job_queue")
+            if record and previous == JobState.WAITING:
+                self.r.zrem(keys.queue_waiting(record), job_id)
+        return bool(changed), previous
+
+    # --- phases and output ---------------------------------------------------
+    def start_phase(self, job_id: str, phase: str) -> None:
+        self.r.hset(keys.job_phases(job_id), phase, json.dumps({"started": now_iso()}))
+        self._event(job_id, {"type": "phase", "phase": phase, "event": "start"})
+
+    def end_phase(self, job_id: str, phase: str, status: int) -> None:
+        previous = self.r.hget(keys.job_phases(job_id), phase)
+        data = json.loads(previous) if previous else {}
+        data.update({"status": int(status), "ended": now_iso()})
+        self.r.hset(keys.job_phases(job_id), phase, json.dumps(data))
+        self._event(job_id, {"type": "phase", "phase": phase, "event": "end", "status": str(status)})
+
+    def phases(self, job_id: str) -> dict[str, dict[str, Any]]:
+        return {k: json.loads(v) for k, v in self.r.hgetall(keys.job_phases(job_id)).items()}
+
+    def append_output(self, job_id: str, phase: str, text: str) -> None:
+        if not text:
+            return
+        pipe = self.r.pipeline(transaction=False)
+        pipe.append(keys.job_output(job_id, phase), text)
+        pipe.xadd(keys.job_events(job_id), {"type": "output", "phase": phase, "data": text},
+                  maxlen=EVENTS_MAXLEN, approximate=True)
+        pipe.execute()
+
+    def output(self, job_id: str, phase: str) -> str:
+        return self.r.get(keys.job_output(job_id, phase)) or ""
+
+    def _event(self, job_id: str, fields: dict[str, str]) -> None:
+        self.r.xadd(keys.job_events(job_id), fields, maxlen=EVENTS_MAXLEN, approximate=True)
+
+    # --- outcome of a multi job ---------------------------------------------------
+    def child_ends(self, child_ids: list[str]) -> list[ChildEnd]:
+        """How each child ended, read from its record and phases (the outcome's input)."""
+        rows = self.fields(child_ids, "state", "outcome", "message", "cancel_reason", "role", "job_queue")
+        return [ChildEnd(job_id=cid, label=row["role"] or row["job_queue"] or "", state=row["state"] or "",
+                         outcome=row["outcome"] or "", message=row["message"] or "",
+                         cancel_reason=row["cancel_reason"] or "", phases=self.phases(cid))
+                for cid, row in zip(child_ids, rows)]
+
+    def verdict(self, parent_id: str, ends: list[ChildEnd], record: dict[str, Any] | None = None) -> Verdict:
+        """The parent's outcome and reasons from what the store holds now."""
+        record = record if record is not None else self.get(parent_id)
+        return multi_job_outcome(self.phases(parent_id), ends, cancelled=bool(record.get("cancel_requested")),
+                                 message=record.get("message") or "")
+
+    # --- children ------------------------------------------------------------
+    def children(self, job_id: str) -> list[str]:
+        return self.r.lrange(keys.job_children(job_id), 0, -1)
+
+    # --- control signals (to the task running the job) -----------------------
+    def signal(self, job_id: str, name: str, pipe: redis.client.Pipeline | None = None, **data: str) -> None:
+        """Send ``name`` (cancel, test, release, start) to the job's running task (inside ``pipe`` when given)."""
+        target = pipe if pipe is not None else self.r
+        target.xadd(keys.job_control(job_id), {"signal": name, **data}, maxlen=1000, approximate=True)
+
+    def once(self, job_id: str, what: str, ttl: int = 7 * 24 * 3600) -> bool:
+        """True the first time it is called for (job, what); False ever after."""
+        return bool(self.r.set(keys.job_once(job_id, what), "1", nx=True, ex=ttl))
+
+    def happened(self, job_id: str, what: str) -> bool:
+        """Whether :meth:`once` was already called for (job, what)."""
+        return bool(self.r.exists(keys.job_once(job_id, what)))
+
+    # --- watching -----------------------------------------------------------------
+    def last_event_ids(self, job_ids: Iterable[str]) -> dict[str, str]:
+        pipe = self.r.pipeline(transaction=False)
+        ids = list(job_ids)
+        for job_id in ids:
+            pipe.xrevrange(keys.job_events(job_id), count=1)
+        out = {}
+        for job_id, entries in zip(ids, pipe.execute()):
+            out[keys.job_events(job_id)] = entries[0][0] if entries else "0-0"
+        return out
+
+    def wait_until(self, job_ids: Iterable[str], done: Callable[[], bool],
+                   timeout: float | None, client: redis.Redis | None = None) -> bool:
+        """Block until ``done()`` is true, re-checking only when one of the jobs has an event.
+
+        Subscribe-then-check: the stream positions are taken before ``done()``
+        runs, so an event between the check and the read is never missed.
+        Waits of any length work: each ``XREAD`` blocks for at most one slice
+        (below the socket timeout) and ``done()`` is re-checked after it; a
+        lost connection (a Redis restart) is retried with back-off until the
+        deadline.  Returns False on timeout.
+        """
+        reader = client or self.r
+        ids = list(job_ids)
+        deadline = None if timeout is None else time.monotonic() + timeout
+        streams = reconnecting(lambda: self.last_event_ids(ids), deadline=deadline, what="wait_until")
+
+        def read(block: int) -> list:
+            return reader.xread(streams, block=block) or []
+
+        while True:
+            if reconnecting(done, deadline=deadline, what="wait_until"):
+                return True
+            block = block_ms_before(deadline)
+            if block is None:
+                return False
+            for stream, entries in reconnecting(lambda: read(block), deadline=deadline, what="wait_until"):
+                streams[stream] = entries[-1][0]
+
+    def events(self, job_id: str, after: str = "0-0", block_ms: int | None = None,
+               count: int | None = None) -> list[tuple[str, dict[str, str]]]:
+        """Events after ``after``; blocks at most ``block_ms`` (capped at one slice: call again)."""
+        block = None if block_ms is None else min(block_ms, BLOCK_SLICE_MS)
+        result = self.r.xread({keys.job_events(job_id): after}, block=block, count=count)
+        return result[0][1] if result else []

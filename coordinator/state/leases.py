@@ -1,0 +1,157 @@
+"""One worker process per device: a lease in Redis, taken before the worker consumes.
+
+Two workers serving one device would run two jobs on it at once (a
+supervisor restarted while its old workers lived did exactly that).  So a
+device worker takes its device's lock — ``SET NX PX`` with a token of its
+own — before its consumer starts, renews it from its heartbeat thread and
+deletes it on a clean shutdown.  A worker that finds the lock held waits:
+the holder's lease runs out within seconds of its death, and a holder on
+this host that is provably gone (its pid no longer runs, or runs another
+program) is taken over at once, so a restarted worker does not wait at all.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import socket
+import time
+import uuid
+from dataclasses import dataclass
+from typing import Callable
+
+import psutil
+import redis
+
+from convoy.coordinator.state import keys
+
+log = logging.getLogger(__name__)
+
+#: a lease not renewed for this long is free (the heartbeat renews it every few seconds)
+LEASE_MS = 15_000
+#: how often a waiting worker tries again (it waits for a death, not for an event)
+RETRY_SECONDS = 0.5
+
+# KEYS[1]=lock ARGV[1]=token ARGV[2]=ttl ms -> 1 renewed, 2 taken again (the key was lost), 0 held by another
+_RENEW = """
+local cur = redis.call('GET', KEYS[1])
+if cur == ARGV[1] then redis.call('PEXPIRE', KEYS[1], ARGV[2]) return 1 end
+if not cur then redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2]) return 2 end
+return 0
+"""
+# KEYS[1]=lock ARGV[1]=expected token ARGV[2]=new token ARGV[3]=ttl ms -> 1 swapped
+_SWAP = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3]) return 1 end
+return 0
+"""
+# KEYS[1]=lock ARGV[1]=token
+_RELEASE = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+"""
+
+
+@dataclass(frozen=True)
+class Holder:
+    """Who holds a device: enough to tell, on the same host, whether it still runs."""
+
+    host: str
+    pid: int
+    #: the process's start time (psutil), so a reused pid is not mistaken for the holder
+    started: float
+    nonce: str
+
+    def token(self) -> str:
+        return json.dumps({"host": self.host, "pid": self.pid, "started": self.started, "nonce": self.nonce},
+                          sort_keys=True)
+
+    @classmethod
+    def parse(cls, token: str) -> "Holder | None":
+        try:
+            data = json.loads(token)
+            return cls(host=str(data["host"]), pid=int(data["pid"]), started=float(data["started"]),
+                       nonce=str(data["nonce"]))
+        except (ValueError, KeyError, TypeError):
+            return None
+
+    @classmethod
+    def this_process(cls) -> "Holder":
+        return cls(host=socket.gethostname(), pid=os.getpid(), started=psutil.Process().create_time(),
+                   nonce=uuid.uuid4().hex)
+
+    def describe(self) -> str:
+        return f"pid {self.pid} on {self.host}" if self.pid else (self.nonce or "holder unknown")
+
+
+def holder_is_gone(holder: Holder, host: str) -> bool:
+    """True only when the holder runs on ``host`` (this host) and its process no longer does."""
+    if holder.host != host:
+        return False  # another host's process: only its lease running out tells
+    try:
+        process = psutil.Process(holder.pid)
+        return process.create_time() != holder.started or process.status() == psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return True
+
+
+class DeviceLock:
+    """The lease that makes this process the only worker serving ``device``."""
+
+    def __init__(self, client: redis.Redis, device: str, *, lease_ms: int = LEASE_MS) -> None:
+        self.client = client
+        self.device = device
+        self.key = keys.device_worker(device)
+        self.lease_ms = lease_ms
+        self.me = Holder.this_process()
+        self.token = self.me.token()
+        self._renew = client.register_script(_RENEW)
+        self._swap = client.register_script(_SWAP)
+        self._release = client.register_script(_RELEASE)
+
+    def try_acquire(self) -> Holder | None:
+        """Take the lock if it is free or its holder is gone; else return the holder."""
+        if self.client.set(self.key, self.token, nx=True, px=self.lease_ms):
+            return None
+        current = self.client.get(self.key)
+        if current is None:  # expired between the two calls
+            return self.try_acquire()
+        if current == self.token:
+            return None
+        holder = Holder.parse(current) or Holder(host="?", pid=0, started=0.0, nonce="")
+        if holder_is_gone(holder, self.me.host) and self._swap(keys=[self.key],
+                                                               args=[current, self.token, self.lease_ms]):
+            log.warning("device %s: took over the lock of %s, which is gone", self.device, holder.describe())
+            return None
+        return holder
+
+    def acquire(self, on_wait: Callable[[Holder], None] | None = None, timeout: float | None = None) -> bool:
+        """Block until this process holds the lock (False after ``timeout`` seconds).
+
+        ``on_wait`` is told once per holder it waits for.
+        """
+        deadline = None if timeout is None else time.monotonic() + timeout
+        told: Holder | None = None
+        while True:
+            try:
+                holder = self.try_acquire()
+            except redis.ConnectionError:  # Redis is back soon; never consume without the lock meanwhile
+                holder = told or Holder(host="?", pid=0, started=0.0, nonce="Redis unreachable: holder unknown")
+            if holder is None:
+                return True
+            if holder != told and on_wait is not None:
+                on_wait(holder)
+            told = holder
+            if deadline is not None and time.monotonic() >= deadline:
+                return False
+            time.sleep(RETRY_SECONDS)
+
+    def renew(self) -> bool:
+        """Extend the lease; False when another worker holds the lock now (this one must stop)."""
+        return self._renew(keys=[self.key], args=[self.token, self.lease_ms]) != 0
+
+    def release(self) -> None:
+        self._release(keys=[self.key], args=[self.token])
+
+    def holder(self) -> Holder | None:
+        current = self.client.get(self.key)
+        return Holder.parse(current) if current else None

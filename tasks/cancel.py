@@ -1,0 +1,65 @@
+"""Cancellation and aborting a multi job's allocation.
+
+A job that has not started is cancelled on the spot (its task, when a worker
+takes it, sees the final state and does nothing).  A running job is sent a
+``cancel`` signal: its task stops the current phase and runs cleanup.  An
+aborted allocation cancels every child and queues the parent's cleanup once.
+"""
+from __future__ import annotations
+
+from convoy.tasks.celery import app
+from convoy.config.settings import Settings
+from convoy.tasks import canvas
+from convoy.config.lifecycle import FINAL_STATES
+from convoy.coordinator.state.jobs import JobStore
+from convoy.errors import JobStateError
+
+ALLOCATING = ("waiting", "provision")
+UNABLE_TO_ALLOCATE = "Unable to allocate all devices"
+ALLOCATION_TIMED_OUT = "Timed out waiting for devices to allocate"
+
+
+def cancel_job(store: JobStore, job_id: str, settings: Settings) -> None:
+    record = store.get(job_id)
+    if record["state"] in FINAL_STATES:
+        raise JobStateError(job_id, record["state"], f"job {job_id} is already {record['state']}")
+    if record["job_queue"] == "multi":
+        cancel_parent(store, job_id, settings)
+        return
+    cancel_device_job(store, job_id, "cancelled by user")
+    parent_id = record.get("parent_job_id")
+    if parent_id and store.state(parent_id) in ALLOCATING:
+        abort_allocation(store, parent_id, UNABLE_TO_ALLOCATE, settings)
+
+
+def cancel_device_job(store: JobStore, job_id: str, reason: str) -> None:
+    """Cancel a device job, whether it waits in its queue or runs on a device."""
+    store.set_fields(job_id, cancel_requested="1", cancel_reason=reason)
+    store.signal(job_id, "cancel")
+    store.transition(job_id, "cancelled", allowed_from=["waiting"], outcome="cancelled", message=reason)
+
+
+def cancel_parent(store: JobStore, parent_id: str, settings: Settings) -> None:
+    store.set_fields(parent_id, cancel_requested="1")
+    store.signal(parent_id, "cancel")
+    if store.state(parent_id) in ALLOCATING:
+        abort_allocation(store, parent_id, "Job cancelled during allocation", settings)
+        return
+    # children running test_cmds stop now: the parent's test phase waits for them before its cleanup
+    for child_id, state in store.states(store.children(parent_id)).items():
+        if state not in FINAL_STATES:
+            store.signal(child_id, "cancel")
+
+
+def abort_allocation(store: JobStore, parent_id: str, message: str, settings: Settings) -> bool:
+    """Fail a multi job's allocation once: cancel all children, queue the cleanup."""
+    if not store.once(parent_id, "abort"):
+        return False
+    store.set_fields(parent_id, message=message)
+    store.append_output(parent_id, "provision", f"{message}\n")
+    store.end_phase(parent_id, "provision", 1)
+    for child_id in store.children(parent_id):
+        if store.state(child_id) not in FINAL_STATES:
+            cancel_device_job(store, child_id, f"parent job {parent_id}: {message}")
+    canvas.cleanup_now(app, parent_id, settings).apply_async()
+    return True

@@ -1,0 +1,73 @@
+"""Secondary connections: roles that need no device (LAVA's ``connection: ssh``).
+
+A guest role's test commands run on the coordinator, against the device of
+its ``host_role`` (``DEVICE_IP``; ``ssh ubuntu@$DEVICE_IP`` just works), with
+the MultiNode commands on PATH — usually after a delayed start, once the
+host has said ``lava_start``.  A guest is a child job of its own: it records
+its test phase and ends ``cancelled`` like every child.
+"""
+from __future__ import annotations
+
+import threading
+from typing import Any
+
+from convoy.coordinator.state.jobs import JobStore
+from convoy.tasks.run.env import parent_dir, parent_test_env
+from convoy.tasks.run.delayed_start import start_request, wait_for_start
+from convoy.tasks.run.multinode_env import multinode_files
+from convoy.tasks.run.script import run_script
+
+
+def host_device_ip(store: JobStore, parent_id: str, host_role: str) -> str | None:
+    """The address of the first allocated device of ``host_role``."""
+    for row in store.fields(store.children(parent_id), "role", "device_info"):
+        if row["role"] == host_role and row["device_info"]:
+            return str(row["device_info"].get("device_ip"))
+    return None
+
+
+def run_guest(store: JobStore, parent_id: str, guest_id: str, cancel: threading.Event) -> int:
+    """Run one guest's test_cmds to the end; return their exit code."""
+    record = store.get(guest_id)
+    job: dict[str, Any] = record["document"]
+    if not store.transition(guest_id, "test", allowed_from=["waiting"])[0]:
+        return 1
+
+    def out(text: str) -> None:
+        store.append_output(guest_id, "test", text if text.endswith("\n") else text + "\n")
+
+    store.start_phase(guest_id, "test")
+    work_dir = parent_dir(parent_id) / f"guest-{guest_id}"
+    work_dir.mkdir(parents=True, exist_ok=True)
+    env = parent_test_env(store, parent_id, job, work_dir)
+    host_ip = host_device_ip(store, parent_id, job["host_role"])
+    env.update({"CONVOY_JOB_ID": guest_id, "CONVOY_ROLE": record.get("role") or "guest",
+                "DEVICE_IP": host_ip or ""})
+    status = 0
+    if host_ip is None:
+        out(f"no device of host role {job['host_role']!r} is allocated")
+        status = 1
+    spec = start_request(job)
+    if status == 0 and spec:
+        status = wait_for_start(store.r, parent_id, spec, out)
+    if status == 0:
+        status = run_script((job.get("test_data") or {}).get("test_cmds") or "true", cwd=work_dir, env=env,
+                            on_output=out, cancel=cancel, private_files=multinode_files(work_dir, env))
+    store.end_phase(guest_id, "test", status)
+    if status != 0:
+        from convoy.coordinator.multinode.group import fail_member
+
+        fail_member(store.r, parent_id, guest_id, f"failed: test_cmds exited {status}")
+    store.transition(guest_id, "cleanup")
+    store.start_phase(guest_id, "cleanup")
+    out("no device to clean up (secondary connection)")
+    store.end_phase(guest_id, "cleanup", 0)
+    store.transition(guest_id, "cancelled", outcome="pass" if status == 0 else "fail")
+    return status
+
+
+def start_guest(store: JobStore, parent_id: str, guest_id: str, cancel: threading.Event) -> threading.Thread:
+    thread = threading.Thread(target=run_guest, args=(store, parent_id, guest_id, cancel),
+                              name=f"guest-{guest_id[:8]}", daemon=True)
+    thread.start()
+    return thread

@@ -1,0 +1,1 @@
+"""The embedded default: a private Redis and a whole cluster on this machine (``convoy run``, tests, benchmarks)."""

@@ -1,0 +1,128 @@
+"""An embedded convoy cluster on this machine: what ``convoy run`` and the tests use.
+
+It starts a private Redis (unless one is named), the emulated device farm,
+one device worker per device under a supervisor, and the coordinator
+worker; it waits until every one of them is ready and stops them all after.
+"""
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+from typing import Callable
+
+import redis
+
+from convoy.config.settings import COORDINATOR_QUEUE
+from convoy.config.devices import DeviceConfig
+from convoy.coordinator.state import keys
+from convoy.coordinator.state.connection import make_client
+from convoy.errors import ConvoyError
+from convoy.workers.embedded.redis_server import RedisServer
+from convoy.workers.supervisor import Supervisor, coordinator_command
+
+READY_TIMEOUT_SECONDS = 90.0
+
+
+def emulated_devices(queues: dict[str, int], *, prefix: str = "emu",
+                     extra_config: dict | None = None) -> list[DeviceConfig]:
+    """Emulated devices, ``count`` per queue, each on its own free loopback address."""
+    from convoy.connectors.emulated.farm import allocate_addresses, default_port
+
+    port = default_port()
+    addresses = iter(allocate_addresses(sum(queues.values()), port))
+    devices = []
+    for queue, count in queues.items():
+        for i in range(1, count + 1):
+            config = {"address": next(addresses), "port": port, **(extra_config or {})}
+            devices.append(DeviceConfig(name=f"{prefix}-{queue}-{i}", queues=(queue,), connector="emulated",
+                                        config=config))
+    return devices
+
+
+class EmbeddedCluster:
+    """Redis + device farm + device workers + coordinator, as one context manager."""
+
+    def __init__(self, state_dir: Path, devices: list[DeviceConfig], *, redis_url: str | None = None,
+                 coordinator: bool = True, log: Callable[[str], None] = print,
+                 configure_process: bool = True) -> None:
+        self.state_dir = Path(state_dir)
+        self.devices = devices
+        self.redis_url = redis_url
+        self.coordinator = coordinator
+        self.log = log
+        self.configure_process = configure_process
+        self.redis_server: RedisServer | None = None
+        self.farm = None
+        self.supervisor: Supervisor | None = None
+        self.env: dict[str, str] = {}
+
+    def start(self) -> "EmbeddedCluster":
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        try:
+            if not self.redis_url:
+                self.redis_server = RedisServer(self.state_dir / "redis").start()
+                self.redis_url = self.redis_server.url
+            self.env = {**os.environ, "CONVOY_REDIS_URL": self.redis_url, "CONVOY_STATE_DIR": str(self.state_dir)}
+            if self.configure_process:
+                os.environ["CONVOY_REDIS_URL"] = self.redis_url
+                os.environ["CONVOY_STATE_DIR"] = str(self.state_dir)
+            emulated = [d for d in self.devices if d.connector == "emulated"]
+            if emulated:
+                from convoy.connectors.emulated.farm import DeviceFarm
+
+                self.farm = DeviceFarm(emulated, self.state_dir)
+                self.farm.__enter__()
+            self.supervisor = Supervisor(log=self.log)
+            log_dir = self.state_dir / "logs"
+            for device in self.devices:
+                self.supervisor.add_device(device, log_dir, self.env)
+            if self.coordinator:
+                log_dir.mkdir(parents=True, exist_ok=True)
+                self.supervisor.add("coordinator", coordinator_command(COORDINATOR_QUEUE, log_dir / "coordinator.log"),
+                                    self.env, output=log_dir / "coordinator.out")
+            self.supervisor.start()
+            self.wait_ready()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def client(self) -> redis.Redis:
+        return make_client(self.redis_url)
+
+    def wait_ready(self, timeout: float = READY_TIMEOUT_SECONDS) -> None:
+        """Wait until every device worker and the coordinator announced themselves."""
+        client = self.client()
+        wanted = [keys.device_alive(d.name) for d in self.devices]
+        if self.coordinator:
+            wanted.append(keys.COORDINATOR_ALIVE)
+        deadline = time.monotonic() + timeout
+        try:
+            while True:
+                missing = [k for k in wanted if not client.exists(k)]
+                if not missing:
+                    return
+                if time.monotonic() > deadline:
+                    raise ConvoyError(f"workers not ready after {timeout:g}s: {', '.join(missing)} "
+                                      f"(logs in {self.state_dir / 'logs'})")
+                time.sleep(0.05)  # start-up only: workers announce themselves once
+        finally:
+            client.close()
+
+    def stop(self) -> None:
+        if self.supervisor is not None:
+            self.supervisor.stop()
+            self.supervisor = None
+        if self.farm is not None:
+            self.farm.__exit__(None, None, None)
+            self.farm = None
+        if self.redis_server is not None:
+            self.redis_server.stop()
+            self.redis_server = None
+
+    def __enter__(self) -> "EmbeddedCluster":
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
