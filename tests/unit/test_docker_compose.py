@@ -62,3 +62,11 @@ def test_the_image_installs_convoy_from_this_repository():
     dockerfile = (REPO / "Dockerfile").read_text()
     assert "COPY . /app" in dockerfile and "pip install" in dockerfile
     assert compose()["x-convoy"]["build"] == "."
+
+
+def test_redis_keeps_its_data_across_restarts():
+    """DESIGN: Redis runs with append-only persistence in every documented deployment."""
+    redis = compose()["services"]["redis"]
+    command = redis["command"]
+    assert command[command.index("--appendonly") + 1] == "yes"
+    assert any(volume.endswith(":/data") for volume in redis["volumes"])
