@@ -13,7 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Mapping, Sequence
 
-from convoy.config.lifecycle import FINAL_STATES, PHASES as PHASE_ORDER
+from convoy.config.lifecycle import FINAL_STATES, PHASES as PHASE_ORDER, JobState, Outcome
 
 #: exit code of a phase stopped by a cancel or a timeout (``tasks.runner.STOPPED_EXIT_CODE``)
 STOPPED = 143
@@ -50,7 +50,7 @@ class ChildFailure:
 class Verdict:
     """pass / fail / cancelled, and why it is not pass."""
 
-    outcome: str
+    outcome: Outcome
     #: the parent's failed phases, then each failed child (``child <id> (<label>): <why>``)
     reasons: tuple[str, ...] = ()
     failed_children: tuple[ChildFailure, ...] = ()
@@ -87,18 +87,18 @@ def child_failure(child: ChildEnd) -> str | None:
     """
     if child.state not in FINAL_STATES:
         return f"did not end (still {child.state})"
-    if child.outcome == "fail" and child.message:  # "device worker for X died during allocated", ...
+    if child.outcome == Outcome.FAIL and child.message:  # "device worker for X died during allocated", ...
         return child.message
     failed = failed_phases(child.phases, stopped=False)
     if failed:
         return "; ".join(failed)
-    if child.outcome == "cancelled" or child.cancel_reason:
+    if child.outcome == Outcome.CANCELLED or child.cancel_reason:
         detail = child.message or child.cancel_reason or "no reason recorded"
         return detail if detail.startswith("cancelled") else f"cancelled: {detail}"
     stopped = failed_phases(child.phases)
     if stopped:
         return "; ".join(stopped)
-    if child.outcome == "fail":
+    if child.outcome == Outcome.FAIL:
         return "failed"
     return None
 
@@ -116,11 +116,11 @@ def multi_job_outcome(parent_phases: Mapping[str, Mapping[str, Any]], children: 
                      if (reason := child_failure(c)) is not None)
     reasons = tuple(_parent_reason(p) for p in failed_phases(parent_phases)) + tuple(f.describe() for f in failures)
     if cancelled:
-        outcome = "cancelled"
+        outcome = Outcome.CANCELLED
     elif reasons or message:
-        outcome = "fail"
+        outcome = Outcome.FAIL
     else:
-        outcome = "pass"
+        outcome = Outcome.PASS
     return Verdict(outcome=outcome, reasons=reasons, failed_children=failures)
 
 
@@ -128,3 +128,30 @@ def _parent_reason(failed: str) -> str:
     """``test failed (exit 1)`` -> ``test phase failed (exit 1)``: the parent's own phase."""
     name, rest = failed.split(" ", 1)
     return f"{name} phase {rest}"
+
+
+# --- device jobs and guests: one job's own end ---------------------------------------
+
+def phase_outcome(status: int) -> Outcome:
+    """A job whose only verdict is one phase's exit code (a guest's test) passes on 0."""
+    return Outcome.PASS if status == 0 else Outcome.FAIL
+
+
+def device_job_outcome(*, failed: bool, cancel_requested: bool, child: bool) -> Outcome:
+    """How a device job ended, from whether a phase failed and whether someone cancelled it.
+
+    A cancelled single job is ``cancelled`` whatever its phases did; a child
+    (always ended ``cancelled``, the way Testflinger releases a device) that
+    failed a phase is ``fail``, one cancelled while it held its device (by a
+    user, an aborted allocation) is ``cancelled``, else ``pass``.
+    """
+    if cancel_requested and not child:
+        return Outcome.CANCELLED
+    if failed:
+        return Outcome.FAIL
+    return Outcome.CANCELLED if cancel_requested else Outcome.PASS
+
+
+def final_state(cancelled: bool) -> JobState:
+    """A job that was cancelled ends ``cancelled``; any other ends ``complete``."""
+    return JobState.CANCELLED if cancelled else JobState.COMPLETE

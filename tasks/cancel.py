@@ -10,11 +10,13 @@ from __future__ import annotations
 from convoy.tasks.celery import app
 from convoy.config.settings import Settings
 from convoy.tasks import canvas
-from convoy.config.lifecycle import FINAL_STATES
+from convoy.config.lifecycle import FINAL_STATES, JobState, Outcome, Phase, Signal
 from convoy.coordinator.state.jobs import JobStore
 from convoy.errors import JobStateError
+from convoy.tasks.run.phase import PhaseRun
 
-ALLOCATING = ("waiting", "provision")
+#: a multi job's states before every device is allocated: a failure or a cancel then aborts the allocation
+ALLOCATING = (JobState.WAITING, JobState.PROVISION)
 UNABLE_TO_ALLOCATE = "Unable to allocate all devices"
 ALLOCATION_TIMED_OUT = "Timed out waiting for devices to allocate"
 
@@ -35,20 +37,21 @@ def cancel_job(store: JobStore, job_id: str, settings: Settings) -> None:
 def cancel_device_job(store: JobStore, job_id: str, reason: str) -> None:
     """Cancel a device job, whether it waits in its queue or runs on a device."""
     store.set_fields(job_id, cancel_requested="1", cancel_reason=reason)
-    store.signal(job_id, "cancel")
-    store.transition(job_id, "cancelled", allowed_from=["waiting"], outcome="cancelled", message=reason)
+    store.signal(job_id, Signal.CANCEL)
+    store.transition(job_id, JobState.CANCELLED, allowed_from=[JobState.WAITING], outcome=Outcome.CANCELLED,
+                     message=reason)
 
 
 def cancel_parent(store: JobStore, parent_id: str, settings: Settings) -> None:
     store.set_fields(parent_id, cancel_requested="1")
-    store.signal(parent_id, "cancel")
+    store.signal(parent_id, Signal.CANCEL)
     if store.state(parent_id) in ALLOCATING:
         abort_allocation(store, parent_id, "Job cancelled during allocation", settings)
         return
     # children running test_cmds stop now: the parent's test phase waits for them before its cleanup
     for child_id, state in store.states(store.children(parent_id)).items():
         if state not in FINAL_STATES:
-            store.signal(child_id, "cancel")
+            store.signal(child_id, Signal.CANCEL)
 
 
 def abort_allocation(store: JobStore, parent_id: str, message: str, settings: Settings) -> bool:
@@ -56,8 +59,9 @@ def abort_allocation(store: JobStore, parent_id: str, message: str, settings: Se
     if not store.once(parent_id, "abort"):
         return False
     store.set_fields(parent_id, message=message)
-    store.append_output(parent_id, "provision", f"{message}\n")
-    store.end_phase(parent_id, "provision", 1)
+    provision = PhaseRun(store, parent_id, Phase.PROVISION)  # the parent's provision phase fails with it
+    provision.out(message)
+    provision.end(1)
     for child_id in store.children(parent_id):
         if store.state(child_id) not in FINAL_STATES:
             cancel_device_job(store, child_id, f"parent job {parent_id}: {message}")

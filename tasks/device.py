@@ -12,8 +12,6 @@ from __future__ import annotations
 import logging
 import os
 import shutil
-import sys
-from pathlib import Path
 from typing import Any, Callable
 
 from celery import Task
@@ -23,15 +21,17 @@ from convoy.config.settings import load_settings
 from convoy.tasks import canvas
 from convoy.tasks.cancel import ALLOCATING, UNABLE_TO_ALLOCATE, abort_allocation
 from convoy.coordinator.state.connection import get_store
-from convoy.config.lifecycle import FINAL_STATES
-from convoy.errors import ConvoyError, DeviceError
+from convoy.config.lifecycle import FINAL_STATES, JobState, Phase, Signal
+from convoy.config.outcome import device_job_outcome, final_state
+from convoy.errors import DeviceError
 from convoy.tasks import events as states
 from convoy.coordinator.state.control import ControlWatcher
 from convoy.tasks.run.runtime import DeviceRuntime, current_device
 from convoy.coordinator.state.devices import claim_device, release_device
 from convoy.tasks.run.delayed_start import start_request, wait_for_start
-from convoy.tasks.run.multinode_env import multinode_env, multinode_files
+from convoy.tasks.run.env import command_env, multinode_files
 from convoy.tasks.run.output import patient_writer, patiently
+from convoy.tasks.run.phase import PhaseRun
 from convoy.tasks.run.script import STOPPED_EXIT_CODE, run_script
 from convoy.tasks.run.ssh import write_ssh_setup
 
@@ -57,49 +57,45 @@ class DeviceJob:
         self.control: ControlWatcher | None = None
         #: what provisioning reported (device_ip, ...), kept for the test phase and the chord
         self.device_info: dict[str, Any] = {}
-        self.failed = False
+        #: every phase run so far, in order (a child may test more than once)
+        self.runs: list[PhaseRun] = []
 
     # --- helpers -----------------------------------------------------------------
-    def logger(self, phase: str) -> Callable[[str], None]:
+    def phase_run(self, phase: Phase) -> PhaseRun:
+        """The bookkeeping of one phase of this job, announced as this task's state."""
+        run = PhaseRun(self.store, self.job_id, phase, announce=states.announcer(self.task))
+        self.runs.append(run)
+        return run
+
+    def logger(self, phase: Phase) -> Callable[[str], None]:
         """Lines to the phase's output; a Redis restart delays them (in order), never drops them silently."""
         return patient_writer(self.store, self.job_id, phase)
 
     @property
-    def cancelled(self) -> bool:
-        return self.control is not None and self.control.received("cancel")
+    def failed(self) -> bool:
+        return any(run.failed for run in self.runs)
 
-    def phase(self, name: str, body: Callable[[], int]) -> int:
-        """Run one phase: record its start, output, exit code and end."""
-        self.store.start_phase(self.job_id, name)
-        states.announce(self.task, name)
-        try:
-            status = body()
-        except ConvoyError as exc:
-            self.logger(name)(str(exc))
-            status = 1
-        except Exception as exc:  # a connector bug must not leave the device held
-            log.exception("phase %s of job %s failed", name, self.job_id)
-            self.logger(name)(f"internal error in {name}: {exc!r}")
-            status = 1
-        patiently(self.store.end_phase, self.job_id, name, status)  # a Redis restart delays, never strands
-        if status != 0:
-            self.failed = True
-        return status
+    @property
+    def cancelled(self) -> bool:
+        return self.control is not None and self.control.received(Signal.CANCEL)
 
     def start(self) -> bool:
         changed, previous = self.store.transition(
-            self.job_id, "provision", allowed_from=["waiting"], device=self.runtime.name, host=self.runtime.host)
+            self.job_id, JobState.PROVISION, allowed_from=[JobState.WAITING], device=self.runtime.name,
+            host=self.runtime.host)
         if not changed:
             log.info("job %s is %s; not starting it", self.job_id, previous or "unknown")
             return False
-        claim_device(self.store.r, self.runtime.name, self.job_id)
+        claim_device(self.store.client, self.runtime.name, self.job_id)
         self.dir.mkdir(parents=True, exist_ok=True)
         return True
 
     # --- phases ------------------------------------------------------------------
     def provision(self) -> int:
+        run = self.phase_run(Phase.PROVISION)
+
         def body() -> int:
-            out = self.logger("provision")
+            out = run.out
             out(f"provisioning {self.runtime.name} ({self.runtime.device.connector})")
             info = self.runtime.connector.provision(
                 self.job.get("provision_data") or {}, self.control.cancel_event, out)
@@ -111,27 +107,29 @@ class DeviceJob:
             out(f"device {self.runtime.name} ready at {info.get('device_ip')}")
             return 0
 
-        return self.phase("provision", body)
+        return run.run(body)
 
     def test(self) -> int:
         script = (self.job.get("test_data") or {}).get("test_cmds")
         if not script:
             return 0
-        self.store.transition(self.job_id, "test")
+        run = self.phase_run(Phase.TEST)
+        run.transition(JobState.TEST)
 
         def body() -> int:
             env = self.test_env()
             spec = start_request(self.job)
             if spec and self.parent_id:
-                status = wait_for_start(self.store.r, self.parent_id, spec, self.logger("test"))
+                status = wait_for_start(self.store.client, self.parent_id, spec, run.out)
                 if status != 0:
                     return status
-            return run_script(script, cwd=self.dir, env=env, on_output=self.logger("test"),
+            return run_script(script, cwd=self.dir, env=env, on_output=run.out,
                               cancel=self.control.cancel_event, timeout=self.job.get("global_timeout"),
+                              output_timeout=self.job.get("output_timeout"),
                               private_files=multinode_files(self.dir, env),
                               on_start=lambda pid: self.store.set_fields(self.job_id, script_pgid=pid))
 
-        status = self.phase("test", body)
+        status = run.run(body)
         self.store.set_fields(self.job_id, script_pgid="")  # ended: nothing for a recovery to kill
         if status != 0 and self.parent_id:
             self.fail_member("was cancelled" if self.cancelled else f"failed: test_cmds exited {status}")
@@ -141,76 +139,62 @@ class DeviceJob:
         """Tell the MultiNode group this member is gone, so no member waits for it."""
         from convoy.coordinator.multinode.group import fail_member
 
-        fail_member(self.store.r, self.parent_id, self.job_id, reason)
+        fail_member(self.store.client, self.parent_id, self.job_id, reason)
 
     def test_env(self) -> dict[str, str]:
-        info = self.device_info
         target = self.runtime.connector.ssh_target()
-        bin_dir = write_ssh_setup(self.dir, self.runtime.agent_key, [target])
-        env = dict(os.environ)
-        env.pop("CONVOY_DEVICE_JSON", None)
-        test_data = self.job.get("test_data") or {}
-        env.update({str(k): str(v) for k, v in (test_data.get("env") or {}).items()})
-        env.update({
-            "PATH": os.pathsep.join([str(bin_dir), str(Path(sys.executable).parent), env.get("PATH", "")]),
-            "DEVICE_IP": str(info.get("device_ip", target.host)),
-            "CONVOY_JOB_ID": self.job_id,
-            "CONVOY_REDIS_URL": self.settings.redis_url,
-            "TEST_USERNAME": test_data.get("test_username", "ubuntu"),
-        })
-        if self.parent_id:
-            env["CONVOY_GROUP_ID"] = self.parent_id
-            env["CONVOY_ROLE"] = self.record.get("role") or self.job["job_queue"]
-            env.update(multinode_env(self.job))  # children inherit the group's settings unless they set their own
-        return env
+        return command_env(
+            os.environ, self.job, job_id=self.job_id, redis_url=self.settings.redis_url,
+            ssh_bin=write_ssh_setup(self.dir, self.runtime.agent_key, [target]),
+            device_ip=str(self.device_info.get("device_ip", target.host)), group_id=self.parent_id,
+            role=(self.record.get("role") or self.job["job_queue"]) if self.parent_id else None)
 
     def cleanup(self) -> int:
-        self.store.transition(self.job_id, "cleanup")
+        run = self.phase_run(Phase.CLEANUP)
+        run.transition(JobState.CLEANUP)
 
         def body() -> int:
-            out = self.logger("cleanup")
+            out = run.out
             self.runtime.connector.cleanup(out)
             out(f"device {self.runtime.name} cleaned up")
             return 0
 
         try:
-            return self.phase("cleanup", body)
+            return run.run(body)
         finally:
-            release_device(self.store.r, self.runtime.name, self.job_id)
+            release_device(self.store.client, self.runtime.name, self.job_id)
             shutil.rmtree(self.dir / ".convoy-ssh", ignore_errors=True)
 
-    def finish(self, final_state: str) -> None:
+    def finish(self, final: JobState) -> None:
+        """End the job from its last phase run, with the outcome its phases and any cancel give."""
         cancel_requested = bool(patiently(self.store.get, self.job_id).get("cancel_requested"))
-        if cancel_requested and not self.parent_id:
-            outcome = "cancelled"
-        elif self.failed:
-            outcome = "fail"
-        else:  # a child cancelled while it held its device (by a user, or an aborted allocation) did not pass
-            outcome = "cancelled" if cancel_requested else "pass"
-        patiently(self.store.transition, self.job_id, final_state, outcome=outcome)
-        states.announce(self.task, final_state)
+        outcome = device_job_outcome(failed=self.failed, cancel_requested=cancel_requested,
+                                     child=bool(self.parent_id))
+        last = self.runs[-1] if self.runs else PhaseRun(self.store, self.job_id, Phase.CLEANUP,
+                                                         announce=states.announcer(self.task))
+        last.conclude(final, outcome=outcome)
 
     # --- the two job shapes ------------------------------------------------------
     def run_single(self) -> dict[str, Any]:
         if not self.start():
             return {"job_id": self.job_id, "skipped": True}
-        with ControlWatcher(self.store.r, self.job_id) as self.control:
+        with ControlWatcher(self.store.client, self.job_id) as self.control:
             try:
                 if self.provision() == 0 and not self.cancelled:
                     self.test()
             finally:
                 self.cleanup()
-                self.finish("cancelled" if self.cancelled else "complete")
+                self.finish(final_state(self.cancelled))
         return {"job_id": self.job_id, "state": self.store.state(self.job_id)}
 
     def run_child(self) -> dict[str, Any] | None:
         if not self.start():
             self.task.request.chord = None  # not allocated: never counts towards the chord
             return None
-        watcher = ControlWatcher(self.store.r, self.job_id)
+        watcher = ControlWatcher(self.store.client, self.job_id)
         # a cancelled member fails every MultiNode wait of its group at once, its own included; the
         # callback is in place before the watcher reads, so a cancel sent before the task began counts too
-        watcher.on_signal(lambda name: name == "cancel" and self.fail_member("was cancelled"))
+        watcher.on_signal(lambda name: name == Signal.CANCEL and self.fail_member("was cancelled"))
         with watcher as self.control:
             try:
                 if self.provision() != 0 or self.cancelled:
@@ -222,28 +206,28 @@ class DeviceJob:
                 return info
             finally:
                 self.cleanup()
-                self.finish("cancelled")
+                self.finish(JobState.CANCELLED)
 
     def allocated(self) -> dict[str, Any]:
-        self.store.transition(self.job_id, "allocated", allowed_from=["provision"])
+        self.store.transition(self.job_id, JobState.ALLOCATED, allowed_from=[JobState.PROVISION])
         states.report_allocated(self.task, {"job_id": self.job_id, "device_info": self.device_info})
-        self.logger("provision")("allocated; holding the device for the parent job")
+        self.logger(Phase.PROVISION)("allocated; holding the device for the parent job")
         return self.device_info
 
     def hold(self) -> None:
         """Hold the device until the parent releases it, running test_cmds when told to."""
         assert self.control is not None
         while True:
-            signal = self.control.wait_any(("cancel", "release", "test"), timeout=HOLD_CHECK_SECONDS)
-            if signal in ("cancel", "release"):
+            signal = self.control.wait_any((Signal.CANCEL, Signal.RELEASE, Signal.TEST), timeout=HOLD_CHECK_SECONDS)
+            if signal in (Signal.CANCEL, Signal.RELEASE):
                 return
-            if signal == "test":
+            if signal == Signal.TEST:
                 self.test()
-                self.store.transition(self.job_id, "allocated", allowed_from=["test"])
-                self.control.clear("test")
+                self.store.transition(self.job_id, JobState.ALLOCATED, allowed_from=[JobState.TEST])
+                self.control.clear(Signal.TEST)
                 continue
             if self.parent_id and self.store.state(self.parent_id) in FINAL_STATES:
-                self.logger("cleanup")("parent job ended without releasing this device; releasing it")
+                self.logger(Phase.CLEANUP)("parent job ended without releasing this device; releasing it")
                 return
 
     def _abort_parent(self) -> None:

@@ -7,9 +7,12 @@ records as the task's state (its name upper-cased: ``ALLOCATED``, ...).
 from __future__ import annotations
 
 import logging
-from typing import Any
+from functools import partial
+from typing import Any, Callable
 
 from celery import Task
+
+from convoy.config.lifecycle import JobState
 
 log = logging.getLogger(__name__)
 
@@ -18,11 +21,17 @@ def announce(task: Task, state: str, **fields: Any) -> None:
     """Publish ``state`` for this task (backend + event); never fails the job."""
     if task.request.called_directly:
         return
+    name = str(state)  # a JobState or Phase travels as its plain name
     try:
-        task.update_state(state=state.upper(), meta={"phase": state, **fields})
-        task.send_event(f"task-{state}", phase=state, **fields)
+        task.update_state(state=name.upper(), meta={"phase": name, **fields})
+        task.send_event(f"task-{name}", phase=name, **fields)
     except Exception:  # monitoring must never break a job
         log.debug("could not announce state %s", state, exc_info=True)
+
+
+def announcer(task: Task) -> Callable[..., None]:
+    """``announce`` bound to ``task``: what a :class:`~convoy.tasks.run.phase.PhaseRun` calls to tell Flower."""
+    return partial(announce, task)
 
 
 def report_allocated(task: Task, result: dict[str, Any]) -> None:
@@ -37,4 +46,4 @@ def report_allocated(task: Task, result: dict[str, Any]) -> None:
     if request.chord:
         task.backend.mark_as_done(request.id, result, request=request)
         request.chord = None
-    announce(task, "allocated", device_info=result.get("device_info", {}))
+    announce(task, JobState.ALLOCATED, device_info=result.get("device_info", {}))

@@ -11,6 +11,7 @@ import json
 import logging
 import time
 from typing import Any
+from collections.abc import Callable
 
 from celery import Task
 
@@ -20,15 +21,14 @@ from convoy.config.settings import load_settings
 from convoy.tasks import canvas
 from convoy.tasks.cancel import ALLOCATING, ALLOCATION_TIMED_OUT, abort_allocation, cancel_device_job
 from convoy.coordinator.state.connection import get_store
-from convoy.config.outcome import ChildFailure, child_failure
-from convoy.config.lifecycle import FINAL_STATES
+from convoy.config.outcome import ChildFailure, child_failure, final_state
+from convoy.config.lifecycle import FINAL_STATES, JobState, Outcome, Phase, Signal
 from convoy.coordinator.state.jobs import JobStore
 from convoy.tasks import events as states
 from convoy.coordinator.state.control import ControlWatcher
-from convoy.tasks.run.env import device_targets, parent_dir, parent_test_env
+from convoy.tasks.run.env import device_targets, multinode_files, parent_dir, parent_test_env
 from convoy.tasks.run.guests import start_guest
-from convoy.tasks.run.multinode_env import multinode_files
-from convoy.tasks.run.output import patient_writer, patiently
+from convoy.tasks.run.phase import PhaseRun
 from convoy.tasks.run.script import run_script
 
 log = logging.getLogger(__name__)
@@ -43,9 +43,9 @@ def _skip(store: JobStore, parent_id: str) -> bool:
         store.happened(parent_id, "abort")
 
 
-def _out(store: JobStore, job_id: str, phase: str):
-    """Lines to the phase's output; a Redis restart delays them (in order), never drops them silently."""
-    return patient_writer(store, job_id, phase)
+def _phase(task: Task, store: JobStore, parent_id: str, phase: Phase) -> PhaseRun:
+    """The bookkeeping of one of the parent's phases, announced as ``task``'s state."""
+    return PhaseRun(store, parent_id, phase, announce=states.announcer(task))
 
 
 @app.task(bind=True, name=canvas.COLLECT)
@@ -59,19 +59,18 @@ def collect(self: Task, results: list[Any], parent_id: str) -> None:
     store = get_store()
     if _skip(store, parent_id):
         return
-    job_list = [{"job_id": r["job_id"], "device_info": r.get("device_info") or {}}
-                for r in results if isinstance(r, dict) and "job_id" in r]
-    if len(job_list) != len(results):  # not the chord's own shape: read the store instead
-        job_list = [{"job_id": cid, "device_info": info} for cid, info in device_targets(store, parent_id)]
+    job_list = canvas.job_list(results, lambda: device_targets(store, parent_id))
     path = parent_dir(parent_id) / "job_list.json"
     path.write_text(json.dumps(job_list, indent=2) + "\n")
     # the parent moves on first; the bookkeeping below is for the record
-    store.transition(parent_id, "allocated", allowed_from=["provision"], allocated_at=f"{time.time():.6f}")
-    store.end_phase(parent_id, "provision", 0)
-    store.start_phase(parent_id, "allocate")
-    _out(store, parent_id, "allocate")(f"all {len(job_list)} devices allocated; wrote {path}")
-    store.end_phase(parent_id, "allocate", 0)
-    states.announce(self, "allocated", devices=len(job_list))
+    provision = _phase(self, store, parent_id, Phase.PROVISION)
+    provision.transition(JobState.ALLOCATED, allowed_from=[JobState.PROVISION], allocated_at=f"{time.time():.6f}")
+    provision.end(0)
+    allocate = _phase(self, store, parent_id, Phase.ALLOCATE)
+    allocate.start(announce=False)
+    allocate.out(f"all {len(job_list)} devices allocated; wrote {path}")
+    allocate.end(0)
+    allocate.announce(JobState.ALLOCATED, devices=len(job_list))
 
 
 @app.task(bind=True, name=canvas.RESERVE)
@@ -84,14 +83,14 @@ def reserve(self: Task, parent_id: str) -> None:
         return
     from convoy.tasks.run.reserve import run_reservation
 
-    store.transition(parent_id, "reserve")
-    store.start_phase(parent_id, "reserve")
-    states.announce(self, "reserve")
-    with ControlWatcher(store.r, parent_id) as control:
-        status = run_reservation(store, parent_id, job, control, _out(store, parent_id, "reserve"),
-                                 on_reserved=lambda devices: states.announce(
-                                     self, "reserved", devices=[d.hint for d in devices]))
-    patiently(store.end_phase, parent_id, "reserve", status)
+    run = _phase(self, store, parent_id, Phase.RESERVE)
+    run.transition(JobState.RESERVE)
+    run.start()
+    with ControlWatcher(store.client, parent_id) as control:
+        status = run_reservation(store, parent_id, job, control, run.out,
+                                 on_reserved=lambda devices: run.announce(
+                                     "reserved", devices=[d.hint for d in devices]))
+    run.end(status)
 
 
 @app.task(bind=True, name=canvas.TEST)
@@ -102,8 +101,9 @@ def test(self: Task, parent_id: str) -> None:
         return
     job = store.get(parent_id)["document"]
     test_data = job.get("test_data") or {}
-    if (store.phases(parent_id).get("reserve") or {}).get("status", 0) != 0:
-        _out(store, parent_id, "test")("reserve phase failed; skipping the test phase")
+    run = _phase(self, store, parent_id, Phase.TEST)
+    if (store.phases(parent_id).get(Phase.RESERVE) or {}).get("status", 0) != 0:
+        run.out("reserve phase failed; skipping the test phase")
         return
     children = [store.get(cid) for cid in store.children(parent_id)]
     guests = [c["job_id"] for c in children if is_guest(c["document"])]
@@ -111,40 +111,41 @@ def test(self: Task, parent_id: str) -> None:
                         and (c["document"].get("test_data") or {}).get("test_cmds")]
     if not test_data.get("test_cmds") and not testing_children and not guests:
         return
-    store.transition(parent_id, "test")
-    store.start_phase(parent_id, "test")
-    states.announce(self, "test")
-    out = _out(store, parent_id, "test")
+    run.transition(JobState.TEST)
+    run.start()
+    out = run.out
     for cid in testing_children:
-        store.signal(cid, "test")
+        store.signal(cid, Signal.TEST)
     status = 0
-    with ControlWatcher(store.r, parent_id) as control:
+    with ControlWatcher(store.client, parent_id) as control:
         guest_runs = [start_guest(store, parent_id, gid, control.cancel_event) for gid in guests]
         if test_data.get("test_cmds"):
             env = parent_test_env(store, parent_id, job)
             status = run_script(test_data["test_cmds"], cwd=parent_dir(parent_id), env=env, on_output=out,
                                 cancel=control.cancel_event, timeout=job.get("global_timeout"),
+                                output_timeout=job.get("output_timeout"),
                                 private_files=multinode_files(parent_dir(parent_id), env))
         if testing_children:
             status = max(status, _wait_children_tests(store, testing_children, job, out))
-        for gid, run in zip(guests, guest_runs):
-            run.join()
-            code = (store.phases(gid).get("test") or {}).get("status", 1)
+        for gid, guest in zip(guests, guest_runs):
+            guest.join()
+            code = (store.phases(gid).get(Phase.TEST) or {}).get("status", 1)
             if code != 0:
                 out(f"guest {gid}: test_cmds exited {code}")
                 status = max(status, 1)
-    patiently(store.end_phase, parent_id, "test", status)
+    run.end(status)
 
 
-def _wait_children_tests(store: JobStore, children: list[str], job: dict[str, Any], out) -> int:
+def _wait_children_tests(store: JobStore, children: list[str], job: dict[str, Any],
+                         out: Callable[[str], None]) -> int:
     def test_ended(cid: str) -> bool:
-        phase = store.phases(cid).get("test") or {}
+        phase = store.phases(cid).get(Phase.TEST) or {}
         return "ended" in phase or store.state(cid) in FINAL_STATES
 
     store.wait_until(children, lambda: all(test_ended(c) for c in children), job.get("global_timeout"))
     status = 0
     for cid in children:
-        code = (store.phases(cid).get("test") or {}).get("status")
+        code = (store.phases(cid).get(Phase.TEST) or {}).get("status")
         if code is None:
             out(f"child {cid}: test did not finish")
             status = 1
@@ -158,23 +159,23 @@ def _wait_children_tests(store: JobStore, children: list[str], job: dict[str, An
 def cleanup(self: Task, parent_id: str) -> None:
     """Release every child (each cleans its device), then end the parent. Runs once."""
     store = get_store()
-    if not store.once(parent_id, "cleanup"):
+    if not store.once(parent_id, "cleanup"):  # a once-key's name, not a state
         return
-    store.transition(parent_id, "cleanup")
-    store.start_phase(parent_id, "cleanup")
-    states.announce(self, "cleanup")
-    out = _out(store, parent_id, "cleanup")
+    run = _phase(self, store, parent_id, Phase.CLEANUP)
+    run.transition(JobState.CLEANUP)
+    run.start()
+    out = run.out
     children = store.children(parent_id)
     current = store.states(children)
-    with store.r.pipeline(transaction=False) as pipe:
+    with store.pipeline(transaction=False) as pipe:
         for cid, state in current.items():
             if state not in FINAL_STATES:
                 # a child still running its own test_cmds is stopped; an idle one is released
-                store.signal(cid, "cancel" if state == "test" else "release", pipe=pipe)
+                store.signal(cid, Signal.CANCEL if state == JobState.TEST else Signal.RELEASE, pipe=pipe)
         pipe.execute()
     for cid, state in current.items():
-        if state == "waiting":  # still in its queue: it never gets a device
-            store.transition(cid, "cancelled", allowed_from=["waiting"], outcome="cancelled",
+        if state == JobState.WAITING:  # still in its queue: it never gets a device
+            store.transition(cid, JobState.CANCELLED, allowed_from=[JobState.WAITING], outcome=Outcome.CANCELLED,
                              message=f"parent job {parent_id} ended before it started")
     released = store.wait_until(children, lambda: all(s in FINAL_STATES for s in store.states(children).values()),
                                 CHILD_RELEASE_TIMEOUT)
@@ -184,31 +185,29 @@ def cleanup(self: Task, parent_id: str) -> None:
             if state not in FINAL_STATES:
                 out(f"child {cid} did not release its device within {CHILD_RELEASE_TIMEOUT:g}s")
                 cancel_device_job(store, cid, "did not release in time")
-                store.transition(cid, "cancelled", outcome="fail", message="did not release in time")
+                store.transition(cid, JobState.CANCELLED, outcome=Outcome.FAIL, message="did not release in time")
                 status = 1
     out(f"released {len(children)} device(s)")
     ends = store.child_ends(children)
     for end in ends:
         if (reason := child_failure(end)) is not None:
             out(ChildFailure(end.job_id, end.label, reason).describe())
-    patiently(store.end_phase, parent_id, "cleanup", status)
+    run.end(status)
     _finish_group(store, parent_id)
     record = store.get(parent_id)
     # pass only if every phase of the parent and every child passed; the message names what did not
     verdict = store.verdict(parent_id, ends, record)
-    ending = {"outcome": verdict.outcome}
-    if verdict.outcome == "fail" and not record.get("message") and verdict.reasons:
+    ending: dict[str, str] = {"outcome": verdict.outcome}
+    if verdict.outcome == Outcome.FAIL and not record.get("message") and verdict.reasons:
         ending["message"] = "; ".join(verdict.reasons)
-    final = "cancelled" if record.get("cancel_requested") else "complete"
-    patiently(store.transition, parent_id, final, **ending)
-    states.announce(self, final)
+    run.conclude(final_state(bool(record.get("cancel_requested"))), **ending)
 
 
 def _finish_group(store: JobStore, parent_id: str) -> None:
     try:
         from convoy.coordinator.multinode.group import expire_group
 
-        expire_group(store.r, parent_id, 24 * 3600)
+        expire_group(store.client, parent_id, 24 * 3600)
     except ImportError:  # pragma: no cover - MultiNode is part of convoy
         pass
 

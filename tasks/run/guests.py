@@ -11,10 +11,12 @@ from __future__ import annotations
 import threading
 from typing import Any
 
+from convoy.config.lifecycle import JobState, Phase
+from convoy.config.outcome import phase_outcome
 from convoy.coordinator.state.jobs import JobStore
-from convoy.tasks.run.env import parent_dir, parent_test_env
+from convoy.tasks.run.env import multinode_files, parent_dir, parent_test_env
 from convoy.tasks.run.delayed_start import start_request, wait_for_start
-from convoy.tasks.run.multinode_env import multinode_files
+from convoy.tasks.run.phase import PhaseRun
 from convoy.tasks.run.script import run_script
 
 
@@ -30,13 +32,11 @@ def run_guest(store: JobStore, parent_id: str, guest_id: str, cancel: threading.
     """Run one guest's test_cmds to the end; return their exit code."""
     record = store.get(guest_id)
     job: dict[str, Any] = record["document"]
-    if not store.transition(guest_id, "test", allowed_from=["waiting"])[0]:
+    test = PhaseRun(store, guest_id, Phase.TEST)  # no task of its own: nothing to announce
+    if not test.transition(JobState.TEST, allowed_from=[JobState.WAITING]):
         return 1
-
-    def out(text: str) -> None:
-        store.append_output(guest_id, "test", text if text.endswith("\n") else text + "\n")
-
-    store.start_phase(guest_id, "test")
+    out = test.out
+    test.start()
     work_dir = parent_dir(parent_id) / f"guest-{guest_id}"
     work_dir.mkdir(parents=True, exist_ok=True)
     env = parent_test_env(store, parent_id, job, work_dir)
@@ -49,20 +49,22 @@ def run_guest(store: JobStore, parent_id: str, guest_id: str, cancel: threading.
         status = 1
     spec = start_request(job)
     if status == 0 and spec:
-        status = wait_for_start(store.r, parent_id, spec, out)
+        status = wait_for_start(store.client, parent_id, spec, out)
     if status == 0:
         status = run_script((job.get("test_data") or {}).get("test_cmds") or "true", cwd=work_dir, env=env,
-                            on_output=out, cancel=cancel, private_files=multinode_files(work_dir, env))
-    store.end_phase(guest_id, "test", status)
-    if status != 0:
+                            on_output=out, cancel=cancel, output_timeout=job.get("output_timeout"),
+                            private_files=multinode_files(work_dir, env))
+    test.end(status)
+    if test.failed:
         from convoy.coordinator.multinode.group import fail_member
 
-        fail_member(store.r, parent_id, guest_id, f"failed: test_cmds exited {status}")
-    store.transition(guest_id, "cleanup")
-    store.start_phase(guest_id, "cleanup")
-    out("no device to clean up (secondary connection)")
-    store.end_phase(guest_id, "cleanup", 0)
-    store.transition(guest_id, "cancelled", outcome="pass" if status == 0 else "fail")
+        fail_member(store.client, parent_id, guest_id, f"failed: test_cmds exited {status}")
+    cleanup = PhaseRun(store, guest_id, Phase.CLEANUP)
+    cleanup.transition(JobState.CLEANUP)
+    cleanup.start()
+    cleanup.out("no device to clean up (secondary connection)")
+    cleanup.end(0)
+    cleanup.conclude(JobState.CANCELLED, outcome=phase_outcome(status))
     return status
 
 
