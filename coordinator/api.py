@@ -10,26 +10,24 @@ import uuid
 from typing import Any
 
 import redis
+from celery.canvas import Signature
 
-from convoy.tasks.celery import app
 from convoy.config.jobs import is_guest, is_multi, load_job
+from convoy.config.lifecycle import FINAL_STATES, JobState, Outcome, Phase
 from convoy.config.settings import Settings, load_settings
-from convoy.tasks import canvas
-from convoy.coordinator.state import keys
-from convoy.tasks.cancel import cancel_job as _cancel_job
-from convoy.coordinator.state.connection import check_redis, get_client, get_store
-from convoy.coordinator.state.urls import redact_url
 from convoy.coordinator.results import job_results as _job_results
-from convoy.config.lifecycle import FINAL_STATES
+from convoy.coordinator.state.connection import check_redis, get_client, get_store
+from convoy.coordinator.state.devices import known_queues
+from convoy.coordinator.state.jobs import JobStore
+from convoy.coordinator.state.urls import redact_url
 from convoy.errors import ConvoyError, FieldError, JobValidationError, ServiceUnavailable
-
-#: held while a job's messages are published, so every queue sees jobs in one order
-#: (the oldest job is ahead of younger ones on every queue: no allocation deadlock)
-DISPATCH_LOCK = f"{keys.PREFIX}:dispatch-lock"
+from convoy.tasks import canvas
+from convoy.tasks.cancel import cancel_job as _cancel_job
+from convoy.tasks.celery import app
 
 
 def _check_queues(job: dict[str, Any], client: redis.Redis) -> None:
-    known = client.smembers(keys.QUEUES)
+    known = known_queues(client)
     wanted: list[tuple[str, str]] = []
     if is_multi(job):
         for i, child in enumerate(job["provision_data"]["jobs"]):
@@ -56,15 +54,14 @@ def submit_job(job: dict[str, Any] | str | os.PathLike[str], *, settings: Settin
         _check_queues(normalized, client)
     store = get_store(settings)
     job_id = str(uuid.uuid4())
-    pipe = client.pipeline(transaction=True)
+    pipe = store.pipeline(transaction=True)
     if is_multi(normalized):
         children = normalized["provision_data"]["jobs"]
         child_ids = [str(uuid.uuid4()) for _ in children]
         store.create(job_id, normalized, queue="multi", pipe=pipe)
-        for child_id, child in zip(child_ids, children):
+        for child_id, child in zip(child_ids, children, strict=True):
             store.create(child_id, child, queue=child.get("job_queue") or canvas.GUEST_QUEUE, parent_job_id=job_id,
                          role=child.get("role"), pipe=pipe)
-            pipe.rpush(keys.job_children(job_id), child_id)
         signature = canvas.multi_job(app, job_id, normalized, child_ids, settings)
     else:
         child_ids = []
@@ -73,7 +70,7 @@ def submit_job(job: dict[str, Any] | str | os.PathLike[str], *, settings: Settin
     pipe.execute()
     if child_ids:
         _create_group(client, job_id, normalized, child_ids)
-    _dispatch(client, store, job_id, child_ids, normalized, signature, settings)
+    _dispatch(store, job_id, child_ids, normalized, signature, settings)
     return job_id
 
 
@@ -81,25 +78,25 @@ def _create_group(client: redis.Redis, job_id: str, job: dict[str, Any], child_i
     from convoy.coordinator.multinode.group import create_group
 
     members = {cid: child.get("role") or child.get("job_queue") or canvas.GUEST_QUEUE
-               for cid, child in zip(child_ids, job["provision_data"]["jobs"])}
+               for cid, child in zip(child_ids, job["provision_data"]["jobs"], strict=True)}
     create_group(client, job_id, members, timeout=float(job.get("timeouts", {}).get("multinode", 600)))
 
 
-def _dispatch(client: redis.Redis, store, job_id: str, child_ids: list[str], job: dict[str, Any],
-              signature, settings: Settings) -> None:
+def _dispatch(store: JobStore, job_id: str, child_ids: list[str], job: dict[str, Any],
+              signature: Signature, settings: Settings) -> None:
     """Publish the job's messages; on failure leave nothing runnable behind."""
     try:
-        with client.lock(DISPATCH_LOCK, timeout=60, blocking_timeout=60):
+        with store.dispatch_lock():
             if child_ids:
-                store.transition(job_id, "provision", allowed_from=["waiting"])
-                store.start_phase(job_id, "provision")
+                store.transition(job_id, JobState.PROVISION, allowed_from=[JobState.WAITING])
+                store.start_phase(job_id, Phase.PROVISION)
             signature.apply_async()
             if child_ids:
                 canvas.allocation_timeout(app, job_id, job["allocation_timeout"], settings).apply_async()
     except Exception as exc:  # the broker or Redis failed mid-way: cancel what was recorded
         for jid in [job_id, *child_ids]:
             try:
-                store.transition(jid, "cancelled", message=f"not queued: {exc}", outcome="cancelled")
+                store.transition(jid, JobState.CANCELLED, message=f"not queued: {exc}", outcome=Outcome.CANCELLED)
             except redis.RedisError:
                 pass
         raise ServiceUnavailable(redact_url(settings.effective_broker_url), f"could not queue job: {exc}") from None

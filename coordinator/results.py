@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from convoy.config.lifecycle import FINAL_STATES
+from convoy.config.lifecycle import FINAL_STATES, Outcome
 from convoy.coordinator.state.jobs import JobStore
 
 
@@ -17,13 +17,13 @@ def outcome(record: dict[str, Any], phases: dict[str, dict[str, Any]]) -> str:
     state = record["state"]
     if record.get("outcome"):
         return record["outcome"]
-    if state not in ("complete", "cancelled"):
+    if state not in FINAL_STATES:
         return "running"
     if record.get("cancel_requested") and not record.get("parent_job_id"):
-        return "cancelled"
+        return Outcome.CANCELLED
     if any(p.get("status", 0) != 0 for p in phases.values()) or record.get("message"):
-        return "fail"
-    return "pass"
+        return Outcome.FAIL
+    return Outcome.PASS
 
 
 def job_results(store: JobStore, job_id: str) -> dict[str, Any]:
@@ -54,9 +54,9 @@ def job_results(store: JobStore, job_id: str) -> dict[str, Any]:
             results["reasons"] = list(verdict.reasons)
             results["failed_children"] = [{"job_id": f.job_id, "label": f.label, "reason": f.reason}
                                           for f in verdict.failed_children]
-        calls = api_calls(store.r, job_id)
+        calls = api_calls(store.client, job_id)
     elif record.get("parent_job_id"):  # a member: its own calls
-        calls = [c for c in api_calls(store.r, record["parent_job_id"]) if c.get("job_id") == job_id]
+        calls = [c for c in api_calls(store.client, record["parent_job_id"]) if c.get("job_id") == job_id]
     else:
         calls = []
     if calls:

@@ -15,14 +15,15 @@ import sys
 
 from celery.signals import worker_init, worker_ready, worker_shutdown
 
-from convoy.tasks.celery import app
-from convoy.coordinator.state import keys
-from convoy.coordinator.state.connection import get_store
-from convoy.tasks import parent  # noqa: F401  (registers the tasks)
-from convoy.tasks import device as device_job
-from convoy.tasks.run.runtime import current_device, device_from_env
+from convoy.coordinator.state.connection import get_client, get_store
+from convoy.coordinator.state.devices import register
 from convoy.coordinator.state.leases import DeviceLock, Holder
-from convoy.workers.heartbeat import Heartbeat, register_device
+from convoy.coordinator.state.presence import AliveMark
+from convoy.tasks import device as device_task  # noqa: F401  (importing it registers the task)
+from convoy.tasks import parent  # noqa: F401  (importing it registers the tasks)
+from convoy.tasks.celery import app
+from convoy.tasks.run.runtime import current_device, device_from_env
+from convoy.workers.heartbeat import Heartbeat
 from convoy.workers.lifeline import die_with_parent
 from convoy.workers.recovery import recover_device
 
@@ -49,28 +50,27 @@ def _take_device(sender=None, **_: object) -> None:
     device = device_from_env()
     if device is None:  # the coordinator worker
         return
-    store = get_store()
-    lock = DeviceLock(store.r, device.name)
+    client = get_client()
+    lock = DeviceLock(client, device.name)
 
     def waiting(holder: Holder) -> None:
         _say(f"device {device.name} is served by another worker ({holder.describe()}); "
              "waiting for its lock before consuming")
 
     lock.acquire(on_wait=waiting)
-    _heartbeat = Heartbeat(store.r, device.name, lock=lock,
+    _heartbeat = Heartbeat(client, AliveMark.of_device(device.name), lock=lock,
                            on_lost=lambda: _lock_lost(device.name)).start(alive=False)
-    recover_device(store, current_device())
+    recover_device(get_store(), current_device())
 
 
 @worker_ready.connect
 def _device_ready(sender=None, **_: object) -> None:
     global _heartbeat
     if device_from_env() is None:  # the coordinator worker
-        _heartbeat = Heartbeat(get_store().r, "coordinator", key=keys.COORDINATOR_ALIVE).start()
+        _heartbeat = Heartbeat(get_client(), AliveMark.of_coordinator()).start()
         return
     runtime = current_device()
-    store = get_store()
-    register_device(store.r, runtime.device, runtime.host)
+    register(get_client(), runtime.device, runtime.host)
     assert _heartbeat is not None, "worker_init takes the device's lock first"
     _heartbeat.announce()
     log.info("device %s serving queues %s", runtime.name, ", ".join(runtime.device.queues))

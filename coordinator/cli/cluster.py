@@ -22,22 +22,9 @@ CANCEL_CLEANUP_SECONDS = 120.0
 
 def _with_addresses(devices: list) -> list:
     """Give every emulated device without an ``address`` a free loopback address."""
-    from dataclasses import replace
+    from convoy.connectors.emulated.addresses import assign_addresses
 
-    from convoy.connectors.emulated.farm import allocate_addresses, default_port
-
-    missing = [d for d in devices if d.connector == "emulated" and not d.config.get("address")]
-    if not missing:
-        return devices
-    port = default_port()
-    assigned = iter(allocate_addresses(len(missing), port))
-    out = []
-    for device in devices:
-        if device in missing:
-            config = {"port": port, **device.config, "address": next(assigned)}
-            device = replace(device, config=config)
-        out.append(device)
-    return out
+    return assign_addresses(devices)
 
 
 class Interrupted(Exception):
@@ -103,12 +90,12 @@ def run(job_file: str, agent_file: str | None, artifacts: str | None, state_dir:
     stops everything this command started and exits 3.
     """
     from convoy.config.agents import load_agent
-    from convoy.connectors.registry import available_connectors
+    from convoy.connectors.registry import config_schemas
     from convoy.config.jobs import job_queues, load_job
     from convoy.workers.embedded.cluster import EmbeddedCluster, emulated_devices
 
     job = load_job(Path(_existing(job_file)))
-    devices = (list(load_agent(Path(_existing(agent_file)), available_connectors()).devices) if agent_file
+    devices = (list(load_agent(Path(_existing(agent_file)), config_schemas()).devices) if agent_file
                else emulated_devices(job_queues(job)))
     devices = _with_addresses(devices)
     own_dir = state_dir is None
@@ -209,11 +196,11 @@ def _write_phase_logs(target: Path, results: dict[str, Any]) -> None:
 def worker(agent_file: str, no_devices: bool) -> None:
     """Start one Celery worker per device of the agent file and keep them running."""
     from convoy.config.agents import load_agent
-    from convoy.connectors.registry import available_connectors
+    from convoy.connectors.registry import config_schemas
     from convoy.config.settings import load_settings
     from convoy.workers.supervisor import Supervisor
 
-    agent = load_agent(Path(_existing(agent_file)), available_connectors())
+    agent = load_agent(Path(_existing(agent_file)), config_schemas())
     devices = _with_addresses(list(agent.devices))
     settings = load_settings()
     supervisor = Supervisor(log=lambda m: click.echo(f"convoy worker: {m}", err=True))
@@ -260,11 +247,11 @@ def coordinator(concurrency: int) -> None:
 def devices(agent_file: str) -> None:
     """Serve the agent file's emulated devices (SSH servers on loopback) until stopped."""
     from convoy.config.agents import load_agent
-    from convoy.connectors.registry import available_connectors
+    from convoy.connectors.registry import config_schemas
     from convoy.config.settings import load_settings
     from convoy.connectors.emulated.farm import serve_devices
 
-    agent = load_agent(Path(_existing(agent_file)), available_connectors())
+    agent = load_agent(Path(_existing(agent_file)), config_schemas())
     emulated = [d for d in _with_addresses(list(agent.devices)) if d.connector == "emulated"]
     if not emulated:
         raise ConvoyError(f"{agent_file} declares no emulated devices")

@@ -10,11 +10,11 @@ printed.
 from __future__ import annotations
 
 import sys
-from typing import Callable, TextIO, TypeVar
+from collections.abc import Callable
+from typing import TextIO, TypeVar
 
-from convoy.coordinator.state import keys
-from convoy.coordinator.state.connection import reconnecting
 from convoy.config.lifecycle import FINAL_STATES
+from convoy.coordinator.state.connection import reconnecting
 from convoy.coordinator.state.jobs import JobStore
 
 
@@ -72,30 +72,28 @@ class LiveView:
         import time
 
         ids = list(self.labels)
-        streams = {keys.job_events(i): "0-0" for i in ids}
-        by_stream = {keys.job_events(i): i for i in ids}
+        positions = {i: "0-0" for i in ids}  # the last event shown of each job
         deadline = None if timeout is None else time.monotonic() + timeout
 
         def retried(call: Callable[[], T]) -> T:
             return reconnecting(call, deadline=deadline, what="live view")
 
         while True:
-            retried(lambda: self._read(streams, by_stream, block=1000))
+            retried(lambda: self._read(positions, block_ms=1000))
             if on_tick:
                 on_tick()
             if all(s in FINAL_STATES for s in retried(lambda: self.store.states(ids)).values()):
-                retried(lambda: self._read(streams, by_stream, block=None))  # what came after the last read
+                retried(lambda: self._read(positions, block_ms=None))  # what came after the last read
                 self._flush_partials()
                 return retried(lambda: self.store.state(self.job_id))
             if deadline is not None and time.monotonic() > deadline:
                 self._flush_partials()
                 return retried(lambda: self.store.state(self.job_id))
 
-    def _read(self, streams: dict[str, str], by_stream: dict[str, str], block: int | None) -> None:
-        for stream, entries in self.store.r.xread(streams, block=block) or []:
-            for entry_id, fields in entries:
-                streams[stream] = entry_id
-                self._render(by_stream[stream], fields)
+    def _read(self, positions: dict[str, str], block_ms: int | None) -> None:
+        for job_id, event_id, fields in self.store.read_events(positions, block_ms=block_ms):
+            positions[job_id] = event_id
+            self._render(job_id, fields)
         self._show_multinode_calls()
 
     def _show_multinode_calls(self) -> None:
@@ -104,7 +102,7 @@ class LiveView:
             return
         from convoy.coordinator.multinode.group import api_calls
 
-        for call in api_calls(self.store.r, self.job_id, self._calls_seen):
+        for call in api_calls(self.store.client, self.job_id, self._calls_seen):
             self._calls_seen += 1
             label = self.labels.get(call.get("job_id", ""), str(call.get("job_id", ""))[:8])
             detail = f" ({call['detail']})" if call.get("detail") else ""

@@ -9,22 +9,34 @@ from __future__ import annotations
 
 import json
 import sys
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 import redis
 
+from convoy.config.lifecycle import Outcome
 from convoy.errors import ConvoyError
+
+if TYPE_CHECKING:
+    from convoy.coordinator.state.jobs import JobStore
 
 EXIT_FAIL = 1
 EXIT_CANCELLED = 3
 
 
-def _store():
+def _store() -> JobStore:
     from convoy.coordinator.state.connection import check_redis, get_store
 
     check_redis()
     return get_store()
+
+
+def _client() -> redis.Redis:
+    """The configured Redis, for the device registry's summaries (a clear error when it is down)."""
+    from convoy.coordinator.state.connection import check_redis, get_client
+
+    check_redis()
+    return get_client()
 
 
 def _print_json(data: Any) -> None:
@@ -84,7 +96,7 @@ def _follow(job_id: str) -> int:
 
 def exit_code(results: dict[str, Any]) -> int:
     """0 for a passing job, 3 cancelled, 1 any other outcome."""
-    return {"pass": 0, "cancelled": EXIT_CANCELLED}.get(results["outcome"], EXIT_FAIL)
+    return {Outcome.PASS: 0, Outcome.CANCELLED: EXIT_CANCELLED}.get(results["outcome"], EXIT_FAIL)
 
 
 @cli.command()
@@ -135,11 +147,8 @@ def show(job_id: str) -> None:
 @click.option("--limit", default=20, show_default=True, help="How many of the newest jobs.")
 def jobs(limit: int) -> None:
     """List the newest jobs."""
-    from convoy.coordinator.state import keys
-
     store = _store()
-    ids = store.r.zrevrange(keys.JOBS, 0, limit - 1)
-    for job_id in ids:
+    for job_id in store.newest(limit):
         record = store.get(job_id)
         parent = f" (child of {record['parent_job_id']})" if record.get("parent_job_id") else ""
         click.echo(f"{job_id}  {record['state']:<10} {record['job_queue']:<20} {record['created_at']}{parent}")
@@ -150,7 +159,7 @@ def list_queues() -> None:
     """List the queues devices serve, with online devices and waiting jobs."""
     from convoy.coordinator.state.devices import queue_summaries
 
-    for summary in queue_summaries(_store().r):
+    for summary in queue_summaries(_client()):
         click.echo(f"{summary.queue:<24} devices online {summary.online}/{summary.total}  "
                    f"busy {summary.busy}  waiting jobs {len(summary.waiting)}")
 
@@ -161,7 +170,7 @@ def queue_status(queue: str) -> None:
     """Show a queue's devices (online, busy, offline) and waiting jobs."""
     from convoy.coordinator.state.devices import device_summaries, queue_summaries
 
-    client = _store().r
+    client = _client()
     summary = next((s for s in queue_summaries(client) if s.queue == queue), None)
     if summary is None:
         raise ConvoyError(f"no device serves queue {queue!r}")
@@ -178,7 +187,7 @@ def agents() -> None:
     """List devices: host, queues, online/busy/offline, the job each holds."""
     from convoy.coordinator.state.devices import device_summaries
 
-    for device in device_summaries(_store().r):
+    for device in device_summaries(_client()):
         click.echo(f"{device.name:<24} {device.status:<8} host={device.host} queues={','.join(device.queues)}"
                    + (f" job={device.job_id}" if device.job_id else ""))
 

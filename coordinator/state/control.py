@@ -17,12 +17,13 @@ import time
 
 import redis
 
+from convoy.config.lifecycle import Signal
 from convoy.coordinator.state import keys
 from convoy.coordinator.state.connection import BLOCK_SLICE_MS, CONNECTION_ERRORS, dedicated_client, reconnecting
 
 log = logging.getLogger(__name__)
 
-SIGNALS = ("cancel", "test", "release", "start")
+SIGNALS: tuple[Signal, ...] = tuple(Signal)
 
 
 class ControlWatcher:
@@ -82,7 +83,9 @@ class ControlWatcher:
                                       what=f"control stream of job {self.job_id}")
             except CONNECTION_ERRORS:
                 return  # stopped while Redis was away
-            except redis.RedisError:  # an error reply: never let the watcher die silently
+            except Exception:  # an error reply, or the client closed under us at exit: never die silently
+                if self._stop.is_set():
+                    return
                 log.exception("reading the control stream of job %s", self.job_id)
                 self._stop.wait(1.0)
                 continue
@@ -120,7 +123,7 @@ class ControlWatcher:
 
     @property
     def cancel_event(self) -> threading.Event:
-        return self._events["cancel"]
+        return self._events[Signal.CANCEL]
 
     def wait_any(self, names: tuple[str, ...], timeout: float | None = None) -> str | None:
         """Block until one of ``names`` was received; return it (None on timeout)."""

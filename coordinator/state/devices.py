@@ -1,16 +1,20 @@
 """The device registry in Redis: which job holds a device, and what devices and queues look like now.
 
-Claims and releases are what a device's worker writes; the summaries are
+Registration, claims and releases are what a device's worker writes; the
+known queues are what ``submit_job`` checks a job against; the summaries are
 what ``convoy agents``, ``list-queues`` and ``queue-status`` read.
 """
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 
 import redis
 
+from convoy.config.devices import DeviceConfig
 from convoy.coordinator.state import keys
 from convoy.coordinator.state.jobs import now_iso
+from convoy.coordinator.state.presence import AliveMark
 
 
 @dataclass(frozen=True)
@@ -31,6 +35,35 @@ class QueueSummary:
     waiting: list[str]
 
 
+def register(client: redis.Redis, device: DeviceConfig, host: str) -> None:
+    """Record the device and its queues (and show it alive), so jobs for them are accepted and listed.
+
+    A device registered before keeps its state (idle or busy) and holder:
+    a restarted worker must not forget the job its device held.
+    """
+    pipe = client.pipeline()
+    pipe.sadd(keys.DEVICES, device.name)
+    for queue in device.queues:
+        pipe.sadd(keys.QUEUES, queue)
+    pipe.hset(keys.device(device.name), mapping={
+        "name": device.name, "queues": ",".join(device.queues), "connector": device.connector,
+        "host": host, "pid": os.getpid(), "started_at": now_iso(),
+    })
+    pipe.hsetnx(keys.device(device.name), "state", "idle")
+    AliveMark.of_device(device.name).set(pipe)
+    pipe.execute()
+
+
+def known_queues(client: redis.Redis) -> set[str]:
+    """Every queue some registered device serves (a job naming another is rejected)."""
+    return set(client.smembers(keys.QUEUES))
+
+
+def holder(client: redis.Redis, name: str) -> str | None:
+    """The id of the job that holds device ``name`` now, if any."""
+    return client.hget(keys.device(name), "job_id") or None
+
+
 def device_summaries(client: redis.Redis) -> list[DeviceSummary]:
     names = sorted(client.smembers(keys.DEVICES))
     pipe = client.pipeline(transaction=False)
@@ -39,7 +72,7 @@ def device_summaries(client: redis.Redis) -> list[DeviceSummary]:
         pipe.exists(keys.device_alive(name))
     replies = pipe.execute()
     out = []
-    for name, record, alive in zip(names, replies[0::2], replies[1::2]):
+    for name, record, alive in zip(names, replies[0::2], replies[1::2], strict=True):
         job_id = record.get("job_id") or None
         status = "offline" if not alive else ("busy" if record.get("state") == "busy" else "online")
         out.append(DeviceSummary(name=name, host=record.get("host", "?"),

@@ -11,11 +11,13 @@ from __future__ import annotations
 import json
 import time
 from datetime import datetime, timezone
-from typing import Any, Callable, Iterable
+from pathlib import Path
+from typing import Any, Callable, Iterable, Mapping
 
 import redis
+from redis.lock import Lock
 
-from convoy.config.lifecycle import TRANSITIONS, JobState
+from convoy.config.lifecycle import TRANSITIONS, JobState, Phase
 from convoy.config.outcome import ChildEnd, Verdict, multi_job_outcome
 from convoy.coordinator.state import keys
 from convoy.coordinator.state.connection import BLOCK_SLICE_MS, block_ms_before, reconnecting
@@ -23,25 +25,8 @@ from convoy.errors import JobNotFound
 
 EVENTS_MAXLEN = 20000
 
-# KEYS[1]=record KEYS[2]=events; ARGV[1]=new state, ARGV[2]=allowed from (comma list; the
-# lifecycle table's entry, maybe narrowed by the caller), ARGV[3]=timestamp, ARGV[4..]=extra field/value pairs.  The event's ``ts`` is
-# Redis's own clock (seconds.microseconds), so latencies between jobs share one clock.
-_TRANSITION = """
-local cur = redis.call('HGET', KEYS[1], 'state')
-if not cur then return {0, ''} end
-if cur == 'complete' or cur == 'cancelled' then return {0, cur} end
-if ARGV[2] ~= '' then
-  local ok = false
-  for s in string.gmatch(ARGV[2], '[^,]+') do if s == cur then ok = true end end
-  if not ok then return {0, cur} end
-end
-redis.call('HSET', KEYS[1], 'state', ARGV[1], 'updated_at', ARGV[3])
-for i = 4, #ARGV, 2 do redis.call('HSET', KEYS[1], ARGV[i], ARGV[i+1]) end
-local t = redis.call('TIME')
-redis.call('XADD', KEYS[2], 'MAXLEN', '~', '20000', '*', 'type', 'state', 'state', ARGV[1], 'from', cur,
-           'ts', t[1] .. '.' .. string.format('%06d', tonumber(t[2])))
-return {1, cur}
-"""
+# The atomic transition (KEYS, ARGV and reply in its header), installed beside this module.
+_TRANSITION = (Path(__file__).parent / "lua" / "transition.lua").read_text(encoding="utf-8")
 
 
 def now_iso() -> str:
@@ -52,17 +37,44 @@ class JobStore:
     """Job records in Redis; one instance per process is enough (thread-safe client)."""
 
     def __init__(self, client: redis.Redis) -> None:
-        self.r = client
+        self._r = client
         self._transition = client.register_script(_TRANSITION)
+
+    @property
+    def client(self) -> redis.Redis:
+        """The store's Redis client, for peers in the state and MultiNode layers.
+
+        Pass it to their functions (the device registry, the MultiNode group,
+        a ``ControlWatcher``); never use it for commands of your own: key
+        names are private to those layers.
+        """
+        return self._r
+
+    def pipeline(self, transaction: bool = True) -> redis.client.Pipeline:
+        """A pipeline for several store writes at once (pass it as ``pipe=``, then ``execute()``)."""
+        return self._r.pipeline(transaction=transaction)
+
+    def dispatch_lock(self, timeout: float = 60) -> Lock:
+        """The lock held while a job's messages are published.
+
+        Publishing one job at a time puts jobs in one order on every queue:
+        the oldest job is ahead of younger ones everywhere, so two multi jobs
+        never each hold part of what the other needs (no allocation deadlock).
+        """
+        return self._r.lock(keys.DISPATCH_LOCK, timeout=timeout, blocking_timeout=timeout)
 
     # --- records ------------------------------------------------------------
     def create(self, job_id: str, document: dict[str, Any], *, queue: str,
                parent_job_id: str | None = None, role: str | None = None,
                pipe: redis.client.Pipeline | None = None) -> None:
-        """Store a new job record in state ``waiting`` (inside ``pipe`` when given)."""
+        """Store a new job record in state ``waiting`` (inside ``pipe`` when given).
+
+        A child (``parent_job_id``) is appended to its parent's children:
+        :meth:`children` lists them in the order they were created.
+        """
         record = {
             "job_id": job_id,
-            "state": "waiting",
+            "state": JobState.WAITING,
             "job_queue": queue,
             "document": json.dumps(document),
             "created_at": now_iso(),
@@ -72,19 +84,22 @@ class JobStore:
             record["parent_job_id"] = parent_job_id
         if role:
             record["role"] = role
-        target = pipe if pipe is not None else self.r
+        target = pipe if pipe is not None else self._r
         target.hset(keys.job(job_id), mapping=record)
         target.zadd(keys.JOBS, {job_id: time.time()})
         target.zadd(keys.queue_waiting(queue), {job_id: time.time()})
-        target.xadd(keys.job_events(job_id), {"type": "state", "state": "waiting", "from": ""},
+        target.xadd(keys.job_events(job_id), {"type": "state", "state": JobState.WAITING, "from": ""},
                     maxlen=EVENTS_MAXLEN, approximate=True)
+        if parent_job_id:
+            target.rpush(keys.job_children(parent_job_id), job_id)
 
-    def exists(self, job_id: str) -> bool:
-        return bool(self.r.exists(keys.job(job_id)))
+    def newest(self, limit: int) -> list[str]:
+        """The ids of the ``limit`` most recently submitted jobs (children too), newest first."""
+        return self._r.zrevrange(keys.JOBS, 0, limit - 1)
 
     def get(self, job_id: str) -> dict[str, Any]:
         """The job record with JSON fields decoded; raises JobNotFound."""
-        raw = self.r.hgetall(keys.job(job_id))
+        raw = self._r.hgetall(keys.job(job_id))
         if not raw:
             raise JobNotFound(job_id)
         record: dict[str, Any] = dict(raw)
@@ -94,14 +109,14 @@ class JobStore:
         return record
 
     def state(self, job_id: str) -> str:
-        state = self.r.hget(keys.job(job_id), "state")
+        state = self._r.hget(keys.job(job_id), "state")
         if state is None:
             raise JobNotFound(job_id)
         return state
 
     def states(self, job_ids: Iterable[str]) -> dict[str, str]:
         ids = list(job_ids)
-        pipe = self.r.pipeline(transaction=False)
+        pipe = self._r.pipeline(transaction=False)
         for job_id in ids:
             pipe.hget(keys.job(job_id), "state")
         return dict(zip(ids, pipe.execute()))
@@ -109,7 +124,7 @@ class JobStore:
     def fields(self, job_ids: Iterable[str], *names: str) -> list[dict[str, Any]]:
         """``names`` of each job's record in one round trip (JSON fields decoded)."""
         ids = list(job_ids)
-        pipe = self.r.pipeline(transaction=False)
+        pipe = self._r.pipeline(transaction=False)
         for job_id in ids:
             pipe.hmget(keys.job(job_id), names)
         out = []
@@ -122,7 +137,7 @@ class JobStore:
 
     def set_fields(self, job_id: str, **fields: Any) -> None:
         encoded = {k: json.dumps(v) if isinstance(v, (dict, list)) else str(v) for k, v in fields.items()}
-        self.r.hset(keys.job(job_id), mapping=encoded)
+        self._r.hset(keys.job(job_id), mapping=encoded)
 
     def transition(self, job_id: str, to: str, *, allowed_from: Iterable[str] = (),
                    **fields: Any) -> tuple[bool, str]:
@@ -143,40 +158,41 @@ class JobStore:
             args=[str(to), ",".join(sorted(allowed)) or "-", now_iso(), *extra],
         )
         if changed:
-            record = self.r.hget(keys.job(job_id), "job_queue")
+            record = self._r.hget(keys.job(job_id), "job_queue")
             if record and previous == JobState.WAITING:
-                self.r.zrem(keys.queue_waiting(record), job_id)
+                self._r.zrem(keys.queue_waiting(record), job_id)
         return bool(changed), previous
 
     # --- phases and output ---------------------------------------------------
-    def start_phase(self, job_id: str, phase: str) -> None:
-        self.r.hset(keys.job_phases(job_id), phase, json.dumps({"started": now_iso()}))
+    # (tasks record a phase through ``tasks.run.phase.PhaseRun``; submit_job only starts a parent's provision)
+    def start_phase(self, job_id: str, phase: Phase) -> None:
+        self._r.hset(keys.job_phases(job_id), phase, json.dumps({"started": now_iso()}))
         self._event(job_id, {"type": "phase", "phase": phase, "event": "start"})
 
-    def end_phase(self, job_id: str, phase: str, status: int) -> None:
-        previous = self.r.hget(keys.job_phases(job_id), phase)
+    def end_phase(self, job_id: str, phase: Phase, status: int) -> None:
+        previous = self._r.hget(keys.job_phases(job_id), phase)
         data = json.loads(previous) if previous else {}
         data.update({"status": int(status), "ended": now_iso()})
-        self.r.hset(keys.job_phases(job_id), phase, json.dumps(data))
+        self._r.hset(keys.job_phases(job_id), phase, json.dumps(data))
         self._event(job_id, {"type": "phase", "phase": phase, "event": "end", "status": str(status)})
 
     def phases(self, job_id: str) -> dict[str, dict[str, Any]]:
-        return {k: json.loads(v) for k, v in self.r.hgetall(keys.job_phases(job_id)).items()}
+        return {k: json.loads(v) for k, v in self._r.hgetall(keys.job_phases(job_id)).items()}
 
-    def append_output(self, job_id: str, phase: str, text: str) -> None:
+    def append_output(self, job_id: str, phase: Phase, text: str) -> None:
         if not text:
             return
-        pipe = self.r.pipeline(transaction=False)
+        pipe = self._r.pipeline(transaction=False)
         pipe.append(keys.job_output(job_id, phase), text)
         pipe.xadd(keys.job_events(job_id), {"type": "output", "phase": phase, "data": text},
                   maxlen=EVENTS_MAXLEN, approximate=True)
         pipe.execute()
 
     def output(self, job_id: str, phase: str) -> str:
-        return self.r.get(keys.job_output(job_id, phase)) or ""
+        return self._r.get(keys.job_output(job_id, phase)) or ""
 
     def _event(self, job_id: str, fields: dict[str, str]) -> None:
-        self.r.xadd(keys.job_events(job_id), fields, maxlen=EVENTS_MAXLEN, approximate=True)
+        self._r.xadd(keys.job_events(job_id), fields, maxlen=EVENTS_MAXLEN, approximate=True)
 
     # --- outcome of a multi job ---------------------------------------------------
     def child_ends(self, child_ids: list[str]) -> list[ChildEnd]:
@@ -195,25 +211,25 @@ class JobStore:
 
     # --- children ------------------------------------------------------------
     def children(self, job_id: str) -> list[str]:
-        return self.r.lrange(keys.job_children(job_id), 0, -1)
+        return self._r.lrange(keys.job_children(job_id), 0, -1)
 
     # --- control signals (to the task running the job) -----------------------
     def signal(self, job_id: str, name: str, pipe: redis.client.Pipeline | None = None, **data: str) -> None:
         """Send ``name`` (cancel, test, release, start) to the job's running task (inside ``pipe`` when given)."""
-        target = pipe if pipe is not None else self.r
+        target = pipe if pipe is not None else self._r
         target.xadd(keys.job_control(job_id), {"signal": name, **data}, maxlen=1000, approximate=True)
 
     def once(self, job_id: str, what: str, ttl: int = 7 * 24 * 3600) -> bool:
         """True the first time it is called for (job, what); False ever after."""
-        return bool(self.r.set(keys.job_once(job_id, what), "1", nx=True, ex=ttl))
+        return bool(self._r.set(keys.job_once(job_id, what), "1", nx=True, ex=ttl))
 
     def happened(self, job_id: str, what: str) -> bool:
         """Whether :meth:`once` was already called for (job, what)."""
-        return bool(self.r.exists(keys.job_once(job_id, what)))
+        return bool(self._r.exists(keys.job_once(job_id, what)))
 
     # --- watching -----------------------------------------------------------------
     def last_event_ids(self, job_ids: Iterable[str]) -> dict[str, str]:
-        pipe = self.r.pipeline(transaction=False)
+        pipe = self._r.pipeline(transaction=False)
         ids = list(job_ids)
         for job_id in ids:
             pipe.xrevrange(keys.job_events(job_id), count=1)
@@ -233,7 +249,7 @@ class JobStore:
         lost connection (a Redis restart) is retried with back-off until the
         deadline.  Returns False on timeout.
         """
-        reader = client or self.r
+        reader = client or self._r
         ids = list(job_ids)
         deadline = None if timeout is None else time.monotonic() + timeout
         streams = reconnecting(lambda: self.last_event_ids(ids), deadline=deadline, what="wait_until")
@@ -250,9 +266,19 @@ class JobStore:
             for stream, entries in reconnecting(lambda: read(block), deadline=deadline, what="wait_until"):
                 streams[stream] = entries[-1][0]
 
-    def events(self, job_id: str, after: str = "0-0", block_ms: int | None = None,
-               count: int | None = None) -> list[tuple[str, dict[str, str]]]:
-        """Events after ``after``; blocks at most ``block_ms`` (capped at one slice: call again)."""
+    def read_events(self, positions: Mapping[str, str],
+                    block_ms: int | None = None) -> list[tuple[str, str, dict[str, str]]]:
+        """The events of several jobs after their positions: ``(job id, event id, fields)``.
+
+        ``positions`` maps each job id to the id of the last event seen
+        (``0-0``: from the start).  With ``block_ms``, blocks until one of the
+        jobs has an event, at most ``block_ms`` (capped at one slice: call
+        again); without, returns at once.  Each job's events come in order.
+        """
+        if not positions:
+            return []
         block = None if block_ms is None else min(block_ms, BLOCK_SLICE_MS)
-        result = self.r.xread({keys.job_events(job_id): after}, block=block, count=count)
-        return result[0][1] if result else []
+        by_stream = {keys.job_events(job_id): job_id for job_id in positions}
+        reply = self._r.xread({keys.job_events(job_id): after for job_id, after in positions.items()}, block=block)
+        return [(by_stream[stream], entry_id, fields)
+                for stream, entries in reply or [] for entry_id, fields in entries]

@@ -48,6 +48,10 @@ def job_once(job_id: str, what: str) -> str:
     return f"{PREFIX}:job:{job_id}:once:{what}"
 
 
+#: a redis-py lock held while a job's messages are published (one order of jobs on every queue)
+DISPATCH_LOCK = f"{PREFIX}:dispatch-lock"
+
+
 def queue_waiting(queue: str) -> str:
     """Sorted set: ids of jobs waiting for a device of ``queue``."""
     return f"{PREFIX}:queue:{queue}:waiting"

@@ -62,4 +62,4 @@ def test_a_child_whose_device_worker_is_killed_after_allocation_fails_the_job_by
     assert json.loads(shown.stdout)["reasons"] == [f"child {victim} ({victim_q}): {why}"]
 
     assert_all_released(parent)
-    assert store.r.hget(keys.device(device), "state") == "idle"
+    assert store.client.hget(keys.device(device), "state") == "idle"

@@ -195,9 +195,9 @@ def start_command(args: list[str], env: dict[str, str], log: Path) -> subprocess
 def serving_pid(device: str) -> int | None:
     """The pid of the worker that announced it consumes for ``device`` (None while none does)."""
     store = get_store()
-    if not store.r.exists(keys.device_alive(device)):
+    if not store.client.exists(keys.device_alive(device)):
         return None
-    pid = store.r.hget(keys.device(device), "pid")
+    pid = store.client.hget(keys.device(device), "pid")
     return int(pid) if pid else None
 
 

@@ -20,7 +20,7 @@ def unique_queue(name: str) -> str:
 
 
 def states_seen(job_id: str) -> list[str]:
-    entries = get_store().r.xrange(keys.job_events(job_id))
+    entries = get_store().client.xrange(keys.job_events(job_id))
     return [fields["state"] for _, fields in entries if fields.get("type") == "state"]
 
 
@@ -60,4 +60,4 @@ def assert_all_released(parent_id: str) -> None:
         assert record["state"] == "cancelled", f"child {child_id} is {record['state']}"
         if record.get("device"):
             assert "cleanup" in store.phases(child_id), f"child {child_id} held a device but never cleaned it"
-            assert store.r.hget(keys.device(record["device"]), "state") == "idle"
+            assert store.client.hget(keys.device(record["device"]), "state") == "idle"

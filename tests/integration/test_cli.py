@@ -54,7 +54,7 @@ def run_cli(*args: str, env: dict | None = None, timeout: float = CLI_TIMEOUT) -
 
 
 def job_count() -> int:
-    return get_store().r.zcard(keys.JOBS)
+    return get_store().client.zcard(keys.JOBS)
 
 
 @pytest.fixture(scope="module")

@@ -74,12 +74,12 @@ def test_a_member_whose_worker_is_killed_fails_the_others(start_cluster):
     assert store.wait_until([waiter], lambda: "waiting" in store.output(waiter, "test"), 60)
     wait_for_state(victim, "test")
     victim_device = store.get(victim)["device"]
-    pid = int(store.r.hget(keys.device(victim_device), "pid"))
+    pid = int(store.client.hget(keys.device(victim_device), "pid"))
     os.kill(pid, signal.SIGKILL)  # the supervisor restarts it; the new worker ends the orphaned job
     assert store.wait_until([waiter], lambda: "ended" in store.phases(waiter).get("test", {}), 120), \
         "the waiting member was not released when the other member's worker died"
     assert f"group member {victim} device worker for {victim_device} died" in store.output(waiter, "test")
     assert wait_for_job(parent, timeout=JOB_TIMEOUT) == "complete"
     assert job_results(parent)["outcome"] == "fail"
-    assert wait_until(lambda: store.r.hget(keys.device(victim_device), "state") == "idle", 60)
+    assert wait_until(lambda: store.client.hget(keys.device(victim_device), "state") == "idle", 60)
     assert cluster.supervisor is not None

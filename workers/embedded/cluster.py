@@ -8,15 +8,15 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import redis
 
-from convoy.config.settings import COORDINATOR_QUEUE
 from convoy.config.devices import DeviceConfig
-from convoy.coordinator.state import keys
+from convoy.config.settings import COORDINATOR_QUEUE
 from convoy.coordinator.state.connection import make_client
+from convoy.coordinator.state.presence import AliveMark, missing
 from convoy.errors import ConvoyError
 from convoy.workers.embedded.redis_server import RedisServer
 from convoy.workers.supervisor import Supervisor, coordinator_command
@@ -27,17 +27,12 @@ READY_TIMEOUT_SECONDS = 90.0
 def emulated_devices(queues: dict[str, int], *, prefix: str = "emu",
                      extra_config: dict | None = None) -> list[DeviceConfig]:
     """Emulated devices, ``count`` per queue, each on its own free loopback address."""
-    from convoy.connectors.emulated.farm import allocate_addresses, default_port
+    from convoy.connectors.emulated.addresses import assign_addresses
 
-    port = default_port()
-    addresses = iter(allocate_addresses(sum(queues.values()), port))
-    devices = []
-    for queue, count in queues.items():
-        for i in range(1, count + 1):
-            config = {"address": next(addresses), "port": port, **(extra_config or {})}
-            devices.append(DeviceConfig(name=f"{prefix}-{queue}-{i}", queues=(queue,), connector="emulated",
-                                        config=config))
-    return devices
+    return assign_addresses(
+        DeviceConfig(name=f"{prefix}-{queue}-{i}", queues=(queue,), connector="emulated",
+                     config=dict(extra_config or {}))
+        for queue, count in queues.items() for i in range(1, count + 1))
 
 
 class EmbeddedCluster:
@@ -57,7 +52,7 @@ class EmbeddedCluster:
         self.supervisor: Supervisor | None = None
         self.env: dict[str, str] = {}
 
-    def start(self) -> "EmbeddedCluster":
+    def start(self) -> EmbeddedCluster:
         self.state_dir.mkdir(parents=True, exist_ok=True)
         try:
             if not self.redis_url:
@@ -94,17 +89,17 @@ class EmbeddedCluster:
     def wait_ready(self, timeout: float = READY_TIMEOUT_SECONDS) -> None:
         """Wait until every device worker and the coordinator announced themselves."""
         client = self.client()
-        wanted = [keys.device_alive(d.name) for d in self.devices]
+        wanted = [AliveMark.of_device(d.name) for d in self.devices]
         if self.coordinator:
-            wanted.append(keys.COORDINATOR_ALIVE)
+            wanted.append(AliveMark.of_coordinator())
         deadline = time.monotonic() + timeout
         try:
             while True:
-                missing = [k for k in wanted if not client.exists(k)]
-                if not missing:
+                absent = missing(client, wanted)
+                if not absent:
                     return
                 if time.monotonic() > deadline:
-                    raise ConvoyError(f"workers not ready after {timeout:g}s: {', '.join(missing)} "
+                    raise ConvoyError(f"workers not ready after {timeout:g}s: {', '.join(m.name for m in absent)} "
                                       f"(logs in {self.state_dir / 'logs'})")
                 time.sleep(0.05)  # start-up only: workers announce themselves once
         finally:
@@ -121,7 +116,7 @@ class EmbeddedCluster:
             self.redis_server.stop()
             self.redis_server = None
 
-    def __enter__(self) -> "EmbeddedCluster":
+    def __enter__(self) -> EmbeddedCluster:
         return self.start()
 
     def __exit__(self, *exc: object) -> None:
