@@ -10,17 +10,20 @@ from __future__ import annotations
 import os
 import socket
 from dataclasses import dataclass
-from collections.abc import Collection
+from collections.abc import Collection, Mapping
 from typing import Any
 
 from convoy.config.jobs import check_plain_data, kind_of
-from convoy.config.schemas import AGENT, CONNECTOR_CONFIGS, CONNECTOR_RE, DEVICE, MAX_DEVICES, run
+from convoy.config.schemas import AGENT, CONNECTOR_RE, DEVICE, MAX_DEVICES, run
 from convoy.config.shown import shown
 from convoy.config.yamlsafe import read_document
 from convoy.config.devices import DeviceConfig
 from convoy.errors import AgentConfigError, FieldError, JobValidationError
 
-__all__ = ["AgentConfig", "DeviceConfig", "load_agent", "validate_agent"]
+__all__ = ["AgentConfig", "DeviceConfig", "KnownConnectors", "load_agent", "validate_agent"]
+
+#: the installed connectors: their names, or each name with its ``config`` schema (None: any mapping)
+KnownConnectors = Collection[str] | Mapping[str, dict | None]
 
 
 @dataclass(frozen=True)
@@ -43,11 +46,13 @@ class AgentConfig:
         return tuple(dict.fromkeys(q for d in self.devices for q in d.queues))
 
 
-def load_agent(source: dict | str | os.PathLike, known_connectors: Collection[str] | None = None) -> AgentConfig:
+def load_agent(source: dict | str | os.PathLike, known_connectors: KnownConnectors | None = None) -> AgentConfig:
     """Load (dict, YAML text, or a .yaml/.yml/.json path) and validate an agent file.
 
-    ``known_connectors``: the installed connectors' names (the caller asks the
-    registry); None accepts any well-formed name.
+    ``known_connectors``: the installed connectors (the caller asks the
+    registry: ``config_schemas()`` also checks each device's ``config``
+    against the schema its connector declares); None accepts any
+    well-formed name and any ``config``.
     """
     try:
         doc = read_document(source)
@@ -56,7 +61,7 @@ def load_agent(source: dict | str | os.PathLike, known_connectors: Collection[st
     return validate_agent(doc, known_connectors)
 
 
-def validate_agent(doc: Any, known_connectors: Collection[str] | None = None) -> AgentConfig:
+def validate_agent(doc: Any, known_connectors: KnownConnectors | None = None) -> AgentConfig:
     """Validate an agent document; raise AgentConfigError listing every problem."""
     if not isinstance(doc, dict):
         raise AgentConfigError([FieldError("", f"agent file must be a mapping, got {kind_of(doc)}")])
@@ -68,6 +73,7 @@ def validate_agent(doc: Any, known_connectors: Collection[str] | None = None) ->
     if not isinstance(raw, list) or len(raw) > MAX_DEVICES:
         raw = []
     connectors = set(known_connectors) if known_connectors is not None else None
+    schemas = dict(known_connectors) if isinstance(known_connectors, Mapping) else {}
     first_seen: dict[str, int] = {}
     endpoints: dict[tuple[str, Any], int] = {}
     devices: list[dict] = []
@@ -90,7 +96,7 @@ def validate_agent(doc: Any, known_connectors: Collection[str] | None = None) ->
                                                          f"(also devices[{first_seen[name]}])"))
             else:
                 first_seen[name] = index
-        errors.extend(_check_connector(device, path, connectors, endpoints, index))
+        errors.extend(_check_connector(device, path, connectors, schemas, endpoints, index))
     if errors:
         raise AgentConfigError(errors)
     return AgentConfig(
@@ -99,9 +105,9 @@ def validate_agent(doc: Any, known_connectors: Collection[str] | None = None) ->
     )
 
 
-def _check_connector(device: dict, path: str, connectors: set[str] | None,
+def _check_connector(device: dict, path: str, connectors: set[str] | None, schemas: Mapping[str, dict | None],
                      endpoints: dict[tuple[str, Any], int], index: int) -> list[FieldError]:
-    """Check the connector's name and, for the built-in ones, its ``config``; normalise it in place."""
+    """Check the connector's name and, where its schema is known, its ``config``; normalise it in place."""
     connector = device.get("connector")
     if not isinstance(connector, str):
         return []
@@ -110,7 +116,7 @@ def _check_connector(device: dict, path: str, connectors: set[str] | None,
         return [FieldError(f"{path}.connector", f"unknown connector {shown(connector)} (known: {known})")]
     if connectors is None and not CONNECTOR_RE.fullmatch(connector):
         return [FieldError(f"{path}.connector", f"invalid connector name {shown(connector)}")]
-    schema = CONNECTOR_CONFIGS.get(connector)
+    schema = schemas.get(connector)
     config = device.get("config")
     if schema is None or not isinstance(config, dict):
         return []

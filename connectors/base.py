@@ -5,7 +5,10 @@ worker creates one per device from the agent file and calls it for every
 job: ``provision`` returns the device's ``device_info`` (at least
 ``device_ip``), ``cleanup`` makes the device ready for the next job.
 Connectors know nothing of Celery or Redis; they report progress through the
-``log`` callable and stop early when ``cancel`` is set.
+``log`` callable and stop early when ``cancel`` is set.  Each declares the
+schema of its ``config`` (:attr:`Connector.config_schema`): agent files are
+checked against it when they are loaded, and the connector checks its device
+against the same schema (:func:`validated_config`).
 """
 from __future__ import annotations
 
@@ -16,6 +19,8 @@ from pathlib import Path
 from typing import Any, Callable, ClassVar
 
 from convoy.config.devices import DeviceConfig
+from convoy.config.schemas import run
+from convoy.errors import DeviceError
 
 Log = Callable[[str], None]
 
@@ -34,6 +39,9 @@ class Connector(ABC):
 
     #: the name jobs and agent files use (``connector: emulated``)
     name: ClassVar[str]
+    #: the cerberus schema of the device's ``config`` (convoy's rule names may be used);
+    #: None: any mapping
+    config_schema: ClassVar[dict[str, Any] | None] = None
 
     def __init__(self, device: DeviceConfig, agent_key: Path) -> None:
         self.device = device
@@ -58,6 +66,18 @@ class Connector(ABC):
     def ssh_target(self) -> SSHTarget:
         """The device's SSH address, for the test commands' SSH client config."""
 
-    def install_keys(self, public_keys: list[str], username: str, log: Log) -> None:
-        """Optional hook: authorise ``public_keys`` for ``username`` (reservation)."""
-        raise NotImplementedError
+
+def validated_config(device: DeviceConfig, schema: dict[str, Any] | None) -> dict[str, Any]:
+    """``device.config`` checked against ``schema`` and normalised (defaults, ``1m`` -> 60).
+
+    Raises :class:`DeviceError` naming every bad key (``config.port: ...``),
+    with the same rules an agent file's ``devices[i].config`` is checked by.
+    """
+    if schema is None:
+        return dict(device.config)
+    config, errors = run(schema, dict(device.config), prefix="config")
+    if errors:
+        raise DeviceError(device.name, "; ".join(
+            f"{e.path} is required for a {device.connector} device" if e.message == "required field"
+            else f"{e.path}: {e.message}" for e in errors))
+    return config

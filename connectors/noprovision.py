@@ -6,38 +6,38 @@ address; cleanup leaves it as it is.  Config keys: ``device_ip`` (required),
 """
 from __future__ import annotations
 
-import shlex
 import threading
 from pathlib import Path
 from typing import Any, ClassVar
 
 from convoy.config.devices import DeviceConfig
 
-from convoy.connectors.base import Connector, Log, SSHTarget
-from convoy.connectors.sshkeys import check_ssh, run_ssh
-from convoy.errors import DeviceError
+from convoy.connectors.base import Connector, Log, SSHTarget, validated_config
+from convoy.connectors.ssh import check_ssh
+
+#: the ``config`` of a ``connector: noprovision`` device (agent files are checked against it too)
+CONFIG_SCHEMA: dict[str, Any] = {
+    "device_ip": {"type": "string", "required": True, "empty": False},
+    "port": {"type": "integer", "min": 1, "max": 65535},
+    "username": {"type": "string", "check_with": "unix_user"},
+    "key_file": {"type": "string", "empty": False},
+}
 
 
 class NoProvisionConnector(Connector):
     """Any SSH-reachable machine; nothing is installed or wiped."""
 
     name: ClassVar[str] = "noprovision"
+    config_schema: ClassVar[dict[str, Any] | None] = CONFIG_SCHEMA
     ssh_attempts: int = 3
     ssh_timeout: float = 10.0
 
     def __init__(self, device: DeviceConfig, agent_key: Path) -> None:
         super().__init__(device, agent_key)
-        config = device.config
-        ip = config.get("device_ip")
-        if not isinstance(ip, str) or not ip:
-            raise DeviceError(device.name, "config.device_ip is required for a noprovision device")
-        port = config.get("port", 22)
-        if isinstance(port, bool) or not isinstance(port, int) or not 0 < port < 65536:
-            raise DeviceError(device.name, f"config.port must be a TCP port number, not {port!r}")
-        username = config.get("username", "ubuntu")
-        if not isinstance(username, str) or not username:
-            raise DeviceError(device.name, f"config.username must be a user name, not {username!r}")
-        self.device_ip, self.port, self.username = ip, port, username
+        config = validated_config(device, CONFIG_SCHEMA)
+        self.device_ip: str = config["device_ip"]
+        self.port: int = config.get("port", 22)
+        self.username: str = config.get("username", "ubuntu")
         self.key_file = Path(config["key_file"]).expanduser() if config.get("key_file") else agent_key
 
     def ssh_target(self) -> SSHTarget:
@@ -53,18 +53,3 @@ class NoProvisionConnector(Connector):
 
     def cleanup(self, log: Log) -> None:
         log(f"noprovision device {self.device.name}: nothing to clean up")
-
-    def install_keys(self, public_keys: list[str], username: str, log: Log) -> None:
-        """Append the keys to ``~/.ssh/authorized_keys`` over SSH (as ``ssh-copy-id`` would)."""
-        keys = "".join(key.strip() + "\n" for key in public_keys if key.strip())
-        script = ("umask 077; mkdir -p ~/.ssh && touch ~/.ssh/authorized_keys && "
-                  "while IFS= read -r k; do grep -qxF \"$k\" ~/.ssh/authorized_keys || "
-                  "printf '%s\\n' \"$k\" >> ~/.ssh/authorized_keys; done")
-        try:
-            result = run_ssh(self.device_ip, self.port, username, self.key_file,
-                             "sh -c " + shlex.quote(script), stdin=keys, timeout=self.ssh_timeout)
-        except Exception as exc:  # paramiko's errors are many; all mean the same here
-            raise DeviceError(self.device.name, f"cannot install keys over SSH: {exc}") from None
-        if result.status != 0:
-            raise DeviceError(self.device.name, f"installing keys failed: {result.stderr.strip()}")
-        log(f"authorised {len(public_keys)} key(s) for {username} on {self.device.name}")

@@ -1,6 +1,6 @@
 """Connector registry: connectors are found by entry point, group ``convoy.connectors``.
 
-convoy's own connectors (emulated, noprovision, multi) register in
+convoy's own connectors (emulated, noprovision) register in
 ``setup.cfg`` exactly as a third-party package would::
 
     [options.entry_points]
@@ -12,6 +12,7 @@ from __future__ import annotations
 import inspect
 from importlib import metadata
 from pathlib import Path
+from typing import Any
 
 from convoy.config.devices import DeviceConfig
 
@@ -46,6 +47,22 @@ def get_connector_class(name: str) -> type[Connector]:
     if not (inspect.isclass(cls) and issubclass(cls, Connector)):
         raise ConnectorLoadError(name, f"{entry_point.value} is not a Connector subclass")
     return cls
+
+
+def config_schemas() -> dict[str, dict[str, Any] | None]:
+    """Each registered connector's ``config`` schema by name, for :func:`convoy.config.agents.load_agent`.
+
+    Agent files are checked against what each connector declares (the
+    loader in ``config`` cannot import connectors); a connector that fails
+    to load maps to None here and fails, clearly, when its device is served.
+    """
+    schemas: dict[str, dict[str, Any] | None] = {}
+    for name in available_connectors():
+        try:
+            schemas[name] = get_connector_class(name).config_schema
+        except ConnectorLoadError:
+            schemas[name] = None
+    return schemas
 
 
 def _accepts_state_dir(cls: type[Connector]) -> bool:

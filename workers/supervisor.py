@@ -17,8 +17,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from convoy.config.devices import DeviceConfig
-from convoy.tasks.run.runtime import DEVICE_ENV, device_to_env
+from convoy.config.devices import DeviceConfig, device_to_json
+from convoy.tasks.run.runtime import DEVICE_ENV
 from convoy.workers.lifeline import PARENT_PID_ENV
 
 CELERY_APP = "convoy.workers.celery_entry"
@@ -70,7 +70,7 @@ class Supervisor:
     def add_device(self, device: DeviceConfig, log_dir: Path, env: dict[str, str] | None = None) -> Supervised:
         log_dir.mkdir(parents=True, exist_ok=True)
         child_env = dict(env or os.environ)
-        child_env[DEVICE_ENV] = device_to_env(device)
+        child_env[DEVICE_ENV] = device_to_json(device)
         return self.add(f"device {device.name}", device_worker_command(device, log_dir / f"{device.name}.log"),
                         child_env, output=log_dir / f"{device.name}.out")
 

@@ -17,9 +17,10 @@ from convoy.config.devices import DeviceConfig
 
 from convoy.connectors.base import Connector, Log, SSHTarget
 from convoy.connectors.emulated.processes import kill_device_processes
-from convoy.connectors.emulated.image import (append_authorized_keys, clear_home, device_paths,
-                                              device_settings, image_name, reset_home)
-from convoy.connectors.sshkeys import check_ssh_banner, read_public_key
+from convoy.connectors.emulated.image import (CONFIG_SCHEMA, clear_home, device_paths, device_settings,
+                                              image_name, reset_home)
+from convoy.connectors.ssh import check_ssh_banner
+from convoy.connectors.sshkeys import read_public_key
 from convoy.errors import DeviceError
 
 
@@ -27,6 +28,7 @@ class EmulatedConnector(Connector):
     """Provision = wait ``provision_delay``, reset the home from the image, check SSH."""
 
     name: ClassVar[str] = "emulated"
+    config_schema: ClassVar[dict[str, Any] | None] = CONFIG_SCHEMA
     #: SSH reachability check after provisioning
     ssh_attempts: int = 5
     ssh_timeout: float = 5.0
@@ -86,11 +88,3 @@ class EmulatedConnector(Connector):
         except OSError as exc:
             raise DeviceError(self.device.name, f"cannot clean the home {self.paths.home}: {exc}") from None
         log(f"cleaned up {self.device.name}")
-
-    def install_keys(self, public_keys: list[str], username: str, log: Log) -> None:
-        """Authorise ``public_keys`` by writing the file directly (fallback to ssh-copy-id)."""
-        if username != self.settings.username:
-            raise DeviceError(self.device.name, f"no user {username!r} on this device "
-                                                f"(its user is {self.settings.username!r})")
-        added = append_authorized_keys(self.paths, public_keys)
-        log(f"authorised {added} new key(s) for {username} on {self.device.name}")

@@ -18,7 +18,6 @@ import asyncio
 import json
 import logging
 import os
-import random
 import select
 import signal
 import socket
@@ -29,64 +28,15 @@ import time
 import uuid
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Iterable
 
-from convoy.config.devices import DeviceConfig
+from convoy.config.devices import DeviceConfig, device_from_dict, device_to_dict
+from convoy.connectors.emulated.addresses import FARM, assign_addresses
 from convoy.connectors.emulated.image import device_paths, device_settings
 from convoy.errors import ConvoyError, DeviceError
 
-__all__ = ["DeviceFarm", "allocate_addresses", "default_port", "device_paths", "load_devices",
-           "serve_devices", "main"]
+__all__ = ["DeviceFarm", "device_paths", "load_devices", "serve_devices", "main"]
 
 log = logging.getLogger("convoy.connectors.emulated.farm")  # not __main__ under -m
-_RESERVED = {"127.0.0.1", "127.0.1.1"}
-FARM = "farm"  # DeviceError reads "device farm: ..."
-
-
-def _can_bind(address: str, port: int) -> bool:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the server will
-        try:
-            sock.bind((address, port))
-        except OSError:
-            return False
-    return True
-
-
-def allocate_addresses(n: int, port: int = 22, *, exclude: Iterable[str] = ()) -> list[str]:
-    """``n`` distinct random loopback addresses 127.x.y.z on which ``port`` can be bound now."""
-    taken = set(_RESERVED) | set(exclude)
-    found: list[str] = []
-    for _ in range(50 * n + 200):
-        if len(found) == n:
-            break
-        address = f"127.{random.randint(0, 255)}.{random.randint(0, 255)}.{random.randint(2, 254)}"
-        if address not in taken and _can_bind(address, port):
-            taken.add(address)
-            found.append(address)
-    if len(found) < n:
-        raise DeviceError(FARM, f"cannot find {n} loopback addresses on which port {port} is free")
-    return found
-
-
-def default_port() -> int:
-    """22 when this process may bind it (root, on a loopback address nobody holds), else 2222."""
-    probe = f"127.{random.randint(0, 255)}.{random.randint(0, 255)}.{random.randint(2, 254)}"
-    return 22 if _can_bind(probe, 22) else 2222
-
-
-def _device_from_dict(data: dict[str, Any]) -> DeviceConfig:
-    try:
-        return DeviceConfig(name=str(data["name"]), queues=tuple(data.get("queues", ())),
-                            connector=str(data.get("connector", "emulated")),
-                            config=dict(data.get("config") or {}))
-    except (KeyError, TypeError, ValueError) as exc:
-        raise ConvoyError(f"invalid device entry {data!r}: {exc}") from None
-
-
-def _device_to_dict(device: DeviceConfig) -> dict[str, Any]:
-    return {"name": device.name, "queues": list(device.queues), "connector": device.connector,
-            "config": {k: str(v) if isinstance(v, Path) else v for k, v in device.config.items()}}
 
 
 def load_devices(path: Path) -> list[DeviceConfig]:
@@ -98,7 +48,7 @@ def load_devices(path: Path) -> list[DeviceConfig]:
         data = data.get("devices")
     if not isinstance(data, list) or not all(isinstance(d, dict) for d in data):
         raise ConvoyError(f"{path}: expected a list of devices (or a mapping with 'devices')")
-    return [_device_from_dict(d) for d in data]
+    return [device_from_dict(d) for d in data]
 
 
 async def _serve(devices: list[DeviceConfig], state_dir: Path, ready: threading.Event | None,
@@ -152,25 +102,6 @@ def serve_devices(devices: list[DeviceConfig], state_dir: Path, ready: threading
     asyncio.run(_serve(list(devices), Path(state_dir), ready, stop))
 
 
-def _resolve(devices: list[DeviceConfig]) -> list[DeviceConfig]:
-    """Give emulated devices without an address (and port) free ones."""
-    emulated = [d for d in devices if d.connector == "emulated"]
-    for device in emulated:
-        device_settings(device)  # fail here, in the caller, on a bad config
-    port = default_port() if any("port" not in d.config for d in emulated) else 22
-    taken = {d.config["address"] for d in emulated if d.config.get("address")}
-    resolved = []
-    for device in devices:
-        if device.connector == "emulated":
-            config = {"port": port, **device.config}
-            if not config.get("address"):
-                config["address"] = allocate_addresses(1, config["port"], exclude=taken)[0]
-                taken.add(config["address"])
-            device = DeviceConfig(device.name, device.queues, device.connector, config)
-        resolved.append(device)
-    return resolved
-
-
 class DeviceFarm:
     """Emulated devices served by a child process while the ``with`` block runs.
 
@@ -182,7 +113,10 @@ class DeviceFarm:
 
     def __init__(self, devices: list[DeviceConfig], state_dir: Path, *, startup_timeout: float = 30.0) -> None:
         self.state_dir = Path(state_dir)
-        self.devices = _resolve(list(devices))
+        for device in devices:
+            if device.connector == "emulated":
+                device_settings(device)  # fail here, in the caller, on a bad config
+        self.devices = assign_addresses(devices)
         self.startup_timeout = startup_timeout
         self.log_path = self.state_dir / "farm.log"
         self._proc: subprocess.Popen[bytes] | None = None
@@ -201,7 +135,7 @@ class DeviceFarm:
         """Start the child and wait until every device accepts TCP connections."""
         self.state_dir.mkdir(parents=True, exist_ok=True)
         self._config = config = self.state_dir / f"farm-{uuid.uuid4().hex[:8]}.json"
-        config.write_text(json.dumps([_device_to_dict(d) for d in self.devices], indent=1))
+        config.write_text(json.dumps([device_to_dict(d) for d in self.devices], indent=1))
         ready_r, ready_w = os.pipe()
         watch_r, self._watch_w = os.pipe()
         cmd = [sys.executable, "-m", "convoy.connectors.emulated.farm", "--config", str(config),

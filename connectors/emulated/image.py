@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from convoy.config.devices import DeviceConfig
+from convoy.connectors.base import validated_config
 from convoy.errors import DeviceError
 
 DEFAULT_IMAGE = "emulated-default"
@@ -34,7 +35,18 @@ DEFAULT_USERNAME = "ubuntu"
 IMAGE_KEYS = ("distro", "url", "image", "os")
 
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
-_USER_RE = re.compile(r"^[a-z_][a-z0-9_.-]*$", re.IGNORECASE)
+_DELAY = {"coerce": "nonneg_duration", "check_with": "nonneg_duration"}
+
+#: the ``config`` of a ``connector: emulated`` device (agent files are checked against it too)
+CONFIG_SCHEMA: dict[str, Any] = {
+    "address": {"type": "string", "check_with": "loopback_ipv4"},
+    "port": {"type": "integer", "min": 1, "max": 65535},
+    "username": {"type": "string", "check_with": "unix_user"},
+    "home": {"type": "string", "empty": False},
+    "provision_delay": _DELAY,
+    "provision_fail": {"type": "boolean"},
+    "cleanup_delay": _DELAY,
+}
 
 
 @dataclass(frozen=True)
@@ -71,41 +83,20 @@ class DevicePaths:
         return self.home / "os-release"
 
 
-def _number(device: str, config: Mapping[str, Any], key: str, default: float) -> float:
-    value = config.get(key, default)
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
-        raise DeviceError(device, f"config.{key} must be a number >= 0, not {value!r}")
-    return float(value)
-
-
 def device_settings(device: DeviceConfig) -> DeviceSettings:
-    """Validate ``device.config``; raise :class:`DeviceError` naming the bad key."""
-    name, config = device.name, device.config
-    if not _NAME_RE.match(name):
-        raise DeviceError(name, "device names may hold only letters, digits, '.', '_' and '-'")
-    address = config.get("address")
-    if address is not None and not isinstance(address, str):
-        raise DeviceError(name, f"config.address must be a string, not {address!r}")
-    port = config.get("port", 22)
-    if isinstance(port, bool) or not isinstance(port, int) or not 0 < port < 65536:
-        raise DeviceError(name, f"config.port must be a TCP port number, not {port!r}")
-    username = config.get("username", DEFAULT_USERNAME)
-    if not isinstance(username, str) or not _USER_RE.match(username):
-        raise DeviceError(name, f"config.username is not a valid user name: {username!r}")
+    """Validate ``device.config`` against :data:`CONFIG_SCHEMA`; raise :class:`DeviceError` naming the bad key."""
+    if not _NAME_RE.match(device.name):
+        raise DeviceError(device.name, "device names may hold only letters, digits, '.', '_' and '-'")
+    config = validated_config(device, CONFIG_SCHEMA)
     home = config.get("home")
-    if home is not None and not isinstance(home, (str, os.PathLike)):
-        raise DeviceError(name, f"config.home must be a path, not {home!r}")
-    fail = config.get("provision_fail", False)
-    if not isinstance(fail, bool):
-        raise DeviceError(name, f"config.provision_fail must be true or false, not {fail!r}")
     return DeviceSettings(
-        address=address,
-        port=port,
-        username=username,
+        address=config.get("address"),
+        port=config.get("port", 22),
+        username=config.get("username", DEFAULT_USERNAME),
         home=Path(home).expanduser() if home is not None else None,
-        provision_delay=_number(name, config, "provision_delay", 0.0),
-        provision_fail=fail,
-        cleanup_delay=_number(name, config, "cleanup_delay", 0.0),
+        provision_delay=float(config.get("provision_delay", 0.0)),
+        provision_fail=config.get("provision_fail", False),
+        cleanup_delay=float(config.get("cleanup_delay", 0.0)),
     )
 
 
@@ -141,7 +132,12 @@ def _wipe(home: Path) -> None:
 
 
 def write_authorized_keys(paths: DevicePaths, keys: list[str]) -> None:
-    """Replace the device's ``authorized_keys`` with ``keys`` (``.ssh`` 0700, file 0600)."""
+    """Replace the device's ``authorized_keys`` with ``keys`` (``.ssh`` 0700, file 0600).
+
+    This is the image's content (what a fresh install authorises), written
+    when the home is reset; keys added to a running device go through
+    :func:`convoy.connectors.ssh.add_authorized_keys`, over SSH.
+    """
     paths.ssh_dir.mkdir(parents=True, exist_ok=True)
     paths.ssh_dir.chmod(0o700)
     tmp = paths.authorized_keys.with_name("authorized_keys.tmp")
@@ -149,16 +145,6 @@ def write_authorized_keys(paths: DevicePaths, keys: list[str]) -> None:
     with os.fdopen(fd, "w") as handle:
         handle.write("".join(key.strip() + "\n" for key in keys if key.strip()))
     os.replace(tmp, paths.authorized_keys)
-
-
-def append_authorized_keys(paths: DevicePaths, keys: list[str]) -> int:
-    """Add the keys not yet listed; return how many were added."""
-    present: list[str] = []
-    if paths.authorized_keys.exists():
-        present = [line.strip() for line in paths.authorized_keys.read_text().splitlines() if line.strip()]
-    new = [key.strip() for key in keys if key.strip() and key.strip() not in present]
-    write_authorized_keys(paths, present + list(dict.fromkeys(new)))
-    return len(set(new))
 
 
 def reset_home(paths: DevicePaths, device: str, image: str, authorized: list[str],

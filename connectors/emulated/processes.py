@@ -7,53 +7,51 @@ would.
 """
 from __future__ import annotations
 
-import os
-import signal
 import time
+from typing import Callable
+
+import psutil
 
 MARKER = "CONVOY_EMULATED_DEVICE"
 
 
-def device_processes(device: str) -> list[int]:
-    """Pids of the processes started on ``device`` that still run."""
-    wanted = f"{MARKER}={device}".encode()
-    pids = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
+def device_processes(device: str) -> list[psutil.Process]:
+    """The processes started on ``device`` that still run."""
+    found = []
+    for process in psutil.process_iter():
         try:
-            with open(f"/proc/{entry}/environ", "rb") as f:
-                if wanted in f.read().split(b"\0"):
-                    pids.append(int(entry))
-        except OSError:  # gone meanwhile, or not ours to read
+            if process.environ().get(MARKER) == device:
+                found.append(process)
+        except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):  # gone, or not ours
             continue
-    return pids
+    return found
 
 
 def kill_device_processes(device: str, grace: float = 2.0) -> int:
     """SIGTERM, then SIGKILL after ``grace`` seconds, every process of ``device``; return how many."""
-    pids = device_processes(device)
-    for pid in pids:
-        _signal(pid, signal.SIGTERM)
+    processes = device_processes(device)
+    for process in processes:
+        _quietly(process.terminate)
+    # not psutil.wait_procs: a zombie nobody reaps yet (an orphaned daemon) runs nothing, but "exists"
     deadline = time.monotonic() + grace
-    while time.monotonic() < deadline and any(_alive(pid) for pid in pids):
+    while time.monotonic() < deadline and any(_running(p) for p in processes):
         time.sleep(0.05)  # a handful of processes ending: no event to wait on
-    for pid in pids:
-        if _alive(pid):
-            _signal(pid, signal.SIGKILL)
-    return len(pids)
+    for process in processes:
+        if _running(process):
+            _quietly(process.kill)
+    return len(processes)
 
 
-def _signal(pid: int, sig: int) -> None:
+def _running(process: psutil.Process) -> bool:
+    """True unless the process is gone or a zombie (an unreaped corpse runs nothing)."""
     try:
-        os.kill(pid, sig)
-    except (ProcessLookupError, PermissionError):
-        pass
-
-
-def _alive(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().split(")")[-1].split()[0] != "Z"
-    except OSError:
+        return process.status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
         return False
+
+
+def _quietly(action: Callable[[], None]) -> None:
+    try:
+        action()
+    except (psutil.NoSuchProcess, psutil.AccessDenied):
+        pass

@@ -263,7 +263,7 @@ class EmulatedDevice:
                 lambda: _DeviceSSHServer(self), self.address, self.port,
                 server_host_keys=[host_key], authorized_client_keys=None,
                 process_factory=self._session,
-                sftp_factory=lambda chan: _HomeSFTPServer(chan, chroot=chroot),  # type: ignore[arg-type]
+                sftp_factory=lambda chan: _HomeSFTPServer(chan, chroot=chroot),
                 encoding=None, line_editor=False, allow_pty=True, agent_forwarding=False,
                 x11_forwarding=False, rdns_lookup=False, gss_kex=False, gss_auth=False,
                 password_auth=False, kbdint_auth=False, keepalive_interval=30, reuse_address=True)

@@ -1,20 +1,83 @@
-"""Where the parent's commands run on the coordinator: its directory, devices and environment.
+"""Where test commands run and what they get: the job's directory, its devices, its environment.
 
-Shared by the parent's tasks, the reserve phase and secondary-connection guests.
+:func:`command_env` is the one builder of a test command's environment, for
+a device's ``test_cmds`` (on its worker), the parent's (on the coordinator)
+and a secondary connection's (a guest).  :func:`parent_test_env` gathers what
+the coordinator side needs for it; a device job does the same on its worker.
 """
 from __future__ import annotations
 
 import os
 import sys
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from convoy.config.jobs import GUEST_QUEUE
+from convoy.config.schemas import DEFAULT_TEST_USERNAME
 from convoy.config.settings import load_settings
 from convoy.connectors.base import SSHTarget
 from convoy.coordinator.state.jobs import JobStore
-from convoy.tasks.run.multinode_env import multinode_env
 from convoy.tasks.run.ssh import write_ssh_setup
+
+#: where LAVA's MultiNode helpers keep their caches (each job gets its own file there)
+CACHE_FILE = "/tmp/lava_multi_node_cache.txt"
+NETWORK_CACHE_FILE = "/tmp/lava_multi_node_network_cache.txt"
+#: never passed on to test commands: the worker's own device configuration
+WORKER_ONLY = ("CONVOY_DEVICE_JSON",)
+
+
+def multinode_env(job: Mapping[str, Any]) -> dict[str, str]:
+    """MultiNode settings of a member (or the parent): default wait timeout, cache path."""
+    env: dict[str, str] = {}
+    timeout = (job.get("timeouts") or {}).get("multinode")
+    if timeout:
+        env["CONVOY_MULTINODE_TIMEOUT"] = str(timeout)
+    cache = (job.get("multinode") or {}).get("cache_file")
+    if cache:
+        env["CONVOY_MULTINODE_CACHE"] = str(cache)
+    return env
+
+
+def multinode_files(job_dir: Path, env: Mapping[str, str]) -> dict[str, Path]:
+    """The job's own files at LAVA's fixed cache paths (unless the job chose its own path)."""
+    if "CONVOY_MULTINODE_CACHE" in env or "CONVOY_GROUP_ID" not in env:
+        return {}
+    return {CACHE_FILE: job_dir / "multinode" / "cache.txt",
+            NETWORK_CACHE_FILE: job_dir / "multinode" / "network-cache.txt"}
+
+
+def command_env(base: Mapping[str, str], job: Mapping[str, Any], *, job_id: str, redis_url: str,
+                ssh_bin: Path, device_ip: str | None = None, device_ips: Sequence[str] = (),
+                group_id: str | None = None, role: str | None = None,
+                python_bin: Path = Path(sys.executable).parent) -> dict[str, str]:
+    """The environment a job's test commands run in (plain data in, plain data out).
+
+    ``base`` (the process's environment) without :data:`WORKER_ONLY`, then the
+    job's ``test_data.env``, then convoy's own variables, which win: ``PATH``
+    with the SSH wrappers in ``ssh_bin`` and convoy's commands first,
+    ``CONVOY_JOB_ID``, ``CONVOY_REDIS_URL``, ``TEST_USERNAME``, ``DEVICE_IP``
+    (a device's commands) or ``DEVICE_IP_1..N`` (the parent's, in
+    ``provision_data.jobs`` order); for a member of a group (or the parent)
+    ``CONVOY_GROUP_ID``, ``CONVOY_ROLE`` and the MultiNode settings.
+    """
+    env = {key: value for key, value in base.items() if key not in WORKER_ONLY}
+    test_data = job.get("test_data") or {}
+    env.update({str(k): str(v) for k, v in (test_data.get("env") or {}).items()})
+    env["PATH"] = os.pathsep.join([str(ssh_bin), str(python_bin), env.get("PATH", "")])
+    env["CONVOY_JOB_ID"] = job_id
+    env["CONVOY_REDIS_URL"] = redis_url
+    env["TEST_USERNAME"] = test_data.get("test_username", DEFAULT_TEST_USERNAME)
+    if device_ip is not None:
+        env["DEVICE_IP"] = device_ip
+    if group_id:
+        env["CONVOY_GROUP_ID"] = group_id
+        if role:
+            env["CONVOY_ROLE"] = role
+        env.update(multinode_env(job))  # members inherit the group's settings unless they set their own
+    for i, ip in enumerate(device_ips, start=1):
+        env[f"DEVICE_IP_{i}"] = ip
+    return env
 
 
 def parent_dir(job_id: str) -> Path:
@@ -46,18 +109,10 @@ def parent_test_env(store: JobStore, parent_id: str, job: dict[str, Any],
     from convoy.connectors.sshkeys import ensure_agent_key
 
     settings = load_settings()
-    username = (job.get("test_data") or {}).get("test_username", "ubuntu")
+    username = (job.get("test_data") or {}).get("test_username", DEFAULT_TEST_USERNAME)
     infos = [info for _, info in device_targets(store, parent_id)]
     key = ensure_agent_key(settings.keys_dir)
     bin_dir = write_ssh_setup(work_dir or parent_dir(parent_id), key,
                               [ssh_target(i, username) for i in infos if i.get("device_ip")])
-    env = dict(os.environ)
-    env.update({str(k): str(v) for k, v in ((job.get("test_data") or {}).get("env") or {}).items()})
-    env["PATH"] = os.pathsep.join([str(bin_dir), str(Path(sys.executable).parent), env.get("PATH", "")])
-    env.update({"CONVOY_JOB_ID": parent_id, "CONVOY_GROUP_ID": parent_id, "CONVOY_REDIS_URL": settings.redis_url,
-                "TEST_USERNAME": username, **multinode_env(job)})
-    for i, info in enumerate(infos, start=1):
-        env[f"DEVICE_IP_{i}"] = str(info.get("device_ip", ""))
-    return env
-
-
+    return command_env(os.environ, job, job_id=parent_id, redis_url=settings.redis_url, ssh_bin=bin_dir,
+                       device_ips=[str(info.get("device_ip", "")) for info in infos], group_id=parent_id)

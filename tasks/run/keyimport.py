@@ -9,7 +9,8 @@ checks), no options, no control characters.  Fetching retries network
 errors, 5xx, 408 and 429 with exponential backoff; 404 and an empty or
 keyless answer fail at once, naming the key id.
 
-Everything except :func:`fetch` and :func:`import_keys` is pure.
+Everything except :func:`fetch` and :func:`import_keys` is pure.  The keys
+reach a device through :func:`convoy.connectors.ssh.add_authorized_keys`.
 """
 from __future__ import annotations
 
@@ -17,7 +18,6 @@ import base64
 import binascii
 import http.client
 import re
-import shlex
 import struct
 import threading
 import urllib.error
@@ -268,40 +268,3 @@ def import_keys(key_ids: Iterable[str], github_template: str, launchpad_template
             log(f"imported {len(found)} key(s) for {key_id}")
         keys += found
     return unique_keys(keys)
-
-
-# --- installing -----------------------------------------------------------------------------
-
-def authorized_keys_script(keys: Iterable[PublicKey]) -> str:
-    """A POSIX sh script that adds ``keys`` to ``~/.ssh/authorized_keys`` idempotently.
-
-    ``~/.ssh`` gets 0700 and the file 0600 (created if missing); a key is
-    added only when no line of the file holds its ``type blob`` yet (with or
-    without options and comment); a last line without a newline gets one
-    first.  The script prints how many keys it added and stops with a
-    non-zero status at the first error.
-    """
-    args = " ".join(f"{shlex.quote(k.type)} {shlex.quote(k.blob)} {shlex.quote(k.line)}"
-                    for k in unique_keys(keys))
-    return "\n".join([
-        "set -e",
-        "umask 077",
-        'dir="$HOME/.ssh"; file="$dir/authorized_keys"',
-        'mkdir -p "$dir"',
-        'chmod 700 "$dir"',
-        '[ -e "$file" ] || : > "$file"',
-        'chmod 600 "$file"',
-        'if [ -s "$file" ] && [ -n "$(tail -c 1 "$file")" ]; then echo >> "$file"; fi',
-        "added=0",
-        f"set -- {args}",
-        'while [ "$#" -ge 3 ]; do',
-        "  if ! awk -v t=\"$1\" -v b=\"$2\" '{for (i = 1; i < NF; i++) if ($i == t && $(i + 1) == b) found = 1}"
-        " END {exit !found}' \"$file\"; then",
-        '    printf \'%s\\n\' "$3" >> "$file"',
-        "    added=$((added + 1))",
-        "  fi",
-        "  shift 3",
-        "done",
-        'echo "$added"',
-        "",
-    ])

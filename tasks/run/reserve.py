@@ -15,7 +15,6 @@ Testflinger's reservation, done better:
 from __future__ import annotations
 
 import logging
-import shlex
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -23,10 +22,11 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
+from convoy.config.lifecycle import Signal
 from convoy.config.schemas import DEFAULT_RESERVE_TIMEOUT, DEFAULT_TEST_USERNAME
 from convoy.config.settings import Settings, load_settings
 from convoy.errors import KeyImportError
-from convoy.tasks.run.keyimport import PublicKey, RetryPolicy, authorized_keys_script, import_keys
+from convoy.tasks.run.keyimport import PublicKey, RetryPolicy, import_keys
 
 log = logging.getLogger(__name__)
 
@@ -108,36 +108,17 @@ def reserve_devices(store: Any, parent_id: str, job: dict[str, Any]) -> list[Dev
 
 def copy_keys(device: Device, keys: Sequence[PublicKey], agent_key: Path, *,
               connect_timeout: float = CONNECT_TIMEOUT, command_timeout: float = COMMAND_TIMEOUT) -> int:
-    """Add ``keys`` to the device's ``authorized_keys`` over SSH (Fabric); return how many were new.
+    """Add ``keys`` to the device's ``authorized_keys`` over SSH; return how many were new.
 
     Raises whatever the connection raises, or :class:`RuntimeError` if the
     command fails on the device.
     """
-    from fabric import Config, Connection  # slow import: only the coordinator pays for it
-    from paramiko.config import SSHConfig
+    from convoy.connectors.ssh import add_authorized_keys  # Fabric: only the coordinator pays for it
 
     if not device.host:
         raise RuntimeError("the device has no device_ip")
-    # an empty SSH config: nothing from ~/.ssh/config or /etc/ssh/ssh_config redirects the connection
-    config = Config(ssh_config=SSHConfig(), overrides={"run": {"in_stream": False}})
-    connection = Connection(
-        device.host, user=device.username, port=device.port, config=config,
-        connect_timeout=int(connect_timeout),
-        connect_kwargs={"key_filename": str(agent_key), "look_for_keys": False, "allow_agent": False,
-                        "banner_timeout": connect_timeout, "auth_timeout": connect_timeout},
-    )
-    try:
-        result = connection.run(f"sh -c {shlex.quote(authorized_keys_script(keys))}", hide=True, warn=True,
-                                in_stream=False, timeout=command_timeout)
-    finally:
-        connection.close()
-    if result.exited != 0:
-        detail = (result.stderr.strip().splitlines() or [""])[-1]
-        raise RuntimeError(f"adding the keys exited with status {result.exited}" + (f": {detail}" if detail else ""))
-    try:
-        return int(result.stdout.strip().splitlines()[-1])
-    except (IndexError, ValueError):
-        return 0
+    return add_authorized_keys(device.host, device.port, device.username, agent_key, [k.line for k in keys],
+                               connect_timeout=connect_timeout, command_timeout=command_timeout)
 
 
 def _reason(exc: BaseException) -> str:
@@ -235,7 +216,7 @@ def _run(store: Any, parent_id: str, job: dict[str, Any], control: Any, out: Out
     out(reservation_banner(devices, timeout, parent_id, datetime.now(timezone.utc), failed))
     if on_reserved is not None:
         on_reserved([d for d in devices if d not in failed])
-    if control.wait_any(("cancel",), timeout) == "cancel":
+    if control.wait_any((Signal.CANCEL,), timeout) == Signal.CANCEL:
         out("reservation ended early by cancel")
     else:
         out(f"reservation timed out after {_seconds_text(timeout)} seconds")

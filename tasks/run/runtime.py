@@ -7,14 +7,13 @@ connector through :func:`current_device`.
 from __future__ import annotations
 
 import functools
-import json
 import os
 import socket
 from dataclasses import dataclass
 from pathlib import Path
 
 from convoy.config.settings import load_settings
-from convoy.config.devices import DeviceConfig
+from convoy.config.devices import DeviceConfig, device_from_json
 from convoy.connectors.base import Connector
 from convoy.errors import ConvoyError
 
@@ -35,17 +34,9 @@ class DeviceRuntime:
 
 
 def device_from_env() -> DeviceConfig | None:
+    """The device the supervisor handed this process (``device_to_json`` in ``CONVOY_DEVICE_JSON``), if any."""
     raw = os.environ.get(DEVICE_ENV)
-    if not raw:
-        return None
-    data = json.loads(raw)
-    return DeviceConfig(name=data["name"], queues=tuple(data["queues"]),
-                        connector=data.get("connector", "emulated"), config=data.get("config", {}))
-
-
-def device_to_env(device: DeviceConfig) -> str:
-    return json.dumps({"name": device.name, "queues": list(device.queues),
-                       "connector": device.connector, "config": device.config})
+    return device_from_json(raw) if raw else None
 
 
 @functools.lru_cache(maxsize=1)

@@ -19,8 +19,10 @@ from typing import Callable
 import pytest
 
 from convoy.config.devices import DeviceConfig
+from convoy.connectors.emulated.addresses import allocate_addresses
 from convoy.connectors.emulated.connector import EmulatedConnector
-from convoy.connectors.emulated.farm import DeviceFarm, allocate_addresses, device_paths
+from convoy.connectors.emulated.farm import DeviceFarm, device_paths
+from convoy.connectors.ssh import add_authorized_keys
 from convoy.connectors.sshkeys import ensure_agent_key, public_key_path
 from convoy.errors import DeviceError
 
@@ -62,6 +64,12 @@ class Env:
 
     def home(self, name: str) -> Path:
         return self.connectors[name].paths.home
+
+    def authorise(self, name: str, key: Path, user: str = "ubuntu") -> int:
+        """What reserving the device does: add ``key`` over SSH, with the agent key (convoy's one writer)."""
+        target = self.connectors[name].ssh_target()
+        return add_authorized_keys(target.host, target.port, user, self.agent_key,
+                                   [public_key_path(key).read_text()])
 
     def ssh_argv(self, name: str, *command: str, key: Path | None = None, user: str = "ubuntu",
                  opts: tuple[str, ...] = ()) -> list[str]:
@@ -225,7 +233,7 @@ def test_fabric_run_put_and_get(env: Env, tmp_path: Path) -> None:
 
 def test_provision_resets_the_home_and_installs_the_image(env: Env) -> None:
     connector = env.connectors["dev-a"]
-    connector.install_keys([public_key_path(env.other_key).read_text()], "ubuntu", lambda line: None)
+    assert env.authorise("dev-a", env.other_key) == 1
     assert env.ssh("dev-a", "echo leftover > junk.txt", key=env.other_key).returncode == 0
     lines: list[str] = []
     info = connector.provision({"distro": "noble"}, threading.Event(), lines.append)
@@ -286,11 +294,14 @@ def test_short_provision_delay_then_success(env: Env) -> None:
 
 
 def test_cleanup_removes_reservation_keys_and_files(env: Env) -> None:
+    import paramiko
+
     connector = env.connectors["dev-b"]
-    connector.install_keys([public_key_path(env.other_key).read_text()], "ubuntu", lambda line: None)
+    assert env.authorise("dev-b", env.other_key) == 1
+    assert env.authorise("dev-b", env.other_key) == 0  # idempotent
     assert env.ssh("dev-b", "touch mine", key=env.other_key).returncode == 0
-    with pytest.raises(DeviceError, match="no user 'root'"):
-        connector.install_keys(["ssh-ed25519 AAAA x"], "root", lambda line: None)
+    with pytest.raises(paramiko.AuthenticationException):  # the device has no user root
+        env.authorise("dev-b", env.other_key, user="root")
     connector.cleanup(lambda line: None)
     assert env.ssh("dev-b", "true", key=env.other_key).returncode == 255
     assert env.ssh("dev-b", "ls -A").stdout.split() == [".ssh"]

@@ -11,9 +11,11 @@ from convoy.config.devices import DeviceConfig
 
 from convoy.connectors.base import SSHTarget
 from convoy.connectors.emulated.connector import EmulatedConnector
-from convoy.connectors.emulated.farm import DeviceFarm, allocate_addresses
+from convoy.connectors.emulated.addresses import allocate_addresses
+from convoy.connectors.emulated.farm import DeviceFarm
 from convoy.connectors.noprovision import NoProvisionConnector
 from convoy.connectors.registry import make_connector
+from convoy.connectors.ssh import add_authorized_keys
 from convoy.connectors.sshkeys import ensure_agent_key, public_key_path
 from convoy.errors import DeviceError
 
@@ -84,12 +86,12 @@ def test_cancel_stops_the_check(machine) -> None:
         noprovision(machine).provision({}, cancel, lambda line: None)
 
 
-def test_install_keys_over_ssh_is_idempotent(machine) -> None:
-    _, _, other, emulated = machine
-    connector = noprovision(machine, key_file=None)
+def test_adding_keys_over_ssh_is_idempotent(machine) -> None:
+    _, agent_key, other, emulated = machine
+    target = noprovision(machine).ssh_target()
     key = public_key_path(other).read_text().strip()
-    connector.install_keys([key], "ubuntu", lambda line: None)
-    connector.install_keys([key], "ubuntu", lambda line: None)
+    assert add_authorized_keys(target.host, target.port, target.username, agent_key, [key]) == 1
+    assert add_authorized_keys(target.host, target.port, target.username, agent_key, [key]) == 0
     assert emulated.paths.authorized_keys.read_text().count(key) == 1
     other_can_log_in = noprovision(machine, key_file=str(other))
     other_can_log_in.provision({}, threading.Event(), lambda line: None)

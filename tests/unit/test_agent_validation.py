@@ -9,12 +9,15 @@ import pytest
 
 from convoy.config.agents import AgentConfig, load_agent
 from convoy.config.devices import DeviceConfig
+from convoy.connectors.registry import config_schemas
 from convoy.errors import AgentConfigError, JobValidationError
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "config" / "agents" / "emulated.yaml"
+#: the installed connectors with the config schema each declares (as `convoy worker` loads agents)
+INSTALLED = config_schemas()
 
 
-def problems(source, known_connectors=None) -> list[tuple[str, str]]:
+def problems(source, known_connectors=INSTALLED) -> list[tuple[str, str]]:
     with pytest.raises(AgentConfigError) as info:
         load_agent(source, known_connectors)
     assert isinstance(info.value, JobValidationError) and info.value.what == "agent file"
@@ -22,8 +25,8 @@ def problems(source, known_connectors=None) -> list[tuple[str, str]]:
 
 
 def test_example_agent_file():
-    agent = load_agent(EXAMPLE)
-    assert agent == load_agent(str(EXAMPLE))
+    agent = load_agent(EXAMPLE, INSTALLED)
+    assert agent == load_agent(str(EXAMPLE), INSTALLED)
     assert agent.name == "emulated-host"
     assert [d.name for d in agent.devices] == ["emulated-1", "emulated-2"]
     assert all(d.queues == ("emulated",) and d.connector == "emulated" for d in agent.devices)
@@ -40,7 +43,7 @@ def test_defaults_and_normalisation():
                                                              "address": "127.0.3.1", "port": 2222}},
         {"name": "c", "queue": "z", "connector": "noprovision", "config": {"device_ip": "10.0.0.5"}},
         {"name": "d", "queue": "z", "config": None},
-    ]})
+    ]}, INSTALLED)
     assert isinstance(agent, AgentConfig) and agent.name == socket.gethostname()
     assert agent.devices[0] == DeviceConfig(name="a", queues=("rpi4b",), connector="emulated", config={})
     assert agent.devices[1].queues == ("x", "y")
@@ -151,7 +154,7 @@ def test_any_identifier_without_registry():
                                      "config": {"anything": [1, 2]}}]})
     assert agent.devices[0].connector == "vendor.board-x"
     assert agent.devices[0].config == {"anything": [1, 2]}
-    assert problems({"devices": [{"name": "a", "queue": "q", "connector": "no spaces!"}]}) == [
+    assert problems({"devices": [{"name": "a", "queue": "q", "connector": "no spaces!"}]}, None) == [
         ("devices[0].connector", "invalid connector name 'no spaces!'")]
 
 

@@ -5,6 +5,7 @@ import ipaddress
 import json
 import os
 import stat
+import subprocess
 import threading
 from pathlib import Path
 
@@ -12,8 +13,10 @@ import pytest
 
 from convoy.config.devices import DeviceConfig
 from convoy.connectors.emulated import image
+from convoy.connectors.emulated.addresses import allocate_addresses, assign_addresses, can_bind
 from convoy.connectors.emulated.connector import EmulatedConnector
-from convoy.connectors.emulated.farm import DeviceFarm, _can_bind, allocate_addresses, load_devices
+from convoy.connectors.emulated.farm import DeviceFarm, load_devices
+from convoy.connectors.ssh import authorized_keys_script
 from convoy.connectors.sshkeys import ensure_agent_key, public_key_path, read_public_key
 from convoy.errors import DeviceError
 
@@ -57,6 +60,14 @@ def test_image_name(data: dict, expected: str) -> None:
     assert image.image_name(data) == expected
 
 
+def add_keys(home: Path, lines: list[str]) -> int:
+    """What reserving the device does to its home: convoy's one authorized_keys writer, run by sh."""
+    result = subprocess.run(["sh", "-c", authorized_keys_script(lines)], env={**os.environ, "HOME": str(home)},
+                            capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    return int(result.stdout)
+
+
 def test_reset_and_clear_home(tmp_path: Path) -> None:
     paths = image.device_paths(dev(), tmp_path)
     (paths.home / "sub").mkdir(parents=True)
@@ -70,7 +81,7 @@ def test_reset_and_clear_home(tmp_path: Path) -> None:
     assert text.endswith("DEVICE=d1\n") and release["IMAGE"] == "img INJECTED=1"
     assert stat.S_IMODE(paths.authorized_keys.stat().st_mode) == 0o600
     assert stat.S_IMODE(paths.ssh_dir.stat().st_mode) == 0o700
-    assert image.append_authorized_keys(paths, ["ssh-ed25519 BBBB user", "ssh-ed25519 AAAA agent", ""]) == 1
+    assert add_keys(paths.home, ["ssh-ed25519 BBBB user", "ssh-ed25519 AAAA agent", ""]) == 1
     assert paths.authorized_keys.read_text() == "ssh-ed25519 AAAA agent\nssh-ed25519 BBBB user\n"
     image.clear_home(paths, ["ssh-ed25519 AAAA agent"])
     assert sorted(p.name for p in paths.home.iterdir()) == [".ssh"]
@@ -83,7 +94,20 @@ def test_allocate_addresses_are_distinct_bindable_loopback() -> None:
     for address in addresses:
         ip = ipaddress.ip_address(address)
         assert ip.is_loopback and address not in {"127.0.0.1", "127.0.1.1"}
-        assert _can_bind(address, 2222)
+        assert can_bind(address, 2222)
+
+
+def test_assign_addresses_fills_in_only_what_is_missing() -> None:
+    given = dev("g", port=2200)
+    no_port = DeviceConfig("p", ("q",), "emulated", {"address": "127.8.9.11"})
+    other = DeviceConfig("n", ("q",), "noprovision", {"device_ip": "10.1.1.1"})
+    blank = DeviceConfig("b", ("q",))
+    g, p, n, b = assign_addresses([given, no_port, other, blank])
+    assert g.config == {"address": "127.8.9.10", "port": 2200}
+    assert p.config["address"] == "127.8.9.11" and p.config["port"] in (22, 2222)
+    assert n == other
+    assert b.config["port"] == p.config["port"] and ipaddress.ip_address(b.config["address"]).is_loopback
+    assert b.config["address"] not in {"127.8.9.10", "127.8.9.11", "127.0.0.1", "127.0.1.1"}
 
 
 def test_farm_resolves_missing_addresses_without_starting(tmp_path: Path) -> None:

@@ -50,11 +50,12 @@ def test_flower_loads_convoys_celery_app():
 
 def test_the_agent_file_it_names_exists_and_validates():
     from convoy.config.agents import load_agent
+    from convoy.connectors.registry import config_schemas
 
     command = compose()["services"]["agent"]["command"]
     path = command[command.index("--config") + 1]
     assert path.startswith("/app/")
-    agent = load_agent(REPO / path[len("/app/"):])
+    agent = load_agent(REPO / path[len("/app/"):], config_schemas())
     assert agent.devices and all(d.connector == "emulated" for d in agent.devices)
 
 

@@ -9,9 +9,10 @@ from pathlib import Path
 
 import pytest
 
+from convoy.connectors.ssh import authorized_keys_script
 from convoy.errors import KeyImportError
-from convoy.tasks.run.keyimport import (KeyId, PublicKey, RetryPolicy, authorized_keys_script, fetch, import_keys,
-                                    key_url, parse_key_id, parse_key_list, parse_public_key, retryable_status)
+from convoy.tasks.run.keyimport import (KeyId, PublicKey, RetryPolicy, fetch, import_keys, key_url, parse_key_id,
+                                        parse_key_list, parse_public_key, retryable_status)
 from keyserver import KeyServer
 
 FAST = RetryPolicy(attempts=3, timeout=5.0, backoff=0.01, max_delay=0.05)
@@ -217,7 +218,8 @@ def test_the_first_failing_id_is_named(server, real_keys):
 # --- the install script (run here with sh, as the device runs it) --------------------------------------
 
 def install(home: Path, keys: list[PublicKey]) -> int:
-    result = subprocess.run(["sh", "-c", authorized_keys_script(keys)], env={**os.environ, "HOME": str(home)},
+    result = subprocess.run(["sh", "-c", authorized_keys_script(k.line for k in keys)],
+                            env={**os.environ, "HOME": str(home)},
                             capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
     return int(result.stdout.strip())
@@ -260,6 +262,6 @@ def test_the_script_quotes_comments_safely(tmp_path, real_keys):
 def test_the_script_fails_when_the_file_cannot_be_written(tmp_path, real_keys):
     (tmp_path / ".ssh").mkdir()
     (tmp_path / ".ssh" / "authorized_keys").mkdir()  # a directory where the file should be
-    result = subprocess.run(["sh", "-c", authorized_keys_script([parse_public_key(real_keys["rsa"])])],
+    result = subprocess.run(["sh", "-c", authorized_keys_script([parse_public_key(real_keys["rsa"]).line])],
                             env={**os.environ, "HOME": str(tmp_path)}, capture_output=True, text=True)
     assert result.returncode != 0

@@ -1,0 +1,184 @@
+"""convoy's one SSH client (Fabric): every command Python runs on a device goes through here.
+
+Connectors check reachability with it, the reserve phase copies users' keys
+with it.  (Test commands use the real ``ssh``, set up by
+:mod:`convoy.tasks.run.ssh`.)  A connection authenticates with one key file
+only -- no SSH agent, no ``~/.ssh`` keys, no ``ssh_config`` -- and host keys
+are not checked: devices are reinstalled between jobs, so their host keys
+change by design (Testflinger does the same).
+
+:func:`authorized_keys_script` is convoy's one ``authorized_keys`` writer.
+"""
+from __future__ import annotations
+
+import shlex
+import socket
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Iterable
+
+from convoy.errors import DeviceError
+
+if TYPE_CHECKING:
+    from fabric import Connection
+
+
+@dataclass(frozen=True)
+class SSHResult:
+    """What a command run over SSH left: exit status and its output."""
+
+    status: int
+    stdout: str
+    stderr: str
+
+
+def connection(host: str, port: int, username: str, key_file: Path, *, timeout: float = 10.0) -> "Connection":
+    """A Fabric connection to ``username@host:port`` with ``key_file`` only (not yet opened)."""
+    from fabric import Config, Connection  # slow import: only the processes that reach devices pay for it
+    from paramiko.config import SSHConfig
+
+    # an empty SSH config: nothing from ~/.ssh/config or /etc/ssh/ssh_config redirects the connection
+    config = Config(ssh_config=SSHConfig(), overrides={"load_ssh_configs": False, "run": {"in_stream": False}})
+    return Connection(host, user=username, port=port, config=config, connect_timeout=max(1, int(timeout)),
+                      connect_kwargs={"key_filename": str(key_file), "look_for_keys": False,
+                                      "allow_agent": False, "banner_timeout": timeout, "auth_timeout": timeout})
+
+
+def run_ssh(host: str, port: int, username: str, key_file: Path, command: str, *,
+            connect_timeout: float = 10.0, timeout: float = 10.0) -> SSHResult:
+    """Run ``command`` on the device; its status and output (connection errors are raised)."""
+    with connection(host, port, username, key_file, timeout=connect_timeout) as conn:
+        result = conn.run(command, hide=True, warn=True, in_stream=False, timeout=timeout)
+    return SSHResult(result.exited, result.stdout, result.stderr)
+
+
+def _transient_errors() -> tuple[type[BaseException], ...]:
+    """What a login that may work on the next try raises (refused, timed out, auth, protocol)."""
+    import paramiko
+    from invoke.exceptions import CommandTimedOut
+
+    return (paramiko.SSHException, OSError, EOFError, CommandTimedOut)
+
+
+def check_ssh(device: str, host: str, port: int, username: str, key_file: Path, *,
+              attempts: int = 5, timeout: float = 5.0, retry_delay: float = 0.5,
+              cancel: threading.Event | None = None, hint: str = "") -> None:
+    """Log in and run ``true``, retrying a few times; raise :class:`DeviceError` if that fails.
+
+    ``hint`` is appended to the error (what the user should check).
+    """
+    errors = _transient_errors()
+    cancel = cancel if cancel is not None else threading.Event()
+    attempts = max(1, attempts)
+    reason = "no attempt made"
+    for attempt in range(attempts):
+        if cancel.is_set():
+            raise DeviceError(device, "cancelled while checking SSH reachability")
+        try:
+            result = run_ssh(host, port, username, key_file, "true", connect_timeout=timeout, timeout=timeout)
+        except errors as exc:
+            reason = str(exc) or type(exc).__name__
+        else:
+            if result.status == 0:
+                return
+            reason = f"'true' exited with status {result.status}"
+        if attempt + 1 < attempts and cancel.wait(retry_delay):
+            raise DeviceError(device, "cancelled while checking SSH reachability")
+    raise DeviceError(device, f"not reachable over SSH as {username}@{host}:{port} "
+                              f"after {attempts} attempt(s): {reason}{hint}")
+
+
+def check_ssh_banner(device: str, host: str, port: int, *, attempts: int = 5, timeout: float = 5.0,
+                     retry_delay: float = 0.5, cancel: threading.Event | None = None, hint: str = "") -> None:
+    """Check that an SSH server answers on ``host:port`` (its ``SSH-2.0`` banner); raise DeviceError if not.
+
+    A full login costs a key exchange (about 0.1 s of CPU on both ends); an
+    emulated device's keys and home were written by convoy a moment before,
+    so its server answering is what is left to prove.
+    """
+    cancel = cancel if cancel is not None else threading.Event()
+    reason = "no attempt made"
+    for attempt in range(max(1, attempts)):
+        if cancel.is_set():
+            raise DeviceError(device, "cancelled while checking SSH reachability")
+        try:
+            with socket.create_connection((host, port), timeout=timeout) as sock:
+                sock.settimeout(timeout)
+                banner = sock.recv(256)
+            if banner.startswith(b"SSH-2.0-"):
+                return
+            reason = f"no SSH banner (got {banner[:40]!r})"
+        except OSError as exc:
+            reason = str(exc) or type(exc).__name__
+        if attempt + 1 < attempts and cancel.wait(retry_delay):
+            raise DeviceError(device, "cancelled while checking SSH reachability")
+    raise DeviceError(device, f"no SSH server answers at {host}:{port} after {attempts} attempt(s): {reason}{hint}")
+
+
+# --- authorized_keys ------------------------------------------------------------------------
+
+def _key_fields(lines: Iterable[str]) -> list[tuple[str, str, str]]:
+    """(type, blob, line) of each key line (``type base64 [comment]``), each ``type blob`` once; blanks skipped."""
+    seen: dict[tuple[str, str], str] = {}
+    for raw in lines:
+        line = " ".join(raw.split())
+        if not line:
+            continue
+        parts = line.split(" ", 2)
+        if len(parts) < 2:
+            raise ValueError(f"not an SSH public key line: {line[:60]!r}")
+        seen.setdefault((parts[0], parts[1]), line)
+    return [(key_type, blob, line) for (key_type, blob), line in seen.items()]
+
+
+def authorized_keys_script(key_lines: Iterable[str]) -> str:
+    """A POSIX sh script that adds the keys to ``~/.ssh/authorized_keys`` idempotently.
+
+    ``key_lines`` are ``type base64 [comment]`` lines.  ``~/.ssh`` gets 0700
+    and the file 0600 (created if missing); a key is added only when no line
+    of the file holds its ``type blob`` yet (with or without options and
+    comment); a last line without a newline gets one first.  The script prints
+    how many keys it added and stops with a non-zero status at the first error.
+    """
+    args = " ".join(f"{shlex.quote(t)} {shlex.quote(b)} {shlex.quote(line)}" for t, b, line in _key_fields(key_lines))
+    return "\n".join([
+        "set -e",
+        "umask 077",
+        'dir="$HOME/.ssh"; file="$dir/authorized_keys"',
+        'mkdir -p "$dir"',
+        'chmod 700 "$dir"',
+        '[ -e "$file" ] || : > "$file"',
+        'chmod 600 "$file"',
+        'if [ -s "$file" ] && [ -n "$(tail -c 1 "$file")" ]; then echo >> "$file"; fi',
+        "added=0",
+        f"set -- {args}",
+        'while [ "$#" -ge 3 ]; do',
+        "  if ! awk -v t=\"$1\" -v b=\"$2\" '{for (i = 1; i < NF; i++) if ($i == t && $(i + 1) == b) found = 1}"
+        " END {exit !found}' \"$file\"; then",
+        '    printf \'%s\\n\' "$3" >> "$file"',
+        "    added=$((added + 1))",
+        "  fi",
+        "  shift 3",
+        "done",
+        'echo "$added"',
+        "",
+    ])
+
+
+def add_authorized_keys(host: str, port: int, username: str, key_file: Path, key_lines: Iterable[str], *,
+                        connect_timeout: float = 15.0, command_timeout: float = 60.0) -> int:
+    """Authorise ``key_lines`` for ``username`` on the device (one command); return how many were new.
+
+    Raises whatever the connection raises, or :class:`RuntimeError` if the
+    command fails on the device.
+    """
+    result = run_ssh(host, port, username, key_file, f"sh -c {shlex.quote(authorized_keys_script(key_lines))}",
+                     connect_timeout=connect_timeout, timeout=command_timeout)
+    if result.status != 0:
+        detail = (result.stderr.strip().splitlines() or [""])[-1]
+        raise RuntimeError(f"adding the keys exited with status {result.status}" + (f": {detail}" if detail else ""))
+    try:
+        return int(result.stdout.strip().splitlines()[-1])
+    except (IndexError, ValueError):
+        return 0
