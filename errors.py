@@ -83,13 +83,6 @@ class ServiceUnavailable(ConvoyError):
         super().__init__(f"cannot reach {url}: {reason}")
 
 
-class AllocationTimeout(ConvoyError):
-    def __init__(self, job_id: str, timeout: float) -> None:
-        self.job_id = job_id
-        self.timeout = timeout
-        super().__init__("Timed out waiting for devices to allocate")
-
-
 class DeviceError(ConvoyError):
     """A device could not be provisioned, reached or cleaned up."""
 

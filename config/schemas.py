@@ -61,6 +61,10 @@ _NOT_HERE = {
     "parent_role": "only allowed on a child job (an entry of provision_data.jobs)",
     "parent_count": "only allowed on a child job (an entry of provision_data.jobs)",
     "parent_allocate_data": "set by convoy on child jobs; not allowed on a multi job",
+    # Testflinger phases convoy does not run: refused rather than silently skipped
+    "setup_data": "convoy does not run Testflinger's setup phase; remove setup_data "
+                  "(put the commands in test_data.test_cmds)",
+    "firmware_update_data": "convoy does not run Testflinger's firmware_update phase; remove firmware_update_data",
 }
 
 
@@ -313,7 +317,6 @@ def _not_here() -> dict[str, Any]:
 
 
 _STR_LIST = {"type": "list", "schema": {"type": "string"}}
-_FREE_MAPPING = {"type": "dict"}
 
 TEST_DATA = {
     "type": "dict",
@@ -338,17 +341,17 @@ RESERVE_DATA = {
 }
 
 TIMEOUTS = {"type": "dict", "schema": {"multinode": _duration()}}
-MULTINODE = {"type": "dict", "schema": {"cache_file": {"type": "string", "check_with": "abs_path"}}}
+MULTINODE: dict[str, Any] = {"type": "dict", "schema": {"cache_file": {"type": "string", "check_with": "abs_path"}}}
 ALLOCATE_DATA = {"type": "dict", "schema": {"allocate": {"type": "boolean"}}}
 
 _COMMON = {
     "name": {"type": "string"},
     "tags": _STR_LIST,
     "global_timeout": _duration(DEFAULT_GLOBAL_TIMEOUT),
-    "output_timeout": _duration(),
+    "output_timeout": _duration(),  # a stop condition of the test phase's script runner
     "job_priority": {"type": "integer", "min": 0, "max": 9},
-    "setup_data": _FREE_MAPPING,
-    "firmware_update_data": _FREE_MAPPING,
+    "setup_data": _not_here(),
+    "firmware_update_data": _not_here(),
     "test_data": TEST_DATA,
     "timeouts": TIMEOUTS,
     "multinode": MULTINODE,
@@ -417,26 +420,9 @@ AGENT = {
     "devices": {"type": "list", "required": True, "check_with": "device_count"},
 }
 
-_PORT = {"type": "integer", "min": 1, "max": 65535}
-
-#: the ``config`` of a device, per connector; connectors not listed take any mapping
-CONNECTOR_CONFIGS: dict[str, dict[str, Any]] = {
-    "emulated": {
-        "address": {"type": "string", "check_with": "loopback_ipv4"},
-        "port": _PORT,
-        "username": {"type": "string", "check_with": "unix_user"},
-        "home": {"type": "string", "empty": False},
-        "provision_delay": _duration(zero=True),
-        "provision_fail": {"type": "boolean"},
-        "cleanup_delay": _duration(zero=True),
-    },
-    "noprovision": {
-        "device_ip": {"type": "string", "required": True, "empty": False},
-        "port": _PORT,
-        "username": {"type": "string", "check_with": "unix_user"},
-        "key_file": {"type": "string", "empty": False},
-    },
-}
+# each connector declares the schema of its devices' ``config`` (``Connector.config_schema``, in
+# ``convoy.connectors``); agent files are checked against it by ``load_agent`` with the registry's
+# ``config_schemas()``, and may use this module's rules (``loopback_ipv4``, ``unix_user``, durations)
 
 
 # ------------------------------------------------------------------- running

@@ -1,27 +1,60 @@
-"""Group lifecycle for the job runner: create, fail a member, read the API log, expire.
+"""Group lifecycle for workers and coordinators: create, fail a member, read the API log, expire.
 
 The group id is the parent job id; its members are the child jobs with their
-roles.  These functions take the runner's redis-py client (or a ``RespConn``).
+roles.  Like the store, these speak to Redis only through a ``RespConn``: a
+caller passes one, or the redis-py client it holds, which names the Redis to
+open a ``RespConn`` to for the call (``connect``).  Each call retries a lost
+connection until ``store.CONNECT_BUDGET`` has passed, then raises
+``ServiceUnavailable``.
 """
 from __future__ import annotations
 
 import json
 import re
 import time
-from collections.abc import Mapping
-from typing import Any
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
+from typing import Any, TypeVar
 
-from convoy.coordinator.state import keys
+import redis
+
 from convoy.coordinator.multinode import lua
-from convoy.coordinator.multinode.store import Group, load_group
+from convoy.coordinator.multinode.resp import RespConn
+from convoy.coordinator.multinode.store import CONNECT_BUDGET, Group, load_group, retrying
+from convoy.coordinator.state import keys
+from convoy.coordinator.state.connection import client_url
 from convoy.errors import ConvoyError
 
-__all__ = ["api_calls", "create_group", "delete_group", "expire_group", "fail_member", "get_group"]
+__all__ = ["api_calls", "connect", "create_group", "delete_group", "expire_group", "fail_member",
+           "failed_members", "get_group"]
+
+T = TypeVar("T")
+Client = RespConn | redis.Redis
+"""Where the group lives: a ``RespConn``, or a redis-py client whose Redis a ``RespConn`` is opened to."""
 
 _NAME = re.compile(r"^[^\s]+$")
 
 
-def create_group(client: Any, group_id: str, members: Mapping[str, str], *, timeout: float = 600.0) -> None:
+@contextmanager
+def connect(client: Client) -> Iterator[RespConn]:
+    """``client`` if it is a ``RespConn``, else a ``RespConn`` to the same Redis, closed on exit."""
+    if isinstance(client, RespConn):
+        yield client
+        return
+    conn = RespConn(client_url(client), name="convoy:multinode")
+    try:
+        yield conn
+    finally:
+        conn.close()
+
+
+def _run(client: Client, call: Callable[[RespConn], T]) -> T:
+    """``call`` on a connection to ``client``'s Redis, reconnecting until ``CONNECT_BUDGET`` has passed."""
+    with connect(client) as conn:
+        return retrying(conn, lambda: call(conn), time.monotonic() + CONNECT_BUDGET)
+
+
+def create_group(client: Client, group_id: str, members: Mapping[str, str], *, timeout: float = 600.0) -> None:
     """Register the group: member job id -> role, in the order the job lists them.
 
     ``timeout`` is the default for every wait of the group (a command's
@@ -40,15 +73,16 @@ def create_group(client: Any, group_id: str, members: Mapping[str, str], *, time
     args: list[Any] = [repr(float(timeout)), json.dumps(pairs), repr(time.time())]
     for job_id, role in pairs:
         args += [job_id, role]
-    lua.CREATE(client, [keys.group_info(group_id), keys.group_members(group_id)], args)
+    _run(client, lambda conn: lua.CREATE(conn, [keys.group_info(group_id), keys.group_members(group_id)], args))
 
 
-def get_group(client: Any, group_id: str) -> Group:
+def get_group(client: Client, group_id: str) -> Group:
     """Members (job id, role) in job order and the default timeout."""
-    return load_group(client, group_id)
+    with connect(client) as conn:
+        return load_group(conn, group_id)
 
 
-def fail_member(client: Any, group_id: str, job_id: str, reason: str) -> None:
+def fail_member(client: Client, group_id: str, job_id: str, reason: str) -> None:
     """Record that ``job_id`` failed and wake every waiter of the group.
 
     Every pending and every later wait of the group then fails at once with
@@ -56,45 +90,40 @@ def fail_member(client: Any, group_id: str, job_id: str, reason: str) -> None:
     there: ``"failed: test command exited 1"``, ``"was cancelled"``).
     """
     g = group_id
-    lua.FAIL(client, [keys.group_info(g), keys.group_members(g), keys.group_failed(g), keys.group_channel(g)],
-             [job_id, reason or "failed"])
+    _run(client, lambda conn: lua.FAIL(
+        conn, [keys.group_info(g), keys.group_members(g), keys.group_failed(g), keys.group_channel(g)],
+        [job_id, reason or "failed"]))
 
 
-def failed_members(client: Any, group_id: str) -> dict[str, str]:
+def failed_members(client: Client, group_id: str) -> dict[str, str]:
     """Failed member job id -> reason."""
-    raw = client.execute_command("HGETALL", keys.group_failed(group_id))
-    if isinstance(raw, dict):
-        return {_s(k): _s(v) for k, v in raw.items()}
-    return {_s(raw[i]): _s(raw[i + 1]) for i in range(0, len(raw or []), 2)}
+    raw = _run(client, lambda conn: conn.execute_command("HGETALL", keys.group_failed(group_id)))
+    return {str(k): str(v) for k, v in (raw or {}).items()}  # RESP3: a map
 
 
-def api_calls(client: Any, group_id: str, start: int = 0) -> list[dict[str, Any]]:
+def api_calls(client: Client, group_id: str, start: int = 0) -> list[dict[str, Any]]:
     """Every MultiNode API call of the group from index ``start``, oldest first.
 
     Each: ``{"job_id", "role", "name": "multinode-<call>-<message id>",
     "result": "pass" | "fail", "detail"?, "time"}``.
     """
-    items = client.execute_command("LRANGE", keys.group_api_log(group_id), start, -1) or []
-    return [json.loads(_s(item)) for item in items]
+    items = _run(client, lambda conn: conn.execute_command("LRANGE", keys.group_api_log(group_id), start, -1))
+    return [json.loads(item) for item in items or []]
 
 
-def expire_group(client: Any, group_id: str, seconds: float) -> None:
+def expire_group(client: Client, group_id: str, seconds: float) -> None:
     """Let every key of the group expire in ``seconds`` (call when the job ends).
 
     Keys created afterwards (a late command) inherit the remaining TTL."""
     _every_key(client, group_id, str(max(1, int(seconds * 1000))))
 
 
-def delete_group(client: Any, group_id: str) -> None:
+def delete_group(client: Client, group_id: str) -> None:
     """Remove every key of the group now (tests, cleanup)."""
     _every_key(client, group_id, "del")
 
 
-def _every_key(client: Any, group_id: str, what: str) -> None:
+def _every_key(client: Client, group_id: str, what: str) -> None:
     g = group_id
-    lua.EXPIRE(client, [keys.group_info(g), keys.group_members(g), keys.group_failed(g),
-                        keys.group_api_log(g), keys.group_keys(g)], [what])
-
-
-def _s(value: Any) -> str:
-    return value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
+    _run(client, lambda conn: lua.EXPIRE(conn, [keys.group_info(g), keys.group_members(g), keys.group_failed(g),
+                                                keys.group_api_log(g), keys.group_keys(g)], [what]))

@@ -33,7 +33,8 @@ def _hosts_lines(env: Any, aliases: bool) -> list[str]:
     deadline = env.deadline()
     group = store.load_group(env.conn(), env.group_id, deadline=deadline)
     received = store.read_message(env.conn(), env.group_id, MESSAGE, deadline=deadline)
-    lines, counts = [], {}
+    lines: list[str] = []
+    counts: dict[str, int] = {}
     for job, role in group.members:
         counts[role] = counts.get(role, 0) + 1
         ipv4 = received.get(job, {}).get("ipv4")

@@ -1,4 +1,4 @@
-"""A small RESP3 Redis client on the standard library, for the ``lava-*`` commands.
+"""A small RESP3 Redis client on the standard library: the MultiNode store's one client.
 
 Why not redis-py here: ``import redis`` (8.x) costs about 100 ms (it pulls in
 asyncio, cluster and observability modules), more than the whole 60 ms budget
@@ -6,7 +6,8 @@ of one MultiNode command.  The commands need a handful of commands and one
 subscription.  RESP3 lets a subscribed connection keep running commands, so a
 waiter holds exactly one socket, and ``SUBSCRIBE`` followed by a state read on
 that socket is ordered by Redis itself: nothing published after the read can
-be missed.  The in-process API (``store``) also accepts redis-py clients.
+be missed.  Workers and coordinators use it too (``group.connect`` opens one
+to the Redis of their redis-py client), so the store has one client.
 
 No automatic reconnection: a broken socket raises ``ConnectionError`` and the
 next call connects afresh; the caller decides what to re-read (a subscription
@@ -71,7 +72,7 @@ def parse(buf: bytearray, pos: int = 0) -> tuple[Any, int]:
     """Decode one RESP2/RESP3 value at ``pos``; strings come back as ``str``."""
     if pos >= len(buf):
         raise _Incomplete
-    kind = buf[pos : pos + 1]
+    kind = bytes(buf[pos : pos + 1])
     line, pos = _line(buf, pos + 1)
     if kind == b"+":
         return line.decode("utf-8", "replace"), pos

@@ -1,6 +1,6 @@
 """The MultiNode message store and its waits: send, wait, wait-all, sync.
 
-State lives in Redis (see ``lua.py`` for the scripts); the group's pub/sub
+State lives in Redis (see ``lua/*.lua`` for the scripts); the group's pub/sub
 channel only wakes waiters.  A wait reads the state, and if it is not yet
 satisfied subscribes and reads again, then blocks on the subscription and
 re-reads on every relevant wake-up until the state satisfies it, a member
@@ -15,15 +15,18 @@ Values are bytes-safe: what is stored is JSON of text that encodes as UTF-8
 read is made valid text whatever is in Redis, so one member's odd bytes can
 never break another member's wait.
 
-Every function takes either a :class:`~convoy.coordinator.multinode.resp.RespConn`
-(what the ``lava-*`` commands use: cheap to import, one socket) or a redis-py
-client (what the job runner holds).
+Every function speaks through one client, a
+:class:`~convoy.coordinator.multinode.resp.RespConn`: the ``lava-*``
+commands open one from ``CONVOY_REDIS_URL`` (cheap to import, one socket that
+both subscribes and reads, so the wait's ordering is Redis's own); workers and
+coordinators open one to the same Redis through ``group.connect``.  One
+client means one reply shape (text decoded with replacement, RESP3 maps as
+dicts), one set of connection errors and one reconnection loop.
 """
 from __future__ import annotations
 
 import json
 import os
-import sys
 import time
 
 from convoy.coordinator.state import keys
@@ -41,6 +44,8 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:  # typing costs milliseconds at every command start
     from collections.abc import Callable, Mapping
     from typing import Any
+
+    from convoy.coordinator.multinode.resp import RespConn
 
 #: how long a call keeps reconnecting before the group's own timeout is known
 CONNECT_BUDGET = 30.0
@@ -60,7 +65,7 @@ Received = dict[str, dict[str, str]]
 
 
 def _s(value: Any) -> str:
-    return value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
+    return str(value)
 
 
 def _text(value: Any) -> str:
@@ -126,84 +131,8 @@ def _pairs(flat: Any) -> dict[str, str]:
 
 
 def is_connection_error(exc: BaseException) -> bool:
-    """True for a lost or refused connection, from either client library."""
-    if isinstance(exc, (ConnectionError, TimeoutError, OSError)):
-        return True
-    redis_exc = sys.modules.get("redis.exceptions")
-    return bool(redis_exc) and isinstance(exc, (redis_exc.ConnectionError, redis_exc.TimeoutError))
-
-
-def _url(client: Any) -> str:
-    """Where ``client`` connects, without credentials (for error messages)."""
-    url = getattr(client, "safe_url", None)
-    if url:
-        return url
-    kw = getattr(getattr(client, "connection_pool", None), "connection_kwargs", {}) or {}
-    if kw.get("path"):
-        return f"unix://{kw['path']}?db={kw.get('db', 0)}"
-    return f"redis://{kw.get('host', '?')}:{kw.get('port', '?')}/{kw.get('db', 0)}"
-
-
-def _limit(client: Any, deadline: float | None) -> None:
-    """Cap a RespConn's socket waits at ``deadline`` (redis-py clients keep their own timeouts)."""
-    limit = getattr(client, "limit", None)
-    if limit is not None:
-        limit(deadline)
-
-
-class _RedisPyLink:
-    """Gives a redis-py client the RespConn waiting interface (client + one pubsub)."""
-
-    def __init__(self, client: Any) -> None:
-        self.client = client
-        self.safe_url = _url(client)
-        self._pubsub: Any = None
-
-    def execute_command(self, *args: Any) -> Any:
-        # replies as bytes, decoded here with replacement: bytes written around ``send``
-        # must not fail a reader whose client decodes strictly
-        return self.client.execute_command(*args, NEVER_DECODE=True)
-
-    def subscribe(self, channel: str) -> None:
-        # Separate connections: wait for the confirmation so a read made
-        # after this returns is ordered after the subscription.
-        self.reset()
-        self._pubsub = self.client.pubsub()
-        self._pubsub.subscribe(channel)
-        deadline = time.monotonic() + 10.0
-        while time.monotonic() < deadline:
-            msg = self._pubsub.get_message(timeout=max(0.0, deadline - time.monotonic()))
-            if msg and msg.get("type") in ("subscribe", b"subscribe"):
-                return
-        raise TimeoutError("no subscription confirmation from Redis within 10s")
-
-    def unsubscribe(self, channel: str) -> None:
-        self.reset()
-
-    def wake(self, timeout: float) -> str | None:
-        try:
-            msg = self._pubsub.get_message(timeout=timeout)
-        except UnicodeDecodeError:  # not a payload convoy publishes: start afresh, then re-read
-            self.reset()
-            raise ConnectionError("undecodable message on the group channel") from None
-        if msg is None:
-            return None
-        kind = _s(msg.get("type"))
-        if kind == "message":
-            return _s(msg.get("data"))
-        return RESUBSCRIBED if kind == "subscribe" else None
-
-    def reset(self) -> None:
-        pubsub, self._pubsub = self._pubsub, None
-        if pubsub is not None:
-            try:
-                pubsub.close()
-            except Exception:  # noqa: BLE001, S110 - closing a broken pubsub must not mask the cause
-                pass
-
-
-def _link(client: Any) -> Any:
-    return client if hasattr(client, "wake") else _RedisPyLink(client)
+    """True for a lost or refused connection (``RespConn`` raises the builtin kinds)."""
+    return isinstance(exc, (ConnectionError, TimeoutError, OSError))
 
 
 class Backoff:
@@ -223,23 +152,22 @@ class Backoff:
         self.delay = min(self.delay * 2, 1.0)
 
 
-def retrying(client: Any, call: Callable[[], Any], deadline: float, what: str = "") -> Any:
+def retrying(conn: RespConn, call: Callable[[], Any], deadline: float, what: str = "") -> Any:
     """Run ``call``, reconnecting with back-off after connection errors until ``deadline``.
 
-    Every connect and read of a RespConn is capped at the deadline, so this
+    Every connect and read of ``conn`` is capped at the deadline, so this
     returns or raises ``ServiceUnavailable`` by then (not a fixed time later)."""
     backoff = Backoff()
-    _limit(client, deadline + FINAL_READ_GRACE)
+    conn.limit(deadline + FINAL_READ_GRACE)
     while True:
         try:
             return call()
         except Exception as exc:
             if not is_connection_error(exc):
                 raise
-            if hasattr(client, "reset"):
-                client.reset()
+            conn.reset()
             if deadline - time.monotonic() <= 0:
-                raise ServiceUnavailable(_url(client), f"{_reason(exc)}{what}") from exc
+                raise ServiceUnavailable(conn.safe_url, f"{_reason(exc)}{what}") from exc
             backoff.pause(deadline)
 
 
@@ -264,11 +192,10 @@ class Group:
         return next((role for job, role in self.members if job == job_id), None)
 
 
-def load_group(client: Any, group_id: str, *, deadline: float | None = None) -> Group:
+def load_group(conn: RespConn, group_id: str, *, deadline: float | None = None) -> Group:
     """The group's members (in job order) and timeout; ``GroupNotFound`` if absent."""
     deadline = time.monotonic() + CONNECT_BUDGET if deadline is None else deadline
-    link = _link(client)
-    reply = retrying(link, lambda: link.execute_command(
+    reply = retrying(conn, lambda: conn.execute_command(
         "HMGET", keys.group_info(group_id), "members", "timeout"), deadline)
     if not reply or reply[0] is None:
         raise GroupNotFound(group_id)
@@ -276,14 +203,13 @@ def load_group(client: Any, group_id: str, *, deadline: float | None = None) -> 
     return Group(group_id, members, float(_s(reply[1] or 600)))
 
 
-def read_message(client: Any, group_id: str, message_id: str, *, deadline: float | None = None) -> Received:
+def read_message(conn: RespConn, group_id: str, message_id: str, *, deadline: float | None = None) -> Received:
     """What has been sent for ``message_id`` so far, without waiting."""
     deadline = time.monotonic() + CONNECT_BUDGET if deadline is None else deadline
-    group = load_group(client, group_id, deadline=deadline)
-    link = _link(client)
-    raw = retrying(link, lambda: link.execute_command(
+    group = load_group(conn, group_id, deadline=deadline)
+    raw = retrying(conn, lambda: conn.execute_command(
         "HGETALL", keys.group_message(group_id, message_id)), deadline)
-    data = {_s(k): _s(v) for k, v in raw.items()} if isinstance(raw, dict) else _pairs(raw)
+    data = {_s(k): _s(v) for k, v in (raw or {}).items()}  # RESP3: a map
     return _ordered(json.dumps(group.members), data)
 
 
@@ -316,7 +242,7 @@ def call_record(job_id: str, name: str, result: str, detail: str | None = None) 
     return json.dumps(record)
 
 
-def send(client: Any, group_id: str, job_id: str, message_id: str,
+def send(conn: RespConn, group_id: str, job_id: str, message_id: str,
          data: Mapping[str, str] | None = None, *, record: bool = True,
          deadline: float | None = None) -> None:
     """Store ``job_id``'s data for ``message_id`` (replacing its earlier data) and wake waiters.
@@ -335,19 +261,18 @@ def send(client: Any, group_id: str, job_id: str, message_id: str,
     rec = call_record(job_id, f"multinode-send-{message_id}", "pass") if record else ""
     args = [job_id, message_id, payload, rec]
     deadline = time.monotonic() + CONNECT_BUDGET if deadline is None else deadline
-    status = retrying(client, lambda: lua.SEND(client, keys_, args), deadline,
+    status = retrying(conn, lambda: lua.SEND(conn, keys_, args), deadline,
                       f" (gave up sending {message_id!r})")
     _refuse(int(status), group_id, job_id)
 
 
-def record_call(client: Any, group_id: str, job_id: str, name: str, result: str,
+def record_call(conn: RespConn, group_id: str, job_id: str, name: str, result: str,
                 detail: str | None = None, *, deadline: float | None = None) -> None:
     """Append one API-call record to the group's log (``group.api_calls`` reads it)."""
     g = group_id
     deadline = time.monotonic() + CONNECT_BUDGET if deadline is None else deadline
-    retrying(client, lambda: lua.LOG(client, [keys.group_info(g), keys.group_members(g),
-                                              keys.group_api_log(g)],
-                                     [job_id, call_record(job_id, name, result, detail)]), deadline)
+    retrying(conn, lambda: lua.LOG(conn, [keys.group_info(g), keys.group_members(g), keys.group_api_log(g)],
+                                   [job_id, call_record(job_id, name, result, detail)]), deadline)
 
 
 def _refuse(status: int, group_id: str, job_id: str) -> None:
@@ -375,25 +300,23 @@ def _first_failed(check: _Check) -> tuple[str, str]:
     return job, check.data[job]
 
 
-def _await(client: Any, group_id: str, message_id: str, check: Callable[[Any], _Check],
+def _await(link: RespConn, group_id: str, message_id: str, check: Callable[[RespConn], _Check],
            relevant: Callable[[str], bool], timeout: float | None, started: float,
            *, subscribed: bool = False, role: str | None = None) -> _Check:
     """Block until ``check`` reports done; raise on failure, timeout or lost Redis.
 
-    ``subscribed``: the caller already subscribed and read the state."""
-    link = _link(client)
+    ``subscribed``: the caller already subscribed and read the state.  A
+    SUBSCRIBE is queued and goes out with the next read on the same socket,
+    so the read is ordered after it and costs no extra round trip."""
     channel = keys.group_channel(group_id)
     deadline = started + (timeout if timeout is not None else CONNECT_BUDGET)
     effective = timeout
-    _limit(link, deadline + FINAL_READ_GRACE)
-    # A queued SUBSCRIBE rides with the first read for free; a redis-py pubsub costs a
-    # connection and a round trip, so that client reads once before subscribing.
-    fast_path = not getattr(link, "QUEUED_SUBSCRIBE", False)
+    link.limit(deadline + FINAL_READ_GRACE)
     need_check, final, backoff = not subscribed, False, Backoff()
     try:
         while True:
             try:
-                if not subscribed and not fast_path:
+                if not subscribed:
                     link.subscribe(channel)
                     subscribed, need_check = True, True
                 if need_check:
@@ -403,7 +326,7 @@ def _await(client: Any, group_id: str, message_id: str, check: Callable[[Any], _
                     if effective is None:
                         effective = res.timeout
                         deadline = started + effective
-                        _limit(link, deadline + FINAL_READ_GRACE)
+                        link.limit(deadline + FINAL_READ_GRACE)
                     if res.status == 2:
                         return res
                     if res.status == 0:
@@ -412,9 +335,6 @@ def _await(client: Any, group_id: str, message_id: str, check: Callable[[Any], _
                         raise GroupNotFound(group_id)
                     if res.status == -3:
                         raise MultiNodeUsageError(f"no role {role!r} in this group")
-                    if not subscribed:  # fast path missed: subscribe, then read again
-                        fast_path = False
-                        continue
                     if final:
                         raise BarrierTimeout(message_id, effective)
                 remaining = deadline - time.monotonic()
@@ -433,7 +353,7 @@ def _await(client: Any, group_id: str, message_id: str, check: Callable[[Any], _
                 subscribed, need_check = False, True
                 if deadline - time.monotonic() <= 0:
                     raise ServiceUnavailable(
-                        _url(link), f"{_reason(exc)} (gave up waiting for {message_id!r} after "
+                        link.safe_url, f"{_reason(exc)} (gave up waiting for {message_id!r} after "
                                     f"{deadline - started:g}s)") from exc
                 backoff.pause(deadline)
     finally:
@@ -449,7 +369,7 @@ def _pass_record(record: tuple[str, str] | None) -> list[str]:
     return [record[0], call_record(record[0], record[1], "pass")] if record else ["", ""]
 
 
-def _message_wait(client: Any, group_id: str, message_id: str, mode: str, role: str | None,
+def _message_wait(conn: RespConn, group_id: str, message_id: str, mode: str, role: str | None,
                   timeout: float | None, record: tuple[str, str] | None) -> Received:
     started = time.monotonic()
     check_message_id(message_id)
@@ -459,31 +379,31 @@ def _message_wait(client: Any, group_id: str, message_id: str, mode: str, role: 
     keys_ = [keys.group_info(g), keys.group_members(g), keys.group_failed(g),
              keys.group_message(g, message_id), keys.group_api_log(g)]
     wanted = "m " + message_id
-    res = _await(client, group_id, message_id,
+    res = _await(conn, group_id, message_id,
                  lambda link: _Check(lua.WAIT_CHECK(link, keys_, [mode, role or "", *_pass_record(record)])),
                  lambda p: p == wanted or p.startswith("f "), timeout, started, role=role)
     return _ordered(res.members_json, res.data)
 
 
-def wait_any(client: Any, group_id: str, message_id: str, *, role: str | None = None,
+def wait_any(conn: RespConn, group_id: str, message_id: str, *, role: str | None = None,
              timeout: float | None = None, record: tuple[str, str] | None = None) -> Received:
     """``lava-wait``: until any member (the caller too) - or any member of ``role`` - has sent it.
 
     The role form is for the runner's delayed start (``expect_role`` waits
     for ``lava_start``).  ``record=(job_id, call name)`` appends the pass
     record in the same step as the release."""
-    return _message_wait(client, group_id, message_id, "role-any" if role else "any", role, timeout, record)
+    return _message_wait(conn, group_id, message_id, "role-any" if role else "any", role, timeout, record)
 
 
-def wait_all(client: Any, group_id: str, message_id: str, role: str | None = None, *,
+def wait_all(conn: RespConn, group_id: str, message_id: str, role: str | None = None, *,
              timeout: float | None = None, record: tuple[str, str] | None = None) -> Received:
     """``lava-wait-all``: until every member (of ``role``) has sent ``message_id``.
 
     The result holds every sender's data, of any role (as LAVA documents)."""
-    return _message_wait(client, group_id, message_id, "role" if role else "all", role, timeout, record)
+    return _message_wait(conn, group_id, message_id, "role" if role else "all", role, timeout, record)
 
 
-def sync(client: Any, group_id: str, job_id: str, message_id: str, *,
+def sync(link: RespConn, group_id: str, job_id: str, message_id: str, *,
          timeout: float | None = None, record: str | None = None) -> Received:
     """``lava-sync``: a reusable barrier; the k-th sync of an id by each member meets the others' k-th.
 
@@ -492,7 +412,6 @@ def sync(client: Any, group_id: str, job_id: str, message_id: str, *,
     started = time.monotonic()
     check_message_id(message_id)
     g = group_id
-    link = _link(client)
     channel = keys.group_channel(g)
     sync_keys = [keys.group_info(g), keys.group_members(g), keys.group_failed(g), keys.group_sync(g, message_id),
                  keys.group_message(g, message_id), keys.group_api_log(g)]
@@ -502,7 +421,7 @@ def sync(client: Any, group_id: str, job_id: str, message_id: str, *,
 
     def enter() -> list[Any]:
         # Subscribed before arriving: the release published by the last arrival reaches us
-        # (with RespConn both go out in one write, ordered on one connection).
+        # (both go out in one write, ordered on one connection).
         link.subscribe(channel)
         return list(lua.SYNC_ENTER(link, enter_keys, [job_id, message_id, token, *_pass_record(passed)[1:]]))
 

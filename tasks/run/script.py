@@ -1,4 +1,11 @@
-"""Run a job's test commands as a bash script, streaming output, stoppable by cancel."""
+"""Run a job's test commands as a bash script, streaming output, stoppable by cancel and stop conditions.
+
+A stop condition is a small callable (as in Testflinger's agent runner): it
+returns None while the script may go on, or the line to write to the output
+when the script must stop (``Timeout``: ``global_timeout``; ``OutputTimeout``:
+``output_timeout``, no output for that long).  The runner checks them every
+``STOP_CHECK_SECONDS`` and stops the script's whole process group.
+"""
 from __future__ import annotations
 
 import codecs
@@ -9,6 +16,7 @@ import shutil
 import signal
 import subprocess
 import threading
+import time
 from pathlib import Path
 from typing import IO, Callable, Mapping
 
@@ -23,6 +31,43 @@ STOPPED_EXIT_CODE = 143
 OUTPUT_LOST_EXIT_CODE = 1
 #: how long the end of the script waits for its output reader (a background child may hold the pipe)
 READER_JOIN_SECONDS = 10.0
+#: how often cancel and the stop conditions are checked while the script runs
+STOP_CHECK_SECONDS = 0.2
+
+StopCondition = Callable[[], "str | None"]
+"""None while the script may go on; else the line that says why it is stopped."""
+
+
+class Timeout:
+    """Stop once ``seconds`` have passed since the start (``global_timeout``)."""
+
+    def __init__(self, seconds: float, name: str = "test_cmds",
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.seconds, self.name, self.clock = seconds, name, clock
+        self.deadline = clock() + seconds
+
+    def __call__(self) -> str | None:
+        if self.clock() < self.deadline:
+            return None
+        return f"\n*** {self.name} timed out after {self.seconds:g}s; stopping it ***\n"
+
+
+class OutputTimeout:
+    """Stop once the script has printed nothing for ``seconds`` (``output_timeout``).
+
+    ``saw_output()`` is called for every chunk the script prints."""
+
+    def __init__(self, seconds: float, clock: Callable[[], float] = time.monotonic) -> None:
+        self.seconds, self.clock = seconds, clock
+        self.last_output = clock()
+
+    def saw_output(self) -> None:
+        self.last_output = self.clock()
+
+    def __call__(self) -> str | None:
+        if self.clock() - self.last_output < self.seconds:
+            return None
+        return f"\n*** no output for {self.seconds:g} s (output_timeout); stopping ***\n"
 
 
 @functools.lru_cache(maxsize=1)
@@ -62,8 +107,8 @@ def script_command(script_path: Path, private_files: Mapping[str, Path] | None =
 
 
 def run_script(script: str, *, cwd: Path, env: Mapping[str, str], on_output: Callable[[str], None],
-               cancel: threading.Event, timeout: float | None = None, name: str = "test_cmds",
-               private_files: Mapping[str, Path] | None = None,
+               cancel: threading.Event, timeout: float | None = None, output_timeout: float | None = None,
+               name: str = "test_cmds", private_files: Mapping[str, Path] | None = None,
                on_start: Callable[[int], None] | None = None, output_grace: float = GRACE_SECONDS) -> int:
     """Run ``script`` with ``bash -e`` in ``cwd``; return its exit code.
 
@@ -73,8 +118,10 @@ def run_script(script: str, *, cwd: Path, env: Mapping[str, str], on_output: Cal
     until it works again (up to ``output_grace`` s after the script ended).
     Output that is lost all the same is said in the output, and a script
     that exited 0 then returns ``OUTPUT_LOST_EXIT_CODE``.
-    When ``cancel`` is set or ``timeout`` passes, the script's whole process
-    group gets SIGTERM, then SIGKILL after a grace period.  With
+    When ``cancel`` is set, ``timeout`` passes or the script prints nothing
+    for ``output_timeout`` seconds, the script's whole process group gets
+    SIGTERM, then SIGKILL after a grace period (a stop condition says why in
+    the output; the exit code is ``STOPPED_EXIT_CODE``).  With
     ``private_files`` ({shared path: job's file}) the script sees its own
     file at each shared path.  ``on_start(pid)`` learns the script's process
     group, so that a worker restarted after a crash can end an orphaned script.
@@ -83,8 +130,16 @@ def run_script(script: str, *, cwd: Path, env: Mapping[str, str], on_output: Cal
     script_path = cwd / f".{name}.sh"
     script_path.write_text(script if script.endswith("\n") else script + "\n")
     output = OutputForwarder(on_output, name=name)
+    silence = OutputTimeout(output_timeout) if output_timeout else None
+    conditions: list[StopCondition] = [c for c in (Timeout(timeout, name) if timeout else None, silence) if c]
+
+    def write(text: str) -> None:
+        if silence is not None:
+            silence.saw_output()
+        output.write(text)
+
     try:
-        code = _run(script_path, cwd, env, output, cancel, timeout, name, private_files, on_start)
+        code = _run(script_path, cwd, env, output, write, cancel, conditions, name, private_files, on_start)
     finally:
         lost = output.close(output_grace)
     if lost:
@@ -94,15 +149,15 @@ def run_script(script: str, *, cwd: Path, env: Mapping[str, str], on_output: Cal
     return code
 
 
-def _run(script_path: Path, cwd: Path, env: Mapping[str, str], output: OutputForwarder, cancel: threading.Event,
-         timeout: float | None, name: str, private_files: Mapping[str, Path] | None,
-         on_start: Callable[[int], None] | None) -> int:
+def _run(script_path: Path, cwd: Path, env: Mapping[str, str], output: OutputForwarder,
+         write: Callable[[str], None], cancel: threading.Event, conditions: list[StopCondition], name: str,
+         private_files: Mapping[str, Path] | None, on_start: Callable[[int], None] | None) -> int:
     proc = subprocess.Popen(script_command(script_path, private_files), cwd=cwd, env=dict(env),
                             stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                             start_new_session=True)
     assert proc.stdout is not None
     # the reader holds the pipe's file object, so it stays open for as long as something reads it
-    reader = threading.Thread(target=_pump, args=(proc.stdout, output.write), daemon=True)
+    reader = threading.Thread(target=_pump, args=(proc.stdout, write), daemon=True)
     reader.start()
     if on_start is not None:
         try:  # a Redis restart right now delays the record of the pid; the script runs meanwhile
@@ -112,20 +167,21 @@ def _run(script_path: Path, cwd: Path, env: Mapping[str, str], output: OutputFor
             raise
     stopper_done = threading.Event()
 
-    def stop_on_cancel() -> None:
-        # wakes when cancel is set, or when the script ends (stopper_done)
+    def stop_when_asked() -> None:
+        # wakes when cancel is set, a stop condition holds, or the script ends (stopper_done)
         while not stopper_done.is_set():
-            if cancel.wait(0.5):
+            if cancel.wait(STOP_CHECK_SECONDS):
+                _terminate(proc)
+                return
+            reason = next((r for r in (condition() for condition in conditions) if r), None)
+            if reason and not stopper_done.is_set():
+                output.write(reason)
                 _terminate(proc)
                 return
 
-    stopper = threading.Thread(target=stop_on_cancel, daemon=True)
+    stopper = threading.Thread(target=stop_when_asked, daemon=True)
     stopper.start()
     try:
-        code = proc.wait(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        output.write(f"\n*** {name} timed out after {timeout:g}s; stopping it ***\n")
-        _terminate(proc)
         code = proc.wait()
     finally:
         stopper_done.set()

@@ -236,12 +236,10 @@ def test_fail_member_fails_pending_and_future_waits_at_once(redis_client, gid, c
     assert mn_group.failed_members(redis_client, gid) == {c: "failed: test command exited 1"}
 
 
-@pytest.mark.parametrize("kind", ["resp", "redis-py"])
-def test_waiter_survives_killed_connections(redis_url, redis_client, gid, conns, kind):
+def test_waiter_survives_killed_connections(redis_url, redis_client, gid, conns):
     a, _b = make_group(redis_client, gid, ["x", "y"])
     name = f"waiter:{gid}"
-    client = (RespConn(redis_url, name=name) if kind == "resp"
-              else redis_lib.Redis.from_url(redis_url, client_name=name))
+    client = RespConn(redis_url, name=name)
     waiter = Bg(lambda: store.wait_any(client, gid, "after-kill", timeout=20))
     wait_for(lambda: subscribers(redis_client, gid) == 1)
     killed: frozenset[str] = frozenset()
@@ -266,17 +264,22 @@ def test_message_sent_while_waiter_is_disconnected_is_not_lost(redis_url, redis_
 
 
 @pytest.mark.parametrize("decode", [True, False])
-def test_redis_py_clients_work_too(redis_url, redis_client, gid, decode):
+def test_a_redis_py_client_names_the_redis_of_a_resp_connection(redis_url, redis_client, gid, decode):
+    """Workers hold redis-py clients: ``group.connect`` opens the store's one client to the same Redis."""
     a, b = make_group(redis_client, gid, ["x", "y"])
     client = redis_lib.Redis.from_url(redis_url, decode_responses=decode)
     try:
-        waiter = Bg(lambda: store.wait_all(client, gid, "both", timeout=10))
+        def connected(call: Callable[[RespConn], Any]) -> Any:
+            with mn_group.connect(client) as conn:
+                return call(conn)
+
+        waiter = Bg(lambda: connected(lambda c: store.wait_all(c, gid, "both", timeout=10)))
         wait_for(lambda: subscribers(redis_client, gid) == 1)
-        store.send(client, gid, a, "both", {"k": "1"})
-        other = Bg(lambda: store.sync(client, gid, b, "bar", timeout=10))
-        assert store.sync(client, gid, a, "bar", timeout=10) == {}
+        connected(lambda c: store.send(c, gid, a, "both", {"k": "1"}))
+        other = Bg(lambda: connected(lambda c: store.sync(c, gid, b, "bar", timeout=10)))
+        assert connected(lambda c: store.sync(c, gid, a, "bar", timeout=10)) == {}
         other.join()
-        store.send(client, gid, b, "both", {"k": "2"})
+        connected(lambda c: store.send(c, gid, b, "both", {"k": "2"}))
         assert waiter.join() == {a: {"k": "1"}, b: {"k": "2"}}
         assert [c["name"] for c in mn_group.api_calls(client, gid)] == ["multinode-send-both"] * 2
     finally:
@@ -329,7 +332,8 @@ def test_odd_bytes_in_redis_never_fail_a_reader_of_either_client(redis_url, redi
     client = redis_lib.Redis.from_url(redis_url, decode_responses=decode)  # the runner's kind of client
     try:
         expected = {a: {"k": "\ufffd", "e": "\ufffd"}, b: {}}
-        assert store.wait_any(client, gid, "odd", timeout=5) == expected
-        assert store.read_message(client, gid, "odd") == expected
+        with mn_group.connect(client) as conn:
+            assert store.wait_any(conn, gid, "odd", timeout=5) == expected
+            assert store.read_message(conn, gid, "odd") == expected
     finally:
         client.close()

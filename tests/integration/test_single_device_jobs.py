@@ -33,7 +33,7 @@ def test_job_runs_phases_in_order_and_reaches_the_device(start_cluster):
     assert results["provision_status"] == 0 and results["test_status"] == 0 and results["cleanup_status"] == 0
     assert "IMAGE=jammy" in results["test_output"]
     assert f"reached {results['device_info']['device_ip']}" in results["test_output"]
-    assert get_store().r.hget(keys.device(results["device"]), "state") == "idle"
+    assert get_store().client.hget(keys.device(results["device"]), "state") == "idle"
 
 
 def test_failing_test_command_fails_the_job_with_its_exit_code(start_cluster):
@@ -45,6 +45,19 @@ def test_failing_test_command_fails_the_job_with_its_exit_code(start_cluster):
     assert results["test_status"] == 7
     assert results["outcome"] == "fail"
     assert "about to fail" in results["test_output"]
+    assert results["cleanup_status"] == 0
+
+
+def test_output_timeout_stops_a_silent_test_and_fails_its_phase(start_cluster):
+    queue = unique_queue("silent")
+    start_cluster({queue: 1})
+    job_id = submit_job({"job_queue": queue, "output_timeout": 2,
+                         "test_data": {"test_cmds": "echo printed once\nsleep 60\necho never"}})
+    assert wait_for_job(job_id, timeout=JOB_TIMEOUT) == "complete"
+    results = job_results(job_id)
+    assert results["test_status"] != 0 and results["outcome"] == "fail"
+    assert "printed once" in results["test_output"] and "never" not in results["test_output"]
+    assert "*** no output for 2 s (output_timeout); stopping ***" in results["test_output"]
     assert results["cleanup_status"] == 0
 
 
@@ -74,7 +87,7 @@ def test_cancel_during_each_phase_ends_cancelled_after_cleanup(start_cluster, ph
     assert results["outcome"] == "cancelled"
     assert "cleanup_status" in results, "cleanup must run after a cancel"
     assert states_seen(job_id)[-2:] == ["cleanup", "cancelled"]
-    assert get_store().r.hget(keys.device(results["device"]), "state") == "idle"
+    assert get_store().client.hget(keys.device(results["device"]), "state") == "idle"
 
 
 def test_cancel_of_a_waiting_job_never_runs_it(start_cluster):
@@ -120,11 +133,11 @@ def test_killed_worker_is_restarted_and_the_device_serves_again(cluster_redis_ur
                             start_new_session=True)
     store = get_store()
     try:
-        assert wait_until(lambda: store.r.exists(keys.device_alive(device.name)) and
-                     store.r.hget(keys.device(device.name), "pid"), 60), "worker never came up"
-        old_pid = int(store.r.hget(keys.device(device.name), "pid"))
+        assert wait_until(lambda: store.client.exists(keys.device_alive(device.name)) and
+                     store.client.hget(keys.device(device.name), "pid"), 60), "worker never came up"
+        old_pid = int(store.client.hget(keys.device(device.name), "pid"))
         os.kill(old_pid, signal.SIGKILL)
-        assert wait_until(lambda: (store.r.hget(keys.device(device.name), "pid") or str(old_pid)) != str(old_pid), 60), \
+        assert wait_until(lambda: (store.client.hget(keys.device(device.name), "pid") or str(old_pid)) != str(old_pid), 60), \
             "the killed worker was not restarted"
         log.seek(0)
         assert f"worker for device {device.name} exited (signal 9); restarting it" in log.read()

