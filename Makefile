@@ -11,7 +11,7 @@ TOOLS := .venv-tools
 LATEST := .venv-latest
 DEMO_JOB ?= examples/demo-coordinated-testing.yaml
 
-.PHONY: demo test test-latest lock install install-test system-packages bench clean
+.PHONY: demo test lint test-latest lock install install-test system-packages bench clean
 
 system-packages:
 	@scripts/ensure-system-packages.sh
@@ -39,6 +39,10 @@ demo: install
 
 test: install-test
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
+
+# import-linter contracts, ruff and mypy (rules and baseline: docs/architecture.md)
+lint: install-test
+	BIN=$(BIN) scripts/lint.sh
 
 # Refresh the lock from setup.cfg's ranges (names and versions only: no index URLs or paths)
 lock:

@@ -7,6 +7,7 @@ test → cleanup chain on the coordinator queue.
 """
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from celery import Celery, chain, chord
@@ -74,3 +75,18 @@ def cleanup_now(app: Celery, parent_id: str, settings: Settings) -> Signature:
     """The parent's cleanup, queued directly when allocation is aborted."""
     return app.signature(CLEANUP, args=(parent_id,), queue=settings.coordinator_queue,
                          task_id=f"{parent_id}.cleanup-abort", **NO_RESULT)
+
+
+def job_list(reports: list[Any], stored: Callable[[], list[tuple[str, dict[str, Any]]]]) -> list[dict[str, Any]]:
+    """The entries of ``job_list.json``: ``[{"job_id", "device_info"}]`` in ``provision_data.jobs`` order.
+
+    ``reports`` are the chord header's results, each child's allocation report
+    (the very data job_list.json holds, in header order).  Should any result
+    not be such a report, ``stored()`` gives the (child id, device_info) pairs
+    from the job store instead: the file is never partial.
+    """
+    entries = [{"job_id": r["job_id"], "device_info": r.get("device_info") or {}}
+               for r in reports if isinstance(r, dict) and "job_id" in r]
+    if len(entries) != len(reports):
+        entries = [{"job_id": job_id, "device_info": info} for job_id, info in stored()]
+    return entries

@@ -1,7 +1,6 @@
 """Safe YAML (and JSON) loading: nothing runs, nothing explodes, errors say where."""
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
 import pytest
@@ -127,10 +126,9 @@ def test_node_limit(loader, monkeypatch):
     if loader == "pure-python":  # ~10x slower: check the same code path on a smaller limit
         monkeypatch.setattr(yamlsafe, "MAX_NODES", 5_000)
     limit = yamlsafe.MAX_NODES
-    start = time.monotonic()
+    # stops at the first value over the limit (its line says so); how fast is bench/'s business
     assert message("- a\n" * (limit + 10)) == (
         f"document has too many values (limit {limit}) at line {limit}, column 3")
-    assert time.monotonic() - start < 2
     assert len(load_yaml("- a\n" * (limit - 1))) == limit - 1
 
 
@@ -141,12 +139,14 @@ def test_python_tag_does_not_run(loader, tmp_path: Path):
 
 
 @pytest.mark.parametrize("size", [MAX_BYTES + 1, 5 * 1024 * 1024])
-def test_size_limit(size):
+def test_size_limit(size, monkeypatch):
+    def never_parsed(text):
+        raise AssertionError("a document over the size limit was parsed")
+
+    monkeypatch.setattr(yamlsafe, "_parse", never_parsed)  # refused on its size alone, before any parsing
     text = "#" * size
-    start = time.monotonic()
     assert message(text) == f"document too large ({size} bytes, limit 1048576)"
     assert message(text.encode()) == f"document too large ({size} bytes, limit 1048576)"
-    assert time.monotonic() - start < 1
 
 
 def test_size_counts_bytes_not_characters():
