@@ -31,16 +31,18 @@ BACKOFF: tenacity.wait.wait_base = tenacity.wait_exponential(
 def retrying(errors: tuple[type[BaseException], ...], *, deadline: float | None = None,
              patience: float | None = None, stop: threading.Event | None = None,
              give_up: Callable[[], bool] | None = None, what: str = "call",
-             on_retry: Callable[[tenacity.RetryCallState], None] | None = None,
+             attempts: int | None = None, on_retry: Callable[[tenacity.RetryCallState], None] | None = None,
              backoff: tenacity.wait.wait_base = BACKOFF) -> tenacity.Retrying:
     """A tenacity ``Retrying`` for ``errors`` with convoy's back-off.
 
     It gives up (re-raising the last error) at ``deadline`` (a
-    ``time.monotonic()`` value), after ``patience`` seconds, when ``stop`` is
-    set, or when ``give_up()`` says so; with none of them it retries for ever.
+    ``time.monotonic()`` value), after ``patience`` seconds, after
+    ``attempts`` tries, when ``stop`` is set, or when ``give_up()`` says so;
+    with none of them it retries for ever.
     A pause never runs past the deadline, and a set ``stop`` ends it at once.
     ``on_retry`` replaces the default warning before each pause; ``backoff``
-    is for unit tests that must not wait.
+    replaces the pauses where a peer asks for its own (a key server's
+    schedule) and in unit tests that must not wait.
     """
     if patience is not None:
         limit = time.monotonic() + patience
@@ -48,6 +50,7 @@ def retrying(errors: tuple[type[BaseException], ...], *, deadline: float | None 
 
     def past_limit(_state: tenacity.RetryCallState) -> bool:
         return ((stop is not None and stop.is_set()) or (deadline is not None and time.monotonic() >= deadline)
+                or (attempts is not None and _state.attempt_number >= attempts)
                 or (give_up is not None and give_up()))
 
     def pause(state: tenacity.RetryCallState) -> float:
@@ -64,11 +67,14 @@ def retrying(errors: tuple[type[BaseException], ...], *, deadline: float | None 
 
 
 def retry_call(call: Callable[..., T], *args: Any, errors: tuple[type[BaseException], ...],
-               deadline: float | None = None, patience: float | None = None,
-               stop: threading.Event | None = None, what: str = "call", **kwargs: Any) -> T:
+               deadline: float | None = None, patience: float | None = None, attempts: int | None = None,
+               stop: threading.Event | None = None, what: str = "call",
+               backoff: tenacity.wait.wait_base = BACKOFF,
+               on_retry: Callable[[tenacity.RetryCallState], None] | None = None, **kwargs: Any) -> T:
     """``call(*args, **kwargs)``, retried after ``errors`` as :func:`retrying` says.
 
     ``call`` must be safe to repeat (a read, a wait that re-checks its
     condition, an idempotent write). Any other error is raised at once.
     """
-    return retrying(errors, deadline=deadline, patience=patience, stop=stop, what=what)(call, *args, **kwargs)
+    return retrying(errors, deadline=deadline, patience=patience, attempts=attempts, stop=stop, what=what,
+                    backoff=backoff, on_retry=on_retry)(call, *args, **kwargs)

@@ -16,9 +16,12 @@ import socket
 import threading
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Iterable
+from typing import TYPE_CHECKING, Callable, Iterable
+
+import tenacity
 
 from convoy.errors import DeviceError
+from convoy.retry import retry_call
 
 if TYPE_CHECKING:
     from fabric import Connection
@@ -61,6 +64,34 @@ def _transient_errors() -> tuple[type[BaseException], ...]:
     return (paramiko.SSHException, OSError, EOFError, CommandTimedOut)
 
 
+class _NotYet(Exception):
+    """The device answered, but not as a ready device does (worth another attempt)."""
+
+
+def _retry_until_ready(device: str, attempt: Callable[[], None], errors: tuple[type[BaseException], ...], *,
+                       attempts: int, retry_delay: float, cancel: threading.Event | None) -> str | None:
+    """Run ``attempt`` up to ``attempts`` times with convoy's retry policy; the last failure's reason, or None.
+
+    A set ``cancel`` ends the wait at once and raises :class:`DeviceError`.
+    """
+    cancel = cancel if cancel is not None else threading.Event()
+
+    def once() -> None:
+        if cancel.is_set():
+            raise DeviceError(device, "cancelled while checking SSH reachability")
+        attempt()
+
+    retried: tuple[type[BaseException], ...] = (*errors, _NotYet)
+    try:
+        retry_call(once, errors=retried, attempts=max(1, attempts), stop=cancel,
+                   backoff=tenacity.wait_fixed(retry_delay), on_retry=lambda _state: None)
+    except retried as exc:
+        if cancel.is_set():
+            raise DeviceError(device, "cancelled while checking SSH reachability") from None
+        return str(exc) or type(exc).__name__
+    return None
+
+
 def check_ssh(device: str, host: str, port: int, username: str, key_file: Path, *,
               attempts: int = 5, timeout: float = 5.0, retry_delay: float = 0.5,
               cancel: threading.Event | None = None, hint: str = "") -> None:
@@ -68,25 +99,16 @@ def check_ssh(device: str, host: str, port: int, username: str, key_file: Path, 
 
     ``hint`` is appended to the error (what the user should check).
     """
-    errors = _transient_errors()
-    cancel = cancel if cancel is not None else threading.Event()
-    attempts = max(1, attempts)
-    reason = "no attempt made"
-    for attempt in range(attempts):
-        if cancel.is_set():
-            raise DeviceError(device, "cancelled while checking SSH reachability")
-        try:
-            result = run_ssh(host, port, username, key_file, "true", connect_timeout=timeout, timeout=timeout)
-        except errors as exc:
-            reason = str(exc) or type(exc).__name__
-        else:
-            if result.status == 0:
-                return
-            reason = f"'true' exited with status {result.status}"
-        if attempt + 1 < attempts and cancel.wait(retry_delay):
-            raise DeviceError(device, "cancelled while checking SSH reachability")
-    raise DeviceError(device, f"not reachable over SSH as {username}@{host}:{port} "
-                              f"after {attempts} attempt(s): {reason}{hint}")
+    def attempt() -> None:
+        result = run_ssh(host, port, username, key_file, "true", connect_timeout=timeout, timeout=timeout)
+        if result.status != 0:
+            raise _NotYet(f"'true' exited with status {result.status}")
+
+    reason = _retry_until_ready(device, attempt, _transient_errors(), attempts=attempts,
+                                retry_delay=retry_delay, cancel=cancel)
+    if reason is not None:
+        raise DeviceError(device, f"not reachable over SSH as {username}@{host}:{port} "
+                                  f"after {max(1, attempts)} attempt(s): {reason}{hint}")
 
 
 def check_ssh_banner(device: str, host: str, port: int, *, attempts: int = 5, timeout: float = 5.0,
@@ -97,23 +119,18 @@ def check_ssh_banner(device: str, host: str, port: int, *, attempts: int = 5, ti
     emulated device's keys and home were written by convoy a moment before,
     so its server answering is what is left to prove.
     """
-    cancel = cancel if cancel is not None else threading.Event()
-    reason = "no attempt made"
-    for attempt in range(max(1, attempts)):
-        if cancel.is_set():
-            raise DeviceError(device, "cancelled while checking SSH reachability")
-        try:
-            with socket.create_connection((host, port), timeout=timeout) as sock:
-                sock.settimeout(timeout)
-                banner = sock.recv(256)
-            if banner.startswith(b"SSH-2.0-"):
-                return
-            reason = f"no SSH banner (got {banner[:40]!r})"
-        except OSError as exc:
-            reason = str(exc) or type(exc).__name__
-        if attempt + 1 < attempts and cancel.wait(retry_delay):
-            raise DeviceError(device, "cancelled while checking SSH reachability")
-    raise DeviceError(device, f"no SSH server answers at {host}:{port} after {attempts} attempt(s): {reason}{hint}")
+    def attempt() -> None:
+        with socket.create_connection((host, port), timeout=timeout) as sock:
+            sock.settimeout(timeout)
+            banner = sock.recv(256)
+        if not banner.startswith(b"SSH-2.0-"):
+            raise _NotYet(f"no SSH banner (got {banner[:40]!r})")
+
+    reason = _retry_until_ready(device, attempt, (OSError,), attempts=attempts, retry_delay=retry_delay,
+                                cancel=cancel)
+    if reason is not None:
+        raise DeviceError(device, f"no SSH server answers at {host}:{port} after {max(1, attempts)} attempt(s): "
+                                  f"{reason}{hint}")
 
 
 # --- authorized_keys ------------------------------------------------------------------------

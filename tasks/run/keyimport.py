@@ -26,7 +26,10 @@ from dataclasses import dataclass
 from typing import Callable, Iterable
 from urllib.parse import quote, urlsplit
 
+import tenacity
+
 from convoy.errors import KeyImportError
+from convoy.retry import retry_call
 
 SERVICES = {"gh": "GitHub", "lp": "Launchpad"}
 #: the same ids the job schema accepts
@@ -220,12 +223,14 @@ def _fetch_once(url: str, timeout: float) -> str:
 
 def fetch(url: str, key_id: KeyId, policy: RetryPolicy = RetryPolicy(),
           cancel: threading.Event | None = None, log: Log | None = None) -> str:
-    """GET ``url`` with ``policy``'s retries; the body, or :class:`KeyImportError` naming ``key_id``."""
+    """GET ``url`` with ``policy``'s retries (convoy's retry policy on the key server's schedule).
+
+    The body, or :class:`KeyImportError` naming ``key_id``.
+    """
     cancel = cancel if cancel is not None else threading.Event()
     attempts = max(1, policy.attempts)
-    delays = policy.delays()
-    reason = "no attempt made"
-    for attempt in range(attempts):
+
+    def once() -> str:
         if cancel.is_set():
             raise KeyImportError(str(key_id), "cancelled")
         try:
@@ -234,14 +239,21 @@ def fetch(url: str, key_id: KeyId, policy: RetryPolicy = RetryPolicy(),
             if exc.status == 404:
                 raise KeyImportError(str(key_id), f"no such {key_id.service_name} user ({exc.reason})") from None
             raise KeyImportError(str(key_id), exc.reason) from None
-        except _Retry as exc:
-            reason = exc.reason
-        if attempt < len(delays):
-            if log:
-                log(f"{key_id}: {reason}; retrying in {delays[attempt]:g}s")
-            if cancel.wait(delays[attempt]):
-                raise KeyImportError(str(key_id), "cancelled")
-    raise KeyImportError(str(key_id), f"{reason} (gave up after {attempts} attempts)")
+
+    def say_retrying(state: tenacity.RetryCallState) -> None:
+        if log and state.outcome is not None and state.next_action is not None:
+            reason = getattr(state.outcome.exception(), "reason", "")
+            log(f"{key_id}: {reason}; retrying in {state.next_action.sleep:g}s")
+
+    schedule = tenacity.wait_exponential(multiplier=policy.backoff, exp_base=policy.factor, min=0,
+                                         max=policy.max_delay)
+    try:
+        return retry_call(once, errors=(_Retry,), attempts=attempts, stop=cancel, backoff=schedule,
+                          on_retry=say_retrying)
+    except _Retry as exc:
+        if cancel.is_set():
+            raise KeyImportError(str(key_id), "cancelled") from None
+        raise KeyImportError(str(key_id), f"{exc.reason} (gave up after {attempts} attempts)") from None
 
 
 def import_key(key_id: KeyId, github_template: str, launchpad_template: str,

@@ -312,17 +312,6 @@ def test_a_redis_that_never_answers_is_given_up_at_the_deadline():
                         "(gave up waiting for 'x' after 1.5s)\n")
 
 
-def shutdown_and_restart(server: RedisServer) -> RedisServer:
-    """Stop Redis, keeping its data (SHUTDOWN SAVE), and start it again on the same port."""
-    try:
-        RespConn(server.url).execute_command("SHUTDOWN", "SAVE")
-    except ConnectionError:
-        pass  # the server closes the connection as it exits
-    assert server.process is not None
-    server.process.wait(timeout=30)
-    server.process = None
-    return RedisServer(server.data_dir, port=server.port).start()
-
 
 def test_a_waiter_rides_out_a_redis_restart(tmp_path):
     server = RedisServer(tmp_path / "redis", port=free_port()).start()
@@ -332,7 +321,7 @@ def test_a_waiter_rides_out_a_redis_restart(tmp_path):
         sender, waiter_job = g.jobs
         waiter = g.start(waiter_job, "lava-wait", "after-restart")
         wait_for(lambda: g.subscribers() == 1, what="waiter subscribed")
-        server = shutdown_and_restart(server)
+        server = server.restart()
         assert waiter.poll() is None, waiter.communicate()  # Redis gone: still waiting, not failed
         wait_for(lambda: g.subscribers() == 1, timeout=30, what="waiter back on the restarted Redis")
         assert g.run(sender, "lava-send", "after-restart", "k=v").returncode == 0

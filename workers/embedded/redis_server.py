@@ -111,6 +111,24 @@ class RedisServer:
             self.process.wait()
         self.process = None
 
+    def restart(self, timeout: float = 10.0) -> "RedisServer":
+        """Stop the server keeping its data (``SHUTDOWN SAVE``), then start it again on the same port and dir.
+
+        What an operator's restart does; tests use it to show that waits and
+        watchers ride one out.
+        """
+        if self.process is None:
+            return self.start(timeout)
+        with socket.create_connection(("127.0.0.1", self.port), timeout=5) as sock:
+            sock.sendall(b"SHUTDOWN SAVE\r\n")
+            try:
+                sock.recv(64)  # the server closes the connection as it exits
+            except OSError:
+                pass
+        self.process.wait(timeout=30)
+        self.process = None
+        return self.start(timeout)
+
     def __enter__(self) -> "RedisServer":
         return self.start()
 

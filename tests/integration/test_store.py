@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import threading
-import time
 from pathlib import Path
 
 import pytest
@@ -10,9 +9,11 @@ import redis
 
 from convoy.coordinator.state import keys
 from convoy.coordinator.state.connection import make_client
-from convoy.coordinator.multinode.resp import RespConn
 from convoy.coordinator.state.jobs import JobStore
 from convoy.workers.embedded.redis_server import RedisServer, free_port
+from helpers import wait_for
+
+pytestmark = pytest.mark.integration
 
 
 def make(redis_client, job_id="j1", queue="q"):
@@ -87,17 +88,6 @@ def test_once_is_true_exactly_once(redis_client):
     assert store.happened("j1", "cleanup")
 
 
-def shutdown_and_restart(server: RedisServer) -> RedisServer:
-    """Stop Redis, keeping its data (SHUTDOWN SAVE), and start it again on the same port."""
-    try:
-        RespConn(server.url).execute_command("SHUTDOWN", "SAVE")
-    except ConnectionError:
-        pass  # the server closes the connection as it exits
-    assert server.process is not None
-    server.process.wait(timeout=30)
-    server.process = None
-    return RedisServer(server.data_dir, port=server.port).start()
-
 
 def blocked_readers(client: redis.Redis) -> int:
     return sum(1 for c in client.client_list() if c.get("cmd") == "xread")
@@ -118,12 +108,6 @@ class Waiter(threading.Thread):
             self.error = exc
 
 
-def wait_for(condition, timeout: float = 30.0) -> None:
-    """Re-check a condition no event announces (Redis's client list) until a deadline."""
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, "condition not reached"
-        time.sleep(0.02)
 
 
 def test_wait_until_rides_out_a_redis_restart(tmp_path: Path):
@@ -133,7 +117,7 @@ def test_wait_until_rides_out_a_redis_restart(tmp_path: Path):
         store = make(client)
         waiter = Waiter(store, timeout=300)
         wait_for(lambda: blocked_readers(client) == 1)
-        server = shutdown_and_restart(server)
+        server = server.restart()
         wait_for(lambda: blocked_readers(client) == 1)  # reconnected and blocking again, not dead
         assert waiter.is_alive() and waiter.error is None
         store.transition("j1", "complete")

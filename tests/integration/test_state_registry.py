@@ -5,10 +5,14 @@ job store's listing, children and multi-job event reads.
 """
 from __future__ import annotations
 
+import pytest
+
 from convoy.config.devices import DeviceConfig
 from convoy.coordinator.state import devices
 from convoy.coordinator.state.jobs import JobStore
 from convoy.coordinator.state.presence import AliveMark, missing
+
+pytestmark = pytest.mark.integration
 
 
 def device(name: str = "dev-1", queues: tuple[str, ...] = ("q1", "q2")) -> DeviceConfig:

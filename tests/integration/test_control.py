@@ -2,14 +2,17 @@
 from __future__ import annotations
 
 import threading
-import time
 from pathlib import Path
 
+import pytest
+
 from convoy.coordinator.state.connection import make_client
-from convoy.coordinator.multinode.resp import RespConn
-from convoy.coordinator.state.jobs import JobStore
 from convoy.coordinator.state.control import ControlWatcher
+from convoy.coordinator.state.jobs import JobStore
 from convoy.workers.embedded.redis_server import RedisServer, free_port
+from helpers import wait_for
+
+pytestmark = pytest.mark.integration
 
 
 def test_a_signal_sent_before_the_watcher_started_is_seen(redis_client):
@@ -51,24 +54,7 @@ def test_the_watcher_has_a_connection_of_its_own_that_ends_with_it(redis_client)
     wait_for(lambda: connections() == 0)
 
 
-def shutdown_and_restart(server: RedisServer) -> RedisServer:
-    """Stop Redis, keeping its data (SHUTDOWN SAVE), and start it again on the same port."""
-    try:
-        RespConn(server.url).execute_command("SHUTDOWN", "SAVE")
-    except ConnectionError:
-        pass  # the server closes the connection as it exits
-    assert server.process is not None
-    server.process.wait(timeout=30)
-    server.process = None
-    return RedisServer(server.data_dir, port=server.port).start()
 
-
-def wait_for(condition, timeout: float = 30.0) -> None:
-    """Re-check a condition no event announces (Redis's client list) until a deadline."""
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, "condition not reached"
-        time.sleep(0.02)
 
 
 def test_signals_reach_the_watcher_across_a_redis_restart(tmp_path: Path):
@@ -82,7 +68,7 @@ def test_signals_reach_the_watcher_across_a_redis_restart(tmp_path: Path):
         watcher.on_signal(seen.append)  # before it reads: the signal sent before it started counts too
         with watcher:
             assert watcher.wait_any(("test",), timeout=10) == "test"
-            server = shutdown_and_restart(server)
+            server = server.restart()
             wait_for(lambda: any(c.get("cmd") == "xread" for c in client.client_list()))  # reading again
             store.signal("j5", "cancel")
             assert watcher.wait_any(("cancel",), timeout=30) == "cancel"
