@@ -17,7 +17,9 @@ from convoy.config.lifecycle import FINAL_STATES, JobState, Outcome, Phase
 from convoy.config.settings import Settings, load_settings
 from convoy.coordinator.results import job_results as _job_results
 from convoy.coordinator.state.connection import check_redis, get_client, get_store
-from convoy.coordinator.state.devices import known_queues
+from convoy.coordinator.scheduling.feasibility import feasible
+from convoy.coordinator.scheduling.model import Device, Requirement, WaitingJob
+from convoy.coordinator.state.devices import device_summaries, known_queues
 from convoy.coordinator.state.jobs import JobStore
 from convoy.coordinator.state.urls import redact_url
 from convoy.errors import ConvoyError, FieldError, JobValidationError, ServiceUnavailable
@@ -26,19 +28,36 @@ from convoy.tasks.cancel import cancel_job as _cancel_job
 from convoy.tasks.celery import app
 
 
-def _check_queues(job: dict[str, Any], client: redis.Redis) -> None:
+def _requirements(job: dict[str, Any]) -> list[tuple[str, str]]:
+    """(field path, queue) of every device the job needs, in the job's order (guests need none)."""
+    if not is_multi(job):
+        return [("job_queue", job["job_queue"])]
+    return [(f"provision_data.jobs[{i}].job_queue", child["job_queue"])
+            for i, child in enumerate(job["provision_data"]["jobs"]) if not is_guest(child)]
+
+
+def _check_satisfiable(job: dict[str, Any], client: redis.Redis) -> None:
+    """Refuse, before anything is stored, a job the registered devices can never run.
+
+    Every registered device counts, whatever its health (a busy or offline
+    device may serve the job later): an unknown queue is named with the
+    known ones; a job needing more devices of a queue than are registered is
+    named by the child that can never get one (the allocator's feasibility
+    check on the device registry, Hall's condition included).
+    """
     known = known_queues(client)
-    wanted: list[tuple[str, str]] = []
-    if is_multi(job):
-        for i, child in enumerate(job["provision_data"]["jobs"]):
-            if not is_guest(child):
-                wanted.append((f"provision_data.jobs[{i}].job_queue", child["job_queue"]))
-    else:
-        wanted.append(("job_queue", job["job_queue"]))
+    wanted = _requirements(job)
     errors = [
         FieldError(path, f"no device serves queue {queue!r} (known queues: {', '.join(sorted(known)) or 'none'})")
         for path, queue in wanted if queue not in known
     ]
+    if not errors:
+        devices = [Device(name=d.name, queues=frozenset(d.queues)) for d in device_summaries(client)]
+        needs = WaitingJob("submitted", tuple(Requirement(queue=queue, label=path.removesuffix(".job_queue"))
+                                             for path, queue in wanted))
+        for problem in feasible(needs, devices):
+            where, _, message = problem.partition(": ")
+            errors.append(FieldError(where, message))  # the child's path, as the allocator labels it
     if errors:
         raise JobValidationError(errors)
 
@@ -51,7 +70,7 @@ def submit_job(job: dict[str, Any] | str | os.PathLike[str], *, settings: Settin
     check_redis(settings)
     client = get_client(settings)
     if require_known_queue:
-        _check_queues(normalized, client)
+        _check_satisfiable(normalized, client)
     store = get_store(settings)
     job_id = str(uuid.uuid4())
     pipe = store.pipeline(transaction=True)

@@ -141,3 +141,22 @@ def test_two_multi_jobs_sharing_a_device_run_one_after_the_other(start_cluster):
     provisioned = store.phases(second_shared)["provision"]["started"]
     assert released <= provisioned, "the shared device was provisioned for the second job while the first held it"
     assert job_results(first)["outcome"] == job_results(second)["outcome"] == "pass"
+
+
+def test_a_job_the_lab_can_never_run_is_refused_at_submission(start_cluster):
+    """Two children on a queue with one device: refused naming the child, nothing stored or queued."""
+    from convoy.errors import JobValidationError
+
+    q = unique_queue("only-one")
+    start_cluster({q: 1})
+    store = get_store()
+    before = len(store.newest(10_000))
+    with pytest.raises(JobValidationError) as info:
+        submit_job(multi(q, q))
+    assert [(e.path, e.message) for e in info.value.errors] == [
+        ("provision_data.jobs[1]", f"needs a second device of queue '{q}'; 1 registered")]
+    assert len(store.newest(10_000)) == before
+    # the same lab runs a job that fits it
+    parent = submit_job(multi(q))
+    assert wait_for_job(parent, timeout=JOB_TIMEOUT) == "complete"
+    assert_all_released(parent)
