@@ -16,9 +16,9 @@ from convoy.config.jobs import is_guest, is_multi, load_job
 from convoy.config.lifecycle import FINAL_STATES, JobState, Outcome, Phase
 from convoy.config.settings import Settings, load_settings
 from convoy.coordinator.results import job_results as _job_results
-from convoy.coordinator.state.connection import check_redis, get_client, get_store
 from convoy.coordinator.scheduling.feasibility import feasible
 from convoy.coordinator.scheduling.model import Device, Requirement, WaitingJob
+from convoy.coordinator.state.connection import check_redis, get_client, get_store
 from convoy.coordinator.state.devices import device_summaries, known_queues
 from convoy.coordinator.state.jobs import JobStore
 from convoy.coordinator.state.urls import redact_url
