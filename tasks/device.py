@@ -123,7 +123,7 @@ class DeviceJob:
                 status = wait_for_start(self.store.client, self.parent_id, spec, run.out)
                 if status != 0:
                     return status
-            return run_script(script, cwd=self.dir, env=env, on_output=run.out,
+            return run_script(script, cwd=self.dir, env=env, on_output=run.write,
                               cancel=self.control.cancel_event, timeout=self.job.get("global_timeout"),
                               output_timeout=self.job.get("output_timeout"),
                               private_files=multinode_files(self.dir, env),

@@ -121,7 +121,7 @@ def test(self: Task, parent_id: str) -> None:
         guest_runs = [start_guest(store, parent_id, gid, control.cancel_event) for gid in guests]
         if test_data.get("test_cmds"):
             env = parent_test_env(store, parent_id, job)
-            status = run_script(test_data["test_cmds"], cwd=parent_dir(parent_id), env=env, on_output=out,
+            status = run_script(test_data["test_cmds"], cwd=parent_dir(parent_id), env=env, on_output=run.write,
                                 cancel=control.cancel_event, timeout=job.get("global_timeout"),
                                 output_timeout=job.get("output_timeout"),
                                 private_files=multinode_files(parent_dir(parent_id), env))

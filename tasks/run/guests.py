@@ -52,7 +52,7 @@ def run_guest(store: JobStore, parent_id: str, guest_id: str, cancel: threading.
         status = wait_for_start(store.client, parent_id, spec, out)
     if status == 0:
         status = run_script((job.get("test_data") or {}).get("test_cmds") or "true", cwd=work_dir, env=env,
-                            on_output=out, cancel=cancel, output_timeout=job.get("output_timeout"),
+                            on_output=test.write, cancel=cancel, output_timeout=job.get("output_timeout"),
                             private_files=multinode_files(work_dir, env))
     test.end(status)
     if test.failed:

@@ -14,6 +14,7 @@ which phase a dead worker interrupted) are pure functions below.
 """
 from __future__ import annotations
 
+import functools
 import logging
 from typing import TYPE_CHECKING, Any, Callable, Iterable
 
@@ -84,6 +85,9 @@ class PhaseRun:
         self._announce = announce or _silent
         #: lines to the phase's output; a Redis restart delays them (in order), never drops them silently
         self.out: Callable[[str], None] = patient_writer(store, job_id, self.phase)
+        #: a script's output exactly as printed, for ``run_script``: its forwarder retries and buffers,
+        #: and a chunk that ends mid-line must not get a line break of its own
+        self.write: Callable[[str], None] = functools.partial(store.append_output, job_id, self.phase)
         #: the exit code once the phase ended (None while it runs or if it never started)
         self.status: int | None = None
 

@@ -112,8 +112,9 @@ def run_script(script: str, *, cwd: Path, env: Mapping[str, str], on_output: Cal
                on_start: Callable[[int], None] | None = None, output_grace: float = GRACE_SECONDS) -> int:
     """Run ``script`` with ``bash -e`` in ``cwd``; return its exit code.
 
-    Output (stdout and stderr together) goes to ``on_output`` as it comes,
-    in order, through an :class:`OutputForwarder`: the pipe is always read,
+    Output (stdout and stderr together) goes to ``on_output`` exactly as
+    printed (a chunk may end mid-line), in order, through an
+    :class:`OutputForwarder`: the pipe is always read,
     and an ``on_output`` failing with a Redis connection error is retried
     until it works again (up to ``output_grace`` s after the script ended).
     Output that is lost all the same is said in the output, and a script

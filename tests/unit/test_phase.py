@@ -115,6 +115,20 @@ def test_a_phase_that_passes() -> None:
     assert run.status == 0 and not run.failed
 
 
+def test_a_script_s_output_is_kept_exactly_as_printed(tmp_path) -> None:
+    """Lines written by a task end with a newline; a script's text that ends mid-line gets none added."""
+    import threading
+
+    from convoy.tasks.run.script import run_script
+
+    store = FakeStore(state="test")
+    run, _ = phase_run(store, Phase.TEST)
+    code = run_script("printf 'abc'; sleep 0.3; printf 'def\\n'; printf 'no newline'", cwd=tmp_path,
+                      env={"PATH": "/usr/bin:/bin"}, on_output=run.write, cancel=threading.Event())
+    assert code == 0
+    assert "".join(c[2] for c in store.calls if c[0] == "output") == "abcdef\nno newline"
+
+
 @pytest.mark.parametrize("exc, line", [
     (ConvoyError("no image"), "no image\n"),
     (ValueError("bug"), "internal error in provision: ValueError('bug')\n"),
