@@ -20,11 +20,14 @@ from convoy.errors import ConvoyError
 CANCEL_CLEANUP_SECONDS = 120.0
 
 
-def _with_addresses(devices: list) -> list:
-    """Give every emulated device without an ``address`` a free loopback address."""
+def _agent_devices(agent_file: str) -> list:
+    """The devices of an agent file, checked against each connector's own schema; every emulated one
+    without an ``address`` gets a free loopback address."""
+    from convoy.config.agents import load_agent
     from convoy.connectors.emulated.addresses import assign_addresses
+    from convoy.connectors.registry import config_schemas
 
-    return assign_addresses(devices)
+    return assign_addresses(load_agent(Path(_existing(agent_file)), config_schemas()).devices)
 
 
 class Interrupted(Exception):
@@ -89,15 +92,11 @@ def run(job_file: str, agent_file: str | None, artifacts: str | None, state_dir:
     SIGTERM or SIGINT cancels the job (its cleanup runs on the devices),
     stops everything this command started and exits 3.
     """
-    from convoy.config.agents import load_agent
-    from convoy.connectors.registry import config_schemas
     from convoy.config.jobs import job_queues, load_job
     from convoy.workers.embedded.cluster import EmbeddedCluster, emulated_devices
 
     job = load_job(Path(_existing(job_file)))
-    devices = (list(load_agent(Path(_existing(agent_file)), config_schemas()).devices) if agent_file
-               else emulated_devices(job_queues(job)))
-    devices = _with_addresses(devices)
+    devices = _agent_devices(agent_file) if agent_file else emulated_devices(job_queues(job))
     own_dir = state_dir is None
     base = Path(state_dir) if state_dir else Path(tempfile.mkdtemp(prefix="convoy-run-"))
     click.echo(f"convoy run: starting {len(devices)} device(s): "
@@ -195,13 +194,10 @@ def _write_phase_logs(target: Path, results: dict[str, Any]) -> None:
 @click.option("--no-devices", is_flag=True, help="Do not serve the emulated devices here (they run elsewhere).")
 def worker(agent_file: str, no_devices: bool) -> None:
     """Start one Celery worker per device of the agent file and keep them running."""
-    from convoy.config.agents import load_agent
-    from convoy.connectors.registry import config_schemas
     from convoy.config.settings import load_settings
     from convoy.workers.supervisor import Supervisor
 
-    agent = load_agent(Path(_existing(agent_file)), config_schemas())
-    devices = _with_addresses(list(agent.devices))
+    devices = _agent_devices(agent_file)
     settings = load_settings()
     supervisor = Supervisor(log=lambda m: click.echo(f"convoy worker: {m}", err=True))
     for device in devices:
@@ -246,13 +242,10 @@ def coordinator(concurrency: int) -> None:
               help="Agent file whose emulated devices to serve.")
 def devices(agent_file: str) -> None:
     """Serve the agent file's emulated devices (SSH servers on loopback) until stopped."""
-    from convoy.config.agents import load_agent
-    from convoy.connectors.registry import config_schemas
     from convoy.config.settings import load_settings
     from convoy.connectors.emulated.farm import serve_devices
 
-    agent = load_agent(Path(_existing(agent_file)), config_schemas())
-    emulated = [d for d in _with_addresses(list(agent.devices)) if d.connector == "emulated"]
+    emulated = [d for d in _agent_devices(agent_file) if d.connector == "emulated"]
     if not emulated:
         raise ConvoyError(f"{agent_file} declares no emulated devices")
     for device in emulated:
