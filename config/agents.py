@@ -138,4 +138,6 @@ def _device(device: dict) -> DeviceConfig:
         queues=tuple(dict.fromkeys(queues)),
         connector=device["connector"],
         config=dict(device["config"]),
+        device_type=device.get("device_type"),
+        tags=tuple(dict.fromkeys(device.get("tags") or ())),
     )

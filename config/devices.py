@@ -17,17 +17,22 @@ from convoy.errors import ConvoyError
 
 @dataclass(frozen=True)
 class DeviceConfig:
-    """One device of an agent file: its name, the queues it serves, its connector."""
+    """One device of an agent file: its name, the queues it serves, its LAVA type and tags, its connector."""
 
     name: str
     queues: tuple[str, ...]
     connector: str = "emulated"
     config: dict[str, Any] = field(default_factory=dict)
+    #: LAVA's ``device_type``: what a LAVA role asks for (None: no LAVA role selects this device)
+    device_type: str | None = None
+    #: LAVA's device tags: a role asking for tags gets a device that has them all
+    tags: tuple[str, ...] = ()
 
 
 def device_to_dict(device: DeviceConfig) -> dict[str, Any]:
     """``device`` as JSON-ready plain data (paths in its config become strings)."""
     return {"name": device.name, "queues": list(device.queues), "connector": device.connector,
+            "device_type": device.device_type, "tags": list(device.tags),
             "config": {k: os.fspath(v) if isinstance(v, os.PathLike) else v for k, v in device.config.items()}}
 
 
@@ -36,7 +41,9 @@ def device_from_dict(data: Mapping[str, Any]) -> DeviceConfig:
     try:
         return DeviceConfig(name=str(data["name"]), queues=tuple(data.get("queues") or ()),
                             connector=str(data.get("connector") or "emulated"),
-                            config=dict(data.get("config") or {}))
+                            config=dict(data.get("config") or {}),
+                            device_type=str(data["device_type"]) if data.get("device_type") else None,
+                            tags=tuple(str(t) for t in data.get("tags") or ()))
     except (KeyError, TypeError, ValueError) as exc:
         raise ConvoyError(f"invalid device entry {data!r}: {exc}") from None
 

@@ -186,3 +186,13 @@ def job_queues(job: dict) -> dict[str, int]:
         if not is_guest(child):
             counts[child["job_queue"]] += int(child.get("count", 1))
     return dict(counts)
+
+
+def job_tags(job: dict) -> dict[str, set[str]]:
+    """The tags the job's LAVA roles ask of devices, per queue (device type): what an embedded lab gives them."""
+    entries = job["provision_data"]["jobs"] if is_multi(job) else [job]
+    tags: dict[str, set[str]] = {}
+    for entry in entries:
+        if entry.get("device_type") and not is_guest(entry):
+            tags.setdefault(entry["job_queue"], set()).update(entry.get("tags") or ())
+    return tags

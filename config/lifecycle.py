@@ -54,7 +54,7 @@ ACTIVE_STATES: frozenset[JobState] = frozenset(JobState) - FINAL_STATES
 #: for each state, the states a job may enter it from (final states are never left)
 TRANSITIONS: dict[JobState, frozenset[JobState]] = {
     JobState.WAITING: frozenset(),
-    # a device's worker starts the job (or the dispatcher, for a multi job's parent)
+    # a device's worker starts the job (or the scheduler, for a multi job's parent)
     JobState.PROVISION: frozenset({JobState.WAITING}),
     # every device of a multi job is allocated; a child goes back to holding after its test
     JobState.ALLOCATED: frozenset({JobState.PROVISION, JobState.TEST}),

@@ -32,6 +32,8 @@ DEVICE_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 AGENT_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,252}")
 ENV_NAME_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,127}")
 CONNECTOR_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_.-]{0,127}")
+#: a device tag: the registry stores a device's tags comma-separated, and they are shown space-separated
+TAG_RE = re.compile(r"[^\s,]{1,128}")
 #: POSIX-style login names (as Debian's adduser accepts them); they reach SSH configs and command lines
 UNIX_USER_RE = re.compile(r"[a-z_][a-z0-9_-]*\$?")
 MAX_USERNAME = 32
@@ -90,6 +92,13 @@ def message_id_problem(value: str) -> str | None:
     if 0 < len(value) <= 256 and "=" not in value and all(c.isprintable() and not c.isspace() for c in value):
         return None
     return f"invalid message id {shown(value)}: 1-256 printable characters, no spaces, no '='"
+
+
+def tag_problem(value: str) -> str | None:
+    """Why ``value`` cannot be a device tag (a device's or a LAVA role's), or None."""
+    if TAG_RE.fullmatch(value) and value.isprintable():
+        return None
+    return f"invalid tag {shown(value)}: 1-128 printable characters, no spaces or commas"
 
 
 def _queue_problem(value: str) -> str | None:
@@ -203,6 +212,21 @@ class ConvoyValidator(cerberus.Validator):
             self._error(field, "'multi' is reserved for multi jobs; a device cannot serve it")
         else:
             self._check_with_queue_name(field, value)
+
+    @_only(str)
+    def _check_with_device_type(self, field: str, value: Any) -> None:
+        # a LAVA job on one device is queued under its type, so a type follows the queue rule
+        if value == MULTI_QUEUE:
+            self._error(field, "'multi' is reserved for multi jobs; it cannot be a device type")
+        elif not QUEUE_RE.fullmatch(value):
+            self._error(field, f"invalid device type {shown(value)}: use letters, digits, '.', '_', ':' or '-', "
+                               "starting with a letter or digit, at most 128 characters")
+
+    @_only(str)
+    def _check_with_device_tag(self, field: str, value: Any) -> None:
+        problem = tag_problem(value)
+        if problem:
+            self._error(field, problem)
 
     @_only(str)
     def _check_with_ssh_key_id(self, field: str, value: Any) -> None:
@@ -349,7 +373,10 @@ _COMMON = {
     "tags": _STR_LIST,
     "global_timeout": _duration(DEFAULT_GLOBAL_TIMEOUT),
     "output_timeout": _duration(),  # a stop condition of the test phase's script runner
-    "job_priority": {"type": "integer", "min": 0, "max": 9},
+    # Testflinger's scale: a non-negative integer, higher first (the scheduler orders by it)
+    "job_priority": {"type": "integer", "min": 0},
+    # Testflinger: devices that may not run this job
+    "exclude_agents": _STR_LIST,
     "setup_data": _not_here(),
     "firmware_update_data": _not_here(),
     "test_data": TEST_DATA,
@@ -362,6 +389,8 @@ _COMMON = {
 SINGLE_JOB: dict[str, Any] = {
     **_COMMON,
     "job_queue": {"type": "string", "required": True, "check_with": "queue_name"},
+    # LAVA's device_type: the device is selected by type and ``tags`` (set by LAVA's translation)
+    "device_type": {"type": "string", "check_with": "queue_name"},
     "provision_data": {"type": "dict", "coerce": "none_to_dict", "default_setter": lambda _doc: {}},
     "allocate_data": ALLOCATE_DATA,
     "reserve_data": RESERVE_DATA,
@@ -412,6 +441,9 @@ DEVICE = {
     "queue": {"type": "string", "check_with": "device_queue"},
     "connector": {"type": "string", "default": "emulated"},
     "config": {"type": "dict", "coerce": "none_to_dict", "default_setter": lambda _doc: {}},
+    # LAVA's device type and device tags: what a LAVA role selects its devices by
+    "device_type": {"type": "string", "check_with": "device_type"},
+    "tags": {"type": "list", "schema": {"type": "string", "check_with": "device_tag"}},
 }
 
 #: an agent file; each entry of ``devices`` is then checked against DEVICE on its own

@@ -1,22 +1,26 @@
-"""The Celery canvas of a job: what gets queued where.
+"""The Celery canvas of a job: what gets queued where, once the scheduler has chosen its devices.
 
-A single-device job is one task on its queue.  A multi job is a chord: one
-child task per device on the child's queue (each returns its device_info
-the moment its device is allocated), then the parent's collect → reserve →
-test → cleanup chain on the coordinator queue.
+Every device has its own queue (:func:`device_queue`), consumed by its one
+worker: the scheduler assigns devices first, then publishes each device's
+task to that device's queue, so no other worker can take it.  A
+single-device job is one task.  A multi job is a chord: one child task per
+device (each returns its device_info the moment its device is allocated),
+then the parent's collect → reserve → test → cleanup chain on the
+coordinator queue.  The order jobs start in is the scheduler's, not the
+broker's: messages carry no priority.
 """
 from __future__ import annotations
 
-from collections.abc import Callable
+import threading
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from typing import Any
 
 from celery import Celery, chain, chord
 from celery.canvas import Signature
+from celery.signals import before_task_publish
 
-from convoy.config.jobs import GUEST_QUEUE, is_guest
 from convoy.config.settings import Settings
-
-#: the queue name recorded for a secondary-connection child, which needs no device
 
 RUN_JOB = "convoy.device.run_job"
 CHILD_JOB = "convoy.device.child_job"
@@ -24,7 +28,8 @@ COLLECT = "convoy.parent.collect"
 RESERVE = "convoy.parent.reserve"
 TEST = "convoy.parent.test"
 CLEANUP = "convoy.parent.cleanup"
-ALLOCATION_TIMEOUT = "convoy.parent.allocation_timeout"
+#: the prefix of every device's own queue
+DEVICE_QUEUE_PREFIX = "convoy.device."
 
 
 #: convoy keeps results in its own job store; the chord counts parts through the
@@ -33,13 +38,13 @@ ALLOCATION_TIMEOUT = "convoy.parent.allocation_timeout"
 NO_RESULT = {"ignore_result": True}
 
 
-def _priority(job: dict[str, Any]) -> dict[str, Any]:
-    return {"priority": job["job_priority"], **NO_RESULT} if "job_priority" in job else dict(NO_RESULT)
+def device_queue(device: str) -> str:
+    """The queue only ``device``'s worker consumes."""
+    return DEVICE_QUEUE_PREFIX + device
 
 
-def single_job(app: Celery, job_id: str, job: dict[str, Any]) -> Signature:
-    return app.signature(RUN_JOB, args=(job_id,), queue=job["job_queue"], task_id=job_id,
-                         **_priority(job))
+def single_job(app: Celery, job_id: str, device: str) -> Signature:
+    return app.signature(RUN_JOB, args=(job_id,), queue=device_queue(device), task_id=job_id, **NO_RESULT)
 
 
 def parent_body(app: Celery, parent_id: str, settings: Settings) -> Signature:
@@ -55,20 +60,48 @@ def parent_body(app: Celery, parent_id: str, settings: Settings) -> Signature:
     )
 
 
-def multi_job(app: Celery, parent_id: str, job: dict[str, Any], child_ids: list[str],
-              settings: Settings) -> Signature:
-    header = [
-        app.signature(CHILD_JOB, args=(child_id,), queue=child["job_queue"], task_id=child_id,
-                      **_priority(job))
-        for child_id, child in zip(child_ids, job["provision_data"]["jobs"])
-        if not is_guest(child)  # secondary connections hold no device
-    ]
+def multi_job(app: Celery, parent_id: str, devices: Mapping[str, str], settings: Settings) -> Signature:
+    """The chord of a multi job: each child (id → its assigned device, in ``provision_data.jobs`` order) on
+    its device's queue, then the parent's chain.  Secondary connections hold no device: no task here."""
+    header = [app.signature(CHILD_JOB, args=(child_id,), queue=device_queue(device), task_id=child_id, **NO_RESULT)
+              for child_id, device in devices.items()]
     return chord(header, parent_body(app, parent_id, settings))
 
 
-def allocation_timeout(app: Celery, parent_id: str, seconds: float, settings: Settings) -> Signature:
-    return app.signature(ALLOCATION_TIMEOUT, args=(parent_id,), queue=settings.coordinator_queue,
-                         countdown=seconds, task_id=f"{parent_id}.allocation-timeout", **NO_RESULT)
+def child_again(app: Celery, child_id: str, device: str, part: Mapping[str, Any]) -> Signature:
+    """A child's task for a new device (its first went offline before starting), in its chord's place.
+
+    ``part`` is the chord membership its first message carried (see :func:`chord_parts`), so the
+    chord still counts it.
+    """
+    return app.signature(CHILD_JOB, args=(child_id,), queue=device_queue(device), task_id=child_id,
+                         group_id=part.get("group_id"), group_index=part.get("group_index"),
+                         chord=part.get("chord"), **NO_RESULT)
+
+
+_recording = threading.local()
+
+
+@before_task_publish.connect
+def _record_chord_part(sender: str | None = None, headers: dict[str, Any] | None = None, body: Any = None,
+                       **_: Any) -> None:
+    parts = getattr(_recording, "parts", None)
+    if parts is None or sender != CHILD_JOB or not headers:
+        return
+    embed = body[2] if isinstance(body, (list, tuple)) and len(body) == 3 and isinstance(body[2], dict) else {}
+    parts[headers["id"]] = {"group_id": headers.get("group"), "group_index": headers.get("group_index"),
+                            "chord": embed.get("chord")}
+
+
+@contextmanager
+def chord_parts() -> Iterator[dict[str, dict[str, Any]]]:
+    """Child id → the chord membership of each child message this thread publishes meanwhile."""
+    parts: dict[str, dict[str, Any]] = {}
+    _recording.parts = parts
+    try:
+        yield parts
+    finally:
+        _recording.parts = None
 
 
 def cleanup_now(app: Celery, parent_id: str, settings: Settings) -> Signature:

@@ -27,7 +27,8 @@ from convoy.errors import DeviceError
 from convoy.tasks import events as states
 from convoy.coordinator.state.control import ControlWatcher
 from convoy.tasks.run.runtime import DeviceRuntime, current_device
-from convoy.coordinator.state.devices import claim_device, release_device
+from convoy.coordinator.state.devices import (MAX_PROVISION_FAILURES, claim_device, provision_failed,
+                                              provision_succeeded, release_device)
 from convoy.tasks.run.delayed_start import start_request, wait_for_start
 from convoy.tasks.run.env import command_env, multinode_files
 from convoy.tasks.run.output import patient_writer, patiently
@@ -80,11 +81,17 @@ class DeviceJob:
         return self.control is not None and self.control.received(Signal.CANCEL)
 
     def start(self) -> bool:
+        """Start the job the scheduler assigned to this device; False (and the device released) if it no longer may."""
+        assigned = self.record.get("assigned_device")
+        if assigned != self.runtime.name:  # moved to another device since (this one went offline meanwhile)
+            log.info("job %s is assigned to %s, not %s; not starting it", self.job_id, assigned, self.runtime.name)
+            return False
         changed, previous = self.store.transition(
             self.job_id, JobState.PROVISION, allowed_from=[JobState.WAITING], device=self.runtime.name,
             host=self.runtime.host)
         if not changed:
             log.info("job %s is %s; not starting it", self.job_id, previous or "unknown")
+            release_device(self.store.client, self.runtime.name, self.job_id)  # assigned to it: free again
             return False
         claim_device(self.store.client, self.runtime.name, self.job_id)
         self.dir.mkdir(parents=True, exist_ok=True)
@@ -102,12 +109,23 @@ class DeviceJob:
             if self.cancelled:
                 out("provisioning stopped: job cancelled")
                 return STOPPED_EXIT_CODE
+            provision_succeeded(self.store.client, self.runtime.name)
             self.store.set_fields(self.job_id, device_info=info)
             self.device_info = info
             out(f"device {self.runtime.name} ready at {info.get('device_ip')}")
             return 0
 
-        return run.run(body)
+        status = run.run(body)
+        if status != 0 and not self.cancelled:
+            self.count_failure(run)
+        return status
+
+    def count_failure(self, run: PhaseRun) -> None:
+        """A failed provisioning counts towards taking the device out of service (three in a row)."""
+        last = (self.store.output(self.job_id, Phase.PROVISION).strip().splitlines() or ["failed"])[-1]
+        if provision_failed(self.store.client, self.runtime.name, last):
+            run.out(f"device {self.runtime.name} goes to maintenance: provisioning failed "
+                    f"{MAX_PROVISION_FAILURES} times in a row")
 
     def test(self) -> int:
         script = (self.job.get("test_data") or {}).get("test_cmds")

@@ -17,15 +17,15 @@ from celery import Task
 
 from convoy.tasks.celery import app
 from convoy.config.jobs import is_guest
-from convoy.config.settings import load_settings
 from convoy.tasks import canvas
-from convoy.tasks.cancel import ALLOCATING, ALLOCATION_TIMED_OUT, abort_allocation, cancel_device_job
+from convoy.tasks.cancel import cancel_device_job
 from convoy.coordinator.state.connection import get_store
 from convoy.config.outcome import ChildFailure, child_failure, final_state
 from convoy.config.lifecycle import FINAL_STATES, JobState, Outcome, Phase, Signal
 from convoy.coordinator.state.jobs import JobStore
 from convoy.tasks import events as states
 from convoy.coordinator.state.control import ControlWatcher
+from convoy.coordinator.state.schedule import clear_deadline
 from convoy.tasks.run.env import device_targets, multinode_files, parent_dir, parent_test_env
 from convoy.tasks.run.guests import start_guest
 from convoy.tasks.run.phase import PhaseRun
@@ -57,6 +57,7 @@ def collect(self: Task, results: list[Any], parent_id: str) -> None:
     chord hands over the very data job_list.json holds.
     """
     store = get_store()
+    clear_deadline(store.client, parent_id)  # allocated (or ended): allocation_timeout no longer applies
     if _skip(store, parent_id):
         return
     job_list = canvas.job_list(results, lambda: device_targets(store, parent_id))
@@ -210,11 +211,3 @@ def _finish_group(store: JobStore, parent_id: str) -> None:
         expire_group(store.client, parent_id, 24 * 3600)
     except ImportError:  # pragma: no cover - MultiNode is part of convoy
         pass
-
-
-@app.task(bind=True, name=canvas.ALLOCATION_TIMEOUT)
-def allocation_timeout(self: Task, parent_id: str) -> None:
-    """Fires ``allocation_timeout`` seconds after submission; a no-op once allocated."""
-    store = get_store()
-    if store.state(parent_id) in ALLOCATING:
-        abort_allocation(store, parent_id, ALLOCATION_TIMED_OUT, load_settings())

@@ -8,6 +8,10 @@ the unit tests flush database 0.
 from __future__ import annotations
 
 import os
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 from typing import Callable, Iterator
 
@@ -15,6 +19,7 @@ import pytest
 import redis as redis_lib
 
 from convoy.config.devices import DeviceConfig
+from convoy.coordinator.state.presence import AliveMark, missing
 from convoy.workers.embedded.cluster import EmbeddedCluster, emulated_devices
 from convoy.workers.embedded.redis_server import RedisServer
 
@@ -73,3 +78,25 @@ def start_cluster(cluster_redis_url: str, tmp_path: Path) -> Iterator[Callable[.
     yield start
     for cluster in reversed(started):
         cluster.stop()
+
+
+@pytest.fixture
+def coordinator_process(cluster_redis_url: str, tmp_path: Path) -> Iterator[subprocess.Popen]:
+    """A ``convoy coordinator`` process (the scheduler and parent steps), for tests that start workers by hand."""
+    env = {**os.environ, "CONVOY_REDIS_URL": cluster_redis_url, "CONVOY_STATE_DIR": str(tmp_path / "coordinator")}
+    with (tmp_path / "coordinator.log").open("ab") as log:
+        proc = subprocess.Popen([str(Path(sys.executable).parent / "convoy"), "coordinator"], env=env, stdout=log,
+                                stderr=subprocess.STDOUT, start_new_session=True)
+    client = redis_lib.Redis.from_url(cluster_redis_url, decode_responses=True)
+    try:
+        deadline = time.monotonic() + 60
+        while missing(client, [AliveMark.of_coordinator()]):
+            assert proc.poll() is None and time.monotonic() < deadline, \
+                f"the coordinator did not come up: {(tmp_path / 'coordinator.log').read_text()[-2000:]}"
+            time.sleep(0.1)
+        yield proc
+    finally:
+        client.close()
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGTERM)
+            proc.wait(timeout=60)

@@ -5,13 +5,15 @@ A device worker, before its consumer starts (``worker_init``), asks to die
 with its supervisor, takes its device's lock (one worker per device, ever),
 and ends the job its previous process died holding; once it consumes
 (``worker_ready``) it registers its device and shows it alive.  The
-coordinator worker only beats.
+coordinator worker beats and runs the scheduler loop in a thread (it decides
+only while it holds the scheduler's lease: one coordinator at a time).
 """
 from __future__ import annotations
 
 import logging
 import os
 import sys
+import threading
 
 from celery.signals import worker_init, worker_ready, worker_shutdown
 
@@ -23,12 +25,15 @@ from convoy.tasks import device as device_task  # noqa: F401  (importing it regi
 from convoy.tasks import parent  # noqa: F401  (importing it registers the tasks)
 from convoy.tasks.celery import app
 from convoy.tasks.run.runtime import current_device, device_from_env
+from convoy.tasks.scheduler import Scheduler
 from convoy.workers.heartbeat import Heartbeat
 from convoy.workers.lifeline import die_with_parent
 from convoy.workers.recovery import recover_device
 
 log = logging.getLogger(__name__)
 _heartbeat: Heartbeat | None = None
+#: set when the worker shuts down: the scheduler thread gives up its lease
+_stopping = threading.Event()
 #: exit code of a worker that lost its device's lock to another worker
 EXIT_LOCK_LOST = 75
 
@@ -68,6 +73,7 @@ def _device_ready(sender=None, **_: object) -> None:
     global _heartbeat
     if device_from_env() is None:  # the coordinator worker
         _heartbeat = Heartbeat(get_client(), AliveMark.of_coordinator()).start()
+        _start_scheduler()
         return
     runtime = current_device()
     register(get_client(), runtime.device, runtime.host)
@@ -76,8 +82,14 @@ def _device_ready(sender=None, **_: object) -> None:
     log.info("device %s serving queues %s", runtime.name, ", ".join(runtime.device.queues))
 
 
+def _start_scheduler() -> None:
+    scheduler = Scheduler(get_store(), app)
+    threading.Thread(target=scheduler.run, args=(_stopping,), name="convoy-scheduler", daemon=True).start()
+
+
 @worker_shutdown.connect
 def _device_shutdown(sender=None, **_: object) -> None:
+    _stopping.set()
     if _heartbeat is not None:
         _heartbeat.stop()
 

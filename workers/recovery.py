@@ -35,6 +35,8 @@ def recover_device(store: JobStore, runtime: DeviceRuntime) -> str | None:
     if record["state"] in FINAL_STATES:
         release_device(store.client, runtime.name, job_id)
         return None
+    if record["state"] == JobState.WAITING:  # assigned, not started: its message waits in this device's queue
+        return None
     message = f"device worker for {runtime.name} died during {record['state']}"
     if record.get("script_pgid") and kill_process_group(int(record["script_pgid"])):
         PhaseRun(store, job_id, Phase.TEST).out("*** ended the test commands the dead worker left running ***")

@@ -1,9 +1,10 @@
 """``convoy worker``: one Celery worker process per device, kept alive.
 
 Each device of the agent file gets its own ``celery worker`` (threads pool,
-concurrency 1, consuming the device's queues), so a device runs one job at a
-time and a stuck device never blocks another.  A worker that dies is
-restarted, and the supervisor says so.
+concurrency 1, consuming the device's own queue, where the scheduler routes the
+jobs it assigns to the device), so a device runs one job at a time and a stuck
+device never blocks another.  A worker that dies is restarted, and the
+supervisor says so.
 """
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ from pathlib import Path
 from typing import Callable
 
 from convoy.config.devices import DeviceConfig, device_to_json
+from convoy.tasks.canvas import device_queue
 from convoy.tasks.run.runtime import DEVICE_ENV
 from convoy.workers.lifeline import PARENT_PID_ENV
 
@@ -29,7 +31,7 @@ RESTART_PAUSE_SECONDS = 2.0
 
 def device_worker_command(device: DeviceConfig, log_file: Path) -> list[str]:
     return [sys.executable, "-m", "celery", "-A", CELERY_APP, "worker",
-            "-Q", ",".join(device.queues), "-n", f"{device.name}@%h",
+            "-Q", device_queue(device.name), "-n", f"{device.name}@%h",
             "-P", "threads", "-c", "1", "--without-gossip", "--without-mingle", "-E",
             "-l", "INFO", "--logfile", str(log_file)]
 

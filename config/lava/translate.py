@@ -25,9 +25,13 @@ its ``provision_data`` and ``test_data.test_cmds``: see
 ignored and rejected.  A job without roles (``device_type`` and ``actions``
 only) becomes a single-device job.
 
-Accepted and ignored: ``visibility``, ``priority`` (convoy's ``job_priority``
-is Celery's, with no agreed mapping from LAVA's high/medium/low), ``metadata``
-(a mapping, as in LAVA),
+LAVA's ``priority`` (``high``/``medium``/``low`` or 0..100) becomes
+``job_priority`` on Testflinger's scale (100/50/0; a number is kept), unless
+the job also gives convoy's own ``job_priority``.  A role's (or the job's)
+``device_type`` and ``tags`` are what the scheduler selects its devices by
+(child ``device_type`` and ``tags``; ``job_queue`` repeats the type for display).
+
+Accepted and ignored: ``visibility``, ``metadata`` (a mapping, as in LAVA),
 ``notify``, ``logging_level``, ``secrets``, ``reboot_to_fastboot``,
 ``timeouts`` other than ``job``, role ``essential`` (in convoy every member is
 essential: a failing member fails every wait of the group).  convoy's own
@@ -50,14 +54,32 @@ from convoy.config.schemas import LAVA_START, SSH_CONNECTION, join_path, kind_of
 from convoy.config.shown import shown
 from convoy.errors import JobValidationError
 
-__all__ = ["DEPLOY_METHODS", "looks_like_lava", "translate", "validate_lava_job"]
+__all__ = ["DEPLOY_METHODS", "LAVA_PRIORITIES", "lava_priority", "looks_like_lava", "translate",
+           "validate_lava_job"]
+
+#: LAVA's named priorities on Testflinger's ``job_priority`` scale (LAVA itself uses 0..100)
+LAVA_PRIORITIES = {"high": 100, "medium": 50, "low": 0}
+
+
+def lava_priority(value: object) -> int:
+    """A LAVA ``priority`` (``high``/``medium``/``low`` or 0..100) as a ``job_priority``; ValueError if neither."""
+    problem = f"LAVA priority must be high, medium, low or 0..100, got {shown(value)}"
+    if isinstance(value, bool):
+        raise ValueError(problem)
+    if isinstance(value, int):
+        if 0 <= value <= 100:
+            return value
+        raise ValueError(problem)
+    if isinstance(value, str) and value.lower() in LAVA_PRIORITIES:
+        return LAVA_PRIORITIES[value.lower()]
+    raise ValueError(problem)
 
 #: top-level keys that make a document a LAVA job (convoy jobs never have them)
 LAVA_MARKERS = ("protocols", "device_group", "actions")
 
 _TOP_USED = {"job_name", "timeouts", "timeout", "protocols", "device_group", "actions", "device_type", "tags",
-             "context"}
-_TOP_IGNORED = {"visibility", "priority", "metadata", "notify", "logging_level", "secrets", "reboot_to_fastboot",
+             "context", "priority"}
+_TOP_IGNORED = {"visibility", "metadata", "notify", "logging_level", "secrets", "reboot_to_fastboot",
                 "description"}
 _TOP_CONVOY = {"allocation_timeout", "reserve_data", "job_priority", "multinode"}
 _ROLE_KEYS = {"device_type", "count", "tags", "timeout", "context", "request", "expect_role", "connection",
@@ -145,6 +167,7 @@ class _Translator(ActionTranslator):
             job["name"] = doc["job_name"]
             self.origins["name"] = "job_name"
         self.global_timeout(doc, job)
+        self.priority(doc, job)
         for key in sorted(_TOP_CONVOY & doc.keys()):
             job[key] = doc[key]
         if not multinode:
@@ -177,9 +200,21 @@ class _Translator(ActionTranslator):
                 job["global_timeout"] = self.duration(doc["timeout"], "timeout")
                 self.origins["global_timeout"] = "timeout"
 
+    def priority(self, doc: dict[str, Any], job: dict[str, Any]) -> None:
+        if "priority" not in doc:
+            return
+        try:
+            job["job_priority"] = lava_priority(doc["priority"])
+            self.origins["job_priority"] = "priority"
+        except ValueError as exc:
+            self.error("priority", str(exc))
+
     def single_job(self, doc: dict[str, Any], job: dict[str, Any], role: Role) -> dict[str, Any]:
         job["job_queue"] = doc["device_type"]
         self.origins["job_queue"] = "device_type"
+        if isinstance(doc["device_type"], str):
+            job["device_type"] = doc["device_type"]
+            self.origins["device_type"] = "device_type"
         if "tags" in doc:
             job["tags"] = doc["tags"]
         if "context" in doc:
@@ -287,6 +322,8 @@ class _Translator(ActionTranslator):
             self.error(f"{role.path}.device_type", "required field (or connection: ssh with host_role)")
         else:
             child["job_queue"] = spec["device_type"]
+            if isinstance(spec["device_type"], str):
+                child["device_type"] = spec["device_type"]
         for key in ("count", "tags", "host_role"):
             if key in spec:
                 child[key] = spec[key]
@@ -305,7 +342,8 @@ class _Translator(ActionTranslator):
             child["test_data"] = {"test_cmds": "\n".join(role.commands)}
         for key in ("count", "tags", "host_role", "connection", "request", "expect_role"):
             origins[f".{key}"] = f"{role.path}.{key}"
-        origins.update({".job_queue": f"{role.path}.device_type", ".timeouts.multinode": f"{role.path}.timeout",
+        origins.update({".job_queue": f"{role.path}.device_type", ".device_type": f"{role.path}.device_type",
+                        ".timeouts.multinode": f"{role.path}.timeout",
                         ".multinode.timeout": f"{role.path}.timeout",
                         ".multinode.request": f"{role.path}.request",
                         ".multinode.expect_role": f"{role.path}.expect_role"})

@@ -6,6 +6,7 @@ cluster all call it.
 """
 from __future__ import annotations
 
+import dataclasses
 import random
 import socket
 from collections.abc import Iterable
@@ -71,6 +72,6 @@ def assign_addresses(devices: Iterable[DeviceConfig]) -> list[DeviceConfig]:
             if not config.get("address"):
                 config["address"] = allocate_addresses(1, config["port"], exclude=taken)[0]
                 taken.add(config["address"])
-            device = DeviceConfig(device.name, device.queues, device.connector, config)
+            device = dataclasses.replace(device, config=config)
         assigned.append(device)
     return assigned

@@ -92,11 +92,11 @@ def run(job_file: str, agent_file: str | None, artifacts: str | None, state_dir:
     SIGTERM or SIGINT cancels the job (its cleanup runs on the devices),
     stops everything this command started and exits 3.
     """
-    from convoy.config.jobs import job_queues, load_job
+    from convoy.config.jobs import job_queues, job_tags, load_job
     from convoy.workers.embedded.cluster import EmbeddedCluster, emulated_devices
 
     job = load_job(Path(_existing(job_file)))
-    devices = _agent_devices(agent_file) if agent_file else emulated_devices(job_queues(job))
+    devices = _agent_devices(agent_file) if agent_file else emulated_devices(job_queues(job), tags=job_tags(job))
     own_dir = state_dir is None
     base = Path(state_dir) if state_dir else Path(tempfile.mkdtemp(prefix="convoy-run-"))
     click.echo(f"convoy run: starting {len(devices)} device(s): "

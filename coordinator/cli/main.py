@@ -18,6 +18,7 @@ from convoy.config.lifecycle import Outcome
 from convoy.errors import ConvoyError
 
 if TYPE_CHECKING:
+    from convoy.coordinator.state.devices import DeviceSummary
     from convoy.coordinator.state.jobs import JobStore
 
 EXIT_FAIL = 1
@@ -136,10 +137,15 @@ def cancel(job_id: str) -> None:
 @cli.command()
 @click.argument("job_id")
 def show(job_id: str) -> None:
-    """Print the job's record: its document, state, device and children."""
+    """Print the job's record: its document, state, device and children (and, waiting, its position and why)."""
     store = _store()
     record = store.get(job_id)
     record["children"] = store.children(job_id)
+    from convoy.tasks.scheduler import waiting_reasons
+
+    for _, reason in waiting_reasons(store, [job_id]):  # a job waiting for devices: its place and what it lacks
+        record["position"] = reason.position
+        record["waiting_for"] = reason.message()
     _print_json(record)
 
 
@@ -176,20 +182,79 @@ def queue_status(queue: str) -> None:
         raise ConvoyError(f"no device serves queue {queue!r}")
     for device in device_summaries(client):
         if queue in device.queues:
-            click.echo(f"{device.name:<24} {device.status:<8} {device.job_id or ''}")
-    click.echo(f"waiting jobs: {len(summary.waiting)}")
-    for job_id in summary.waiting:
-        click.echo(f"  {job_id}")
+            click.echo(f"{device.name:<24} {device.health:<11} {device.job_id or ''}")
+    from convoy.tasks.scheduler import waiting_reasons
+
+    # the jobs waiting for a device of this queue, in the scheduler's order, with why they wait
+    waiting = [(job, reason) for job, reason in waiting_reasons(_store())
+               if any(queue in (r.queue, r.device_type) for r in job.requirements)]
+    click.echo(f"waiting jobs: {len(waiting)}")
+    for job, reason in waiting:
+        click.echo(f"  {job.job_id}  priority {job.priority}: {reason.message()}")
 
 
 @cli.command()
-def agents() -> None:
-    """List devices: host, queues, online/busy/offline, the job each holds."""
+@click.option("--json", "as_json", is_flag=True, help="Print the devices as a JSON list of objects.")
+def agents(as_json: bool) -> None:
+    """List devices: health, host, queues, device type, tags, the job each holds, why in maintenance."""
+    import dataclasses
+
     from convoy.coordinator.state.devices import device_summaries
 
-    for device in device_summaries(_client()):
-        click.echo(f"{device.name:<24} {device.status:<8} host={device.host} queues={','.join(device.queues)}"
-                   + (f" job={device.job_id}" if device.job_id else ""))
+    summaries = device_summaries(_client())
+    if as_json:
+        _print_json([dataclasses.asdict(device) for device in summaries])
+        return
+    for device in summaries:
+        click.echo(agent_line(device))
+
+
+def agent_line(device: DeviceSummary) -> str:
+    """One device of ``convoy agents``: its name first (scripts cut it), then ``key=value`` fields."""
+    from convoy.coordinator.state.devices import MAINTENANCE
+
+    line = (f"{device.name:<24} {device.health:<11} host={device.host} queues={','.join(device.queues)}"
+            f" type={device.device_type or '-'} tags={','.join(device.tags) or '-'}"
+            + (f" job={device.job_id}" if device.job_id else ""))
+    if device.maintenance and device.health == MAINTENANCE:
+        line += f"  reason: {device.maintenance}"
+    elif device.maintenance:  # taken out of service while running a job: it finishes first
+        line += f"  maintenance when its job ends: {device.maintenance}"
+    return line
+
+
+DEFAULT_MAINTENANCE_REASON = "maintenance by admin"
+
+
+@cli.group("device")
+def device_group() -> None:
+    """Take a device out of service and back (a busy device finishes its job first)."""
+
+
+@device_group.command("maintenance")
+@click.argument("name")
+@click.option("--reason", default=DEFAULT_MAINTENANCE_REASON, show_default=True,
+              help="Why the device is out of service (shown by `convoy agents`).")
+def device_maintenance(name: str, reason: str) -> None:
+    """Take device NAME out of service: no job is assigned to it until `convoy device online NAME`."""
+    from convoy.coordinator.state.devices import holder, set_maintenance
+
+    reason = " ".join(reason.split()) or DEFAULT_MAINTENANCE_REASON  # one line in `convoy agents`
+    client = _client()
+    set_maintenance(client, name, reason)
+    job_id = holder(client, name)
+    click.echo(f"device {name}: maintenance ({reason})"
+               + (f"; its current job {job_id} finishes first" if job_id else ""))
+
+
+@device_group.command("online")
+@click.argument("name")
+def device_online(name: str) -> None:
+    """Put device NAME back in service (its count of provisioning failures starts again)."""
+    from convoy.coordinator.state.devices import set_online
+
+    set_online(_client(), name)
+    click.echo(f"device {name}: back in service")
 
 
 def main() -> None:

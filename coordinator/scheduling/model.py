@@ -10,6 +10,19 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
 
+from convoy.config.lava.translate import LAVA_PRIORITIES, lava_priority
+
+__all__ = [
+    "LAVA_PRIORITIES",
+    "Assignment",
+    "Device",
+    "Health",
+    "Requirement",
+    "WaitingJob",
+    "lava_priority",
+    "quoted",
+]
+
 
 class Health(StrEnum):
     """A device's state in the registry; only ``idle`` devices can be given to a job."""
@@ -108,24 +121,6 @@ class Assignment:
 
     job_id: str
     devices: Mapping[int, str] = field(default_factory=dict)
-
-
-#: LAVA's named priorities on Testflinger's scale (LAVA itself uses 0..100)
-LAVA_PRIORITIES = {"high": 100, "medium": 50, "low": 0}
-
-
-def lava_priority(value: str | int) -> int:
-    """A LAVA ``priority`` (``high``/``medium``/``low`` or 0..100) as a ``job_priority``."""
-    if isinstance(value, bool):
-        raise ValueError(f"LAVA priority must be high, medium, low or 0..100, got {value!r}")
-    if isinstance(value, int):
-        if 0 <= value <= 100:
-            return value
-        raise ValueError(f"LAVA priority must be high, medium, low or 0..100, got {value}")
-    try:
-        return LAVA_PRIORITIES[value.lower()]
-    except KeyError:
-        raise ValueError(f"LAVA priority must be high, medium, low or 0..100, got {value!r}") from None
 
 
 def quoted(names: frozenset[str] | set[str] | list[str] | tuple[str, ...]) -> str:

@@ -1,8 +1,17 @@
-"""The device registry in Redis: which job holds a device, and what devices and queues look like now.
+"""The device registry in Redis: what each device is, its health, and which job holds it.
 
-Registration, claims and releases are what a device's worker writes; the
-known queues are what ``submit_job`` checks a job against; the summaries are
-what ``convoy agents``, ``list-queues`` and ``queue-status`` read.
+A device's worker registers it (name, host, queues, ``device_type``, tags,
+connector) and keeps it alive; the scheduler assigns idle devices to jobs
+(``coordinator/state/schedule.py``); the worker claims its device when it
+starts the job and releases it after cleanup.  Admins take a device out of
+service (``maintenance``) and back (``online``); three provisioning failures
+in a row do the first by themselves.  Every change that can let a waiting job
+start wakes the scheduler.
+
+A device's **health** is derived, never stored: ``maintenance`` (idle with a
+maintenance reason: a busy device finishes its job first), ``offline`` (its
+worker's alive mark is gone), ``assigned`` (chosen for a job, not yet
+provisioning), ``busy``, or ``idle``.
 """
 from __future__ import annotations
 
@@ -15,15 +24,32 @@ from convoy.config.devices import DeviceConfig
 from convoy.coordinator.state import keys
 from convoy.coordinator.state.jobs import now_iso
 from convoy.coordinator.state.presence import AliveMark
+from convoy.coordinator.state.schedule import wake
+from convoy.errors import ConvoyError
+
+#: consecutive provisioning failures that put a device in maintenance (LAVA's health checks do the same)
+MAX_PROVISION_FAILURES = 3
+
+IDLE, ASSIGNED, BUSY, OFFLINE, MAINTENANCE = "idle", "assigned", "busy", "offline", "maintenance"
 
 
 @dataclass(frozen=True)
 class DeviceSummary:
+    """One registered device as ``convoy agents`` shows it and the scheduler sees it."""
+
     name: str
     host: str
     queues: tuple[str, ...]
-    status: str  # online (idle), busy, offline
+    health: str  # idle, assigned, busy, offline, maintenance
     job_id: str | None
+    device_type: str | None = None
+    tags: tuple[str, ...] = ()
+    connector: str = ""
+    #: why the device is (or, once its job ends, goes) in maintenance; empty when in service
+    maintenance: str = ""
+    failures: int = 0
+    #: idle, assigned or busy, whatever the worker's health (an offline device may still be assigned)
+    occupancy: str = IDLE
 
 
 @dataclass(frozen=True)
@@ -35,11 +61,26 @@ class QueueSummary:
     waiting: list[str]
 
 
-def register(client: redis.Redis, device: DeviceConfig, host: str) -> None:
-    """Record the device and its queues (and show it alive), so jobs for them are accepted and listed.
+def _split(text: str | None) -> tuple[str, ...]:
+    return tuple(part for part in (text or "").split(",") if part)
 
-    A device registered before keeps its state (idle or busy) and holder:
-    a restarted worker must not forget the job its device held.
+
+def health_of(record: dict[str, str], alive: bool) -> str:
+    """A device's health from its record and whether its worker beats."""
+    occupancy = record.get("state") or IDLE
+    if record.get("maintenance") and occupancy == IDLE:
+        return MAINTENANCE
+    if not alive:
+        return OFFLINE
+    return occupancy if occupancy in (ASSIGNED, BUSY) else IDLE
+
+
+def register(client: redis.Redis, device: DeviceConfig, host: str) -> None:
+    """Record the device, its queues, type and tags (and show it alive); wake the scheduler.
+
+    A device registered before keeps its occupancy (idle, assigned or busy),
+    its holder and any maintenance: a restarted worker must not forget the
+    job its device held, nor put a device in service that an admin took out.
     """
     pipe = client.pipeline()
     pipe.sadd(keys.DEVICES, device.name)
@@ -47,10 +88,12 @@ def register(client: redis.Redis, device: DeviceConfig, host: str) -> None:
         pipe.sadd(keys.QUEUES, queue)
     pipe.hset(keys.device(device.name), mapping={
         "name": device.name, "queues": ",".join(device.queues), "connector": device.connector,
+        "device_type": device.device_type or "", "tags": ",".join(device.tags),
         "host": host, "pid": os.getpid(), "started_at": now_iso(),
     })
-    pipe.hsetnx(keys.device(device.name), "state", "idle")
+    pipe.hsetnx(keys.device(device.name), "state", IDLE)
     AliveMark.of_device(device.name).set(pipe)
+    wake(pipe, f"device {device.name} registered")
     pipe.execute()
 
 
@@ -60,11 +103,12 @@ def known_queues(client: redis.Redis) -> set[str]:
 
 
 def holder(client: redis.Redis, name: str) -> str | None:
-    """The id of the job that holds device ``name`` now, if any."""
+    """The id of the job that holds (or is assigned) device ``name`` now, if any."""
     return client.hget(keys.device(name), "job_id") or None
 
 
 def device_summaries(client: redis.Redis) -> list[DeviceSummary]:
+    """Every registered device with its health, by name (two round trips)."""
     names = sorted(client.smembers(keys.DEVICES))
     pipe = client.pipeline(transaction=False)
     for name in names:
@@ -73,11 +117,14 @@ def device_summaries(client: redis.Redis) -> list[DeviceSummary]:
     replies = pipe.execute()
     out = []
     for name, record, alive in zip(names, replies[0::2], replies[1::2], strict=True):
-        job_id = record.get("job_id") or None
-        status = "offline" if not alive else ("busy" if record.get("state") == "busy" else "online")
-        out.append(DeviceSummary(name=name, host=record.get("host", "?"),
-                                 queues=tuple(q for q in record.get("queues", "").split(",") if q),
-                                 status=status, job_id=job_id))
+        if not record:
+            continue  # removed meanwhile
+        out.append(DeviceSummary(
+            name=name, host=record.get("host", "?"), queues=_split(record.get("queues")),
+            health=health_of(record, bool(alive)), job_id=record.get("job_id") or None,
+            device_type=record.get("device_type") or None, tags=_split(record.get("tags")),
+            connector=record.get("connector", ""), maintenance=record.get("maintenance", ""),
+            failures=int(record.get("failures") or 0), occupancy=record.get("state") or IDLE))
     return out
 
 
@@ -88,23 +135,74 @@ def queue_summaries(client: redis.Redis) -> list[QueueSummary]:
         serving = [d for d in devices if queue in d.queues]
         waiting = client.zrange(keys.queue_waiting(queue), 0, -1)
         out.append(QueueSummary(queue=queue, total=len(serving),
-                                online=sum(d.status != "offline" for d in serving),
-                                busy=sum(d.status == "busy" for d in serving), waiting=waiting))
+                                online=sum(d.health not in (OFFLINE, MAINTENANCE) for d in serving),
+                                busy=sum(d.health in (BUSY, ASSIGNED) for d in serving), waiting=waiting))
     return out
 
 
-def claim_device(client: redis.Redis, device: str, job_id: str) -> None:
-    client.hset(keys.device(device), mapping={"state": "busy", "job_id": job_id, "since": now_iso()})
+# KEYS[1]=device ARGV[1]=job id ARGV[2]=now -> 1 claimed, 0 the device is another job's
+_CLAIM = """
+local state = redis.call('HGET', KEYS[1], 'state')
+local holder = redis.call('HGET', KEYS[1], 'job_id')
+if (state == 'assigned' or state == 'busy') and holder and holder ~= '' and holder ~= ARGV[1] then return 0 end
+redis.call('HSET', KEYS[1], 'state', 'busy', 'job_id', ARGV[1], 'since', ARGV[2])
+return 1
+"""
 
 
-def release_device(client: redis.Redis, device: str, job_id: str) -> None:
-    """Mark the device idle, unless another job claimed it meanwhile (checked and set atomically)."""
+def claim_device(client: redis.Redis, device: str, job_id: str) -> bool:
+    """The worker starts ``job_id`` on its device: assigned (or idle) → busy. False if another job has it."""
+    return bool(client.eval(_CLAIM, 1, keys.device(device), job_id, now_iso()))
+
+
+def release_device(client: redis.Redis, device: str, job_id: str) -> bool:
+    """Mark the device idle unless another job holds it now (checked and set atomically); wake the scheduler."""
     key = keys.device(device)
+    released = False
 
     def release(pipe: redis.client.Pipeline) -> None:
+        nonlocal released
         holder = pipe.hget(key, "job_id")
+        pipe.multi()
         if holder in (None, "", job_id):
-            pipe.multi()
-            pipe.hset(key, mapping={"state": "idle", "job_id": "", "since": now_iso()})
+            pipe.hset(key, mapping={"state": IDLE, "job_id": "", "since": now_iso()})
+            wake(pipe, f"device {device} released by {job_id}")
+            released = True
 
     client.transaction(release, key)
+    return released
+
+
+def set_maintenance(client: redis.Redis, device: str, reason: str) -> None:
+    """Take ``device`` out of service; a job it runs now finishes first.  ConvoyError if unknown."""
+    _known(client, device)
+    client.hset(keys.device(device), mapping={"maintenance": reason or "maintenance", "since": now_iso()})
+
+
+def set_online(client: redis.Redis, device: str) -> None:
+    """Put ``device`` back in service (its failure count starts again); wake the scheduler."""
+    _known(client, device)
+    pipe = client.pipeline()
+    pipe.hset(keys.device(device), mapping={"maintenance": "", "failures": 0, "since": now_iso()})
+    wake(pipe, f"device {device} online")
+    pipe.execute()
+
+
+def provision_failed(client: redis.Redis, device: str, reason: str) -> bool:
+    """Count a failed provisioning; at the third in a row the device goes to maintenance (True)."""
+    failures = int(client.hincrby(keys.device(device), "failures", 1))
+    if failures < MAX_PROVISION_FAILURES:
+        return False
+    client.hset(keys.device(device), "maintenance",
+                f"provisioning failed {failures} times in a row; last: {reason}")
+    return True
+
+
+def provision_succeeded(client: redis.Redis, device: str) -> None:
+    client.hset(keys.device(device), "failures", 0)
+
+
+def _known(client: redis.Redis, device: str) -> None:
+    if not client.sismember(keys.DEVICES, device):
+        known = ", ".join(sorted(client.smembers(keys.DEVICES))) or "none"
+        raise ConvoyError(f"no device named {device!r} is registered (registered: {known})")

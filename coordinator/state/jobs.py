@@ -15,7 +15,6 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping
 
 import redis
-from redis.lock import Lock
 
 from convoy.config.lifecycle import TRANSITIONS, JobState, Phase
 from convoy.config.outcome import ChildEnd, Verdict, multi_job_outcome
@@ -24,6 +23,8 @@ from convoy.coordinator.state.connection import BLOCK_SLICE_MS, block_ms_before,
 from convoy.errors import JobNotFound
 
 EVENTS_MAXLEN = 20000
+#: record fields stored as JSON (decoded when read)
+_JSON_FIELDS = ("document", "device_info", "chord_part")
 
 # The atomic transition (KEYS, ARGV and reply in its header), installed beside this module.
 _TRANSITION = (Path(__file__).parent / "lua" / "transition.lua").read_text(encoding="utf-8")
@@ -53,15 +54,6 @@ class JobStore:
     def pipeline(self, transaction: bool = True) -> redis.client.Pipeline:
         """A pipeline for several store writes at once (pass it as ``pipe=``, then ``execute()``)."""
         return self._r.pipeline(transaction=transaction)
-
-    def dispatch_lock(self, timeout: float = 60) -> Lock:
-        """The lock held while a job's messages are published.
-
-        Publishing one job at a time puts jobs in one order on every queue:
-        the oldest job is ahead of younger ones everywhere, so two multi jobs
-        never each hold part of what the other needs (no allocation deadlock).
-        """
-        return self._r.lock(keys.DISPATCH_LOCK, timeout=timeout, blocking_timeout=timeout)
 
     # --- records ------------------------------------------------------------
     def create(self, job_id: str, document: dict[str, Any], *, queue: str,
@@ -97,13 +89,18 @@ class JobStore:
         """The ids of the ``limit`` most recently submitted jobs (children too), newest first."""
         return self._r.zrevrange(keys.JOBS, 0, limit - 1)
 
+    def submitted(self, job_id: str) -> float:
+        """When the job was submitted (epoch seconds; 0 if unknown)."""
+        score = self._r.zscore(keys.JOBS, job_id)
+        return float(score) if score is not None else 0.0
+
     def get(self, job_id: str) -> dict[str, Any]:
         """The job record with JSON fields decoded; raises JobNotFound."""
         raw = self._r.hgetall(keys.job(job_id))
         if not raw:
             raise JobNotFound(job_id)
         record: dict[str, Any] = dict(raw)
-        for field in ("document", "device_info"):
+        for field in _JSON_FIELDS:
             if field in record:
                 record[field] = json.loads(record[field])
         return record
@@ -131,7 +128,7 @@ class JobStore:
         for values in pipe.execute():
             row = {}
             for name, value in zip(names, values):
-                row[name] = json.loads(value) if value is not None and name in ("document", "device_info") else value
+                row[name] = json.loads(value) if value is not None and name in _JSON_FIELDS else value
             out.append(row)
         return out
 

@@ -48,8 +48,15 @@ def job_once(job_id: str, what: str) -> str:
     return f"{PREFIX}:job:{job_id}:once:{what}"
 
 
-#: a redis-py lock held while a job's messages are published (one order of jobs on every queue)
-DISPATCH_LOCK = f"{PREFIX}:dispatch-lock"
+# --- the scheduler ---------------------------------------------------------
+#: sorted set: top-level jobs waiting for devices -> submission time
+SCHEDULER_WAITING = f"{PREFIX}:scheduler:waiting"
+#: sorted set: multi jobs not yet allocated -> their allocation deadline (epoch seconds)
+SCHEDULER_DEADLINES = f"{PREFIX}:scheduler:deadlines"
+#: stream: wake-ups of the scheduler (a submit, a release, a device changing state)
+SCHEDULER_EVENTS = f"{PREFIX}:scheduler:events"
+#: string with a TTL (a lease): the token of the one scheduler deciding now
+SCHEDULER_LEASE = f"{PREFIX}:scheduler:lease"
 
 
 def queue_waiting(queue: str) -> str:

@@ -94,13 +94,13 @@ def holder_is_gone(holder: Holder, host: str) -> bool:
         return True
 
 
-class DeviceLock:
-    """The lease that makes this process the only worker serving ``device``."""
+class Lease:
+    """A lease in Redis that makes this process the only holder of ``key`` (``what`` names it in logs)."""
 
-    def __init__(self, client: redis.Redis, device: str, *, lease_ms: int = LEASE_MS) -> None:
+    def __init__(self, client: redis.Redis, key: str, what: str, *, lease_ms: int = LEASE_MS) -> None:
         self.client = client
-        self.device = device
-        self.key = keys.device_worker(device)
+        self.what = what
+        self.key = key
         self.lease_ms = lease_ms
         self.me = Holder.this_process()
         self.token = self.me.token()
@@ -120,7 +120,7 @@ class DeviceLock:
         holder = Holder.parse(current) or Holder(host="?", pid=0, started=0.0, nonce="")
         if holder_is_gone(holder, self.me.host) and self._swap(keys=[self.key],
                                                                args=[current, self.token, self.lease_ms]):
-            log.warning("device %s: took over the lock of %s, which is gone", self.device, holder.describe())
+            log.warning("%s: took over the lease of %s, which is gone", self.what, holder.describe())
             return None
         return holder
 
@@ -155,3 +155,18 @@ class DeviceLock:
     def holder(self) -> Holder | None:
         current = self.client.get(self.key)
         return Holder.parse(current) if current else None
+
+
+class DeviceLock(Lease):
+    """The lease that makes this process the only worker serving ``device``."""
+
+    def __init__(self, client: redis.Redis, device: str, *, lease_ms: int = LEASE_MS) -> None:
+        super().__init__(client, keys.device_worker(device), f"device {device}", lease_ms=lease_ms)
+        self.device = device
+
+
+class SchedulerLease(Lease):
+    """The lease that makes this process the one scheduler deciding now."""
+
+    def __init__(self, client: redis.Redis, *, lease_ms: int = LEASE_MS) -> None:
+        super().__init__(client, keys.SCHEDULER_LEASE, "scheduler", lease_ms=lease_ms)

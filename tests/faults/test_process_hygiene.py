@@ -213,7 +213,8 @@ def assert_never_overlap(job_ids: list[str]) -> None:
         assert first_end <= second_start, f"two jobs held one device at once: {windows}"
 
 
-def test_convoy_worker_killed_and_started_again_serves_each_device_with_one_worker(cluster_redis_url, tmp_path):
+def test_convoy_worker_killed_and_started_again_serves_each_device_with_one_worker(cluster_redis_url,
+                                                                                 coordinator_process, tmp_path):
     qa, qb = unique_queue("hyg-w1"), unique_queue("hyg-w2")
     devices = write_agent(tmp_path / "agent.yaml", [qa, qb], prefix=f"wk-{os.getpid()}")
     env = {**os.environ, "CONVOY_REDIS_URL": cluster_redis_url, "CONVOY_STATE_DIR": str(tmp_path / "state")}
@@ -255,7 +256,7 @@ def test_convoy_worker_killed_and_started_again_serves_each_device_with_one_work
 
 
 def test_a_second_worker_for_a_device_waits_for_its_lock_and_takes_over_when_it_is_released(
-        cluster_redis_url, tmp_path):
+        cluster_redis_url, coordinator_process, tmp_path):
     queue = unique_queue("hyg-lock")
     (device,) = write_agent(tmp_path / "agent.yaml", [queue], prefix=f"lk-{os.getpid()}")
     env = {**os.environ, "CONVOY_REDIS_URL": cluster_redis_url, "CONVOY_STATE_DIR": str(tmp_path / "state")}

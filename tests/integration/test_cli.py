@@ -150,7 +150,7 @@ def test_queue_listing_and_agents(start_cluster):
     assert any(line.startswith(queue) and "devices online 2/2" in line for line in listing.splitlines()), listing
     status = run_cli("queue-status", queue)
     assert status.returncode == 0
-    assert status.stdout.count("online") == 2 and "waiting jobs: 0" in status.stdout
+    assert status.stdout.count("idle") == 2 and "waiting jobs: 0" in status.stdout
     agents = run_cli("agents").stdout
     for device in cluster.devices:
         assert device.name in agents
@@ -159,7 +159,7 @@ def test_queue_listing_and_agents(start_cluster):
 
 def test_submit_with_poll_follows_the_job_and_exits_with_its_outcome(start_cluster, tmp_path):
     queue = unique_queue("submitpoll")
-    start_cluster({queue: 1}, coordinator=False)
+    start_cluster({queue: 1})
     path = tmp_path / "job.yaml"
     path.write_text(f"job_queue: {queue}\ntest_data:\n  test_cmds: echo polled; exit 5\n")
     result = run_cli("submit", str(path), "--poll", timeout=120)

@@ -119,7 +119,7 @@ def test_two_jobs_for_one_device_run_one_after_the_other(start_cluster):
     assert job_results(first)["device"] == job_results(second)["device"]
 
 
-def test_killed_worker_is_restarted_and_the_device_serves_again(cluster_redis_url, tmp_path):
+def test_killed_worker_is_restarted_and_the_device_serves_again(cluster_redis_url, coordinator_process, tmp_path):
     from convoy.workers.embedded.cluster import emulated_devices
 
     queue = unique_queue("restart")

@@ -9,6 +9,7 @@ import pytest
 
 from convoy.config.agents import AgentConfig, load_agent
 from convoy.config.devices import DeviceConfig
+from convoy.config.shown import shown
 from convoy.connectors.registry import config_schemas
 from convoy.errors import AgentConfigError, JobValidationError
 
@@ -164,3 +165,39 @@ def test_the_installed_connectors_are_known_to_the_registry():
     known = set(available_connectors())
     assert {"emulated", "noprovision"} <= known
     assert load_agent(EXAMPLE, known).devices
+
+
+def test_device_type_and_tags_reach_the_device_config():
+    agent = load_agent({"devices": [
+        {"name": "a", "queue": "q", "device_type": "qemu", "tags": ["usb-ethernet", "hdmi", "usb-ethernet"]},
+        {"name": "b", "queue": "q", "tags": []},
+        {"name": "c", "queue": "q"},
+    ]}, INSTALLED)
+    assert (agent.devices[0].device_type, agent.devices[0].tags) == ("qemu", ("usb-ethernet", "hdmi"))
+    assert (agent.devices[1].device_type, agent.devices[1].tags) == (None, ())
+    assert agent.devices[2] == DeviceConfig(name="c", queues=("q",))
+
+
+def test_example_agent_file_documents_type_and_tags_as_optional():
+    text = EXAMPLE.read_text()
+    assert "#   device_type:" in text and "#   tags:" in text
+    assert all(d.device_type is None and d.tags == () for d in load_agent(EXAMPLE, INSTALLED).devices)
+
+
+def test_bad_device_types_and_tags_are_reported_with_their_paths():
+    assert problems({"devices": [
+        {"name": "a", "queue": "q", "device_type": "two words", "tags": ["ok", "a,b", "", "tab\there", 7]},
+        {"name": "b", "queue": "q", "device_type": "multi", "tags": "usb"},
+        {"name": "c", "queue": "q", "device_type": 3, "tags": ["x" * 129]},
+    ]}) == [
+        ("devices[0].device_type", "invalid device type 'two words': use letters, digits, '.', '_', ':' or '-', "
+                                   "starting with a letter or digit, at most 128 characters"),
+        ("devices[0].tags[1]", "invalid tag 'a,b': 1-128 printable characters, no spaces or commas"),
+        ("devices[0].tags[2]", "invalid tag '': 1-128 printable characters, no spaces or commas"),
+        ("devices[0].tags[3]", "invalid tag 'tab\\there': 1-128 printable characters, no spaces or commas"),
+        ("devices[0].tags[4]", "must be of string type"),
+        ("devices[1].device_type", "'multi' is reserved for multi jobs; it cannot be a device type"),
+        ("devices[1].tags", "must be of list type"),
+        ("devices[2].device_type", "must be of string type"),
+        ("devices[2].tags[0]", f"invalid tag {shown('x' * 129)}: 1-128 printable characters, no spaces or commas"),
+    ]

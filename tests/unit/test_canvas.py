@@ -30,48 +30,34 @@ def shape(sig: Any) -> tuple[str, tuple[Any, ...], dict[str, Any]]:
     return sig.task, tuple(sig.args), dict(sig.options)
 
 
-# --- a single-device job: one task on the job's queue -------------------------------------------
-@pytest.mark.parametrize("job, options", [
-    ({"job_queue": "rpi4b"}, {"queue": "rpi4b", "task_id": "j1", "ignore_result": True}),
-    ({"job_queue": "rpi4b", "job_priority": 9}, {"queue": "rpi4b", "task_id": "j1", "priority": 9,
-                                                 "ignore_result": True}),
-])
-def test_single_job_is_one_task_on_its_queue(app, job, options):
-    assert shape(canvas.single_job(app, "j1", job)) == (canvas.RUN_JOB, ("j1",), options)
+# --- a single-device job: one task on its assigned device's own queue ---------------------------
+def test_single_job_is_one_task_on_its_devices_queue(app):
+    assert shape(canvas.single_job(app, "j1", "rpi-3")) == (
+        canvas.RUN_JOB, ("j1",), {"queue": "convoy.device.rpi-3", "task_id": "j1", "ignore_result": True})
 
 
-# --- a multi job: a chord, one child per device on the child's queue, then the parent's chain ----
-SERVER = {"job_queue": "server-q", "role": "server"}
-CLIENT = {"job_queue": "client-q", "role": "client"}
-GUEST = {"role": "guest", "connection": "ssh", "host_role": "server"}
-
-
-@pytest.mark.parametrize("children, parent_fields, header", [
-    # one child task per device, in provision_data.jobs order, each on its own queue with its own id
-    ([SERVER, CLIENT, CLIENT], {},
-     [("c1", "server-q", None), ("c2", "client-q", None), ("c3", "client-q", None)]),
-    # the parent's priority is every child's
-    ([SERVER, CLIENT], {"job_priority": 3}, [("c1", "server-q", 3), ("c2", "client-q", 3)]),
-    # a secondary connection holds no device: no task in the header
-    ([SERVER, GUEST, CLIENT], {}, [("c1", "server-q", None), ("c3", "client-q", None)]),
-])
-def test_multi_job_header_has_one_child_task_per_device(app, children, parent_fields, header):
-    job = {"job_queue": "multi", "provision_data": {"jobs": children}, **parent_fields}
-    child_ids = [f"c{i}" for i in range(1, len(children) + 1)]
-    sig = canvas.multi_job(app, PARENT, job, child_ids, SETTINGS)
+# --- a multi job: a chord, one child per assigned device on that device's queue, then the parent -
+def test_multi_job_header_has_one_child_task_per_assigned_device(app):
+    sig = canvas.multi_job(app, PARENT, {"c1": "srv-1", "c3": "cli-2"}, SETTINGS)
     assert sig.task == "celery.chord"
-    expected = []
-    for child_id, queue, priority in header:
-        options = {"queue": queue, "task_id": child_id, "ignore_result": True}
-        if priority is not None:
-            options["priority"] = priority
-        expected.append((canvas.CHILD_JOB, (child_id,), options))
-    assert [shape(child) for child in sig.tasks] == expected
+    # in the order given (provision_data.jobs order; a secondary connection, c2, has no device and no task),
+    # no priority: the scheduler decides the order, not the broker
+    assert [shape(child) for child in sig.tasks] == [
+        (canvas.CHILD_JOB, ("c1",), {"queue": "convoy.device.srv-1", "task_id": "c1", "ignore_result": True}),
+        (canvas.CHILD_JOB, ("c3",), {"queue": "convoy.device.cli-2", "task_id": "c3", "ignore_result": True}),
+    ]
+
+
+def test_a_child_sent_again_keeps_its_chord_membership(app):
+    part = {"group_id": "g1", "group_index": 1, "chord": {"task": "convoy.parent.collect"}}
+    name, args, options = shape(canvas.child_again(app, "c3", "cli-9", part))
+    assert (name, args) == (canvas.CHILD_JOB, ("c3",))
+    assert options["queue"] == "convoy.device.cli-9" and options["task_id"] == "c3"
+    assert (options["group_id"], options["group_index"], options["chord"]) == ("g1", 1, part["chord"])
 
 
 def test_chord_body_is_collect_reserve_test_cleanup_on_the_coordinator(app):
-    job = {"job_queue": "multi", "provision_data": {"jobs": [SERVER, CLIENT]}}
-    body = canvas.multi_job(app, PARENT, job, ["c1", "c2"], SETTINGS).body
+    body = canvas.multi_job(app, PARENT, {"c1": "d1", "c2": "d2"}, SETTINGS).body
     assert body == canvas.parent_body(app, PARENT, SETTINGS)
     assert [(shape(step), step.immutable) for step in body.tasks] == [
         # collect receives the header's results (the children's allocation reports) ...
@@ -83,10 +69,7 @@ def test_chord_body_is_collect_reserve_test_cleanup_on_the_coordinator(app):
     ]
 
 
-def test_timeout_and_abort_cleanup_go_to_the_coordinator_under_their_own_ids(app):
-    assert shape(canvas.allocation_timeout(app, PARENT, 7200.0, SETTINGS)) == (
-        canvas.ALLOCATION_TIMEOUT, (PARENT,),
-        {"queue": "coord", "countdown": 7200.0, "task_id": "p1.allocation-timeout", "ignore_result": True})
+def test_abort_cleanup_goes_to_the_coordinator_under_its_own_id(app):
     # an aborted allocation queues cleanup directly; its id differs from the chained cleanup's
     assert shape(canvas.cleanup_now(app, PARENT, SETTINGS)) == (
         canvas.CLEANUP, (PARENT,), {"queue": "coord", "task_id": "p1.cleanup-abort", "ignore_result": True})
@@ -94,8 +77,7 @@ def test_timeout_and_abort_cleanup_go_to_the_coordinator_under_their_own_ids(app
 
 def test_the_canvas_travels_as_json(app):
     """Messages are JSON only (never pickle): the whole chord must survive a JSON round trip."""
-    job = {"job_queue": "multi", "job_priority": 1, "provision_data": {"jobs": [SERVER, GUEST, CLIENT]}}
-    sig = canvas.multi_job(app, PARENT, job, ["c1", "c2", "c3"], SETTINGS)
+    sig = canvas.multi_job(app, PARENT, {"c1": "d1", "c3": "d3"}, SETTINGS)
     back = Signature.from_dict(json.loads(json.dumps(sig)), app=app)
     assert back.task == "celery.chord"
     assert [shape(child) for child in back.tasks] == [shape(child) for child in sig.tasks]
@@ -109,8 +91,7 @@ def test_every_task_name_the_canvas_uses_is_registered():
     import convoy.tasks.parent  # noqa: F401  (registers the tasks)
     from convoy.tasks.celery import app as convoy_app
 
-    names = {canvas.RUN_JOB, canvas.CHILD_JOB, canvas.COLLECT, canvas.RESERVE, canvas.TEST, canvas.CLEANUP,
-             canvas.ALLOCATION_TIMEOUT}
+    names = {canvas.RUN_JOB, canvas.CHILD_JOB, canvas.COLLECT, canvas.RESERVE, canvas.TEST, canvas.CLEANUP}
     assert names <= set(convoy_app.tasks)
 
 

@@ -81,7 +81,8 @@ def test_the_translation_normalises_exactly_like_the_same_job_written_for_convoy
     convoy_form = {
         "job_queue": "multi",
         "provision_data": {"jobs": [
-            {"role": "host", "job_queue": "beaglebone-black", "count": 1, "timeouts": {"multinode": "10m"}},
+            {"role": "host", "job_queue": "beaglebone-black", "device_type": "beaglebone-black", "count": 1,
+             "timeouts": {"multinode": "10m"}},
             {"role": "guest", "connection": "ssh", "host_role": "host", "count": 3, "timeouts": {"multinode": "15m"},
              "multinode": {"request": "lava-start", "expect_role": "host", "timeout": "15m"}},
         ]},

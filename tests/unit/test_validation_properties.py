@@ -176,7 +176,7 @@ reserve_data = either(st.fixed_dictionaries({"ssh_keys": either(st.lists(
     either(st.sampled_from(["gh:someone", "lp:someone"])), min_size=1, max_size=2))}, optional={"timeout": durations}))
 common = {
     "name": plain, "tags": either(st.lists(plain, max_size=2)), "global_timeout": durations,
-    "output_timeout": durations, "job_priority": either(st.integers(0, 9)), "test_data": test_data,
+    "output_timeout": durations, "job_priority": either(st.integers(0, 1000)), "test_data": test_data,
     "timeouts": either(st.fixed_dictionaries({}, optional={"multinode": durations})),
     "setup_data": free_mapping, "provision_data": free_mapping,
 }

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 
 import redis
@@ -24,14 +24,19 @@ from convoy.workers.supervisor import Supervisor, coordinator_command
 READY_TIMEOUT_SECONDS = 90.0
 
 
-def emulated_devices(queues: dict[str, int], *, prefix: str = "emu",
-                     extra_config: dict | None = None) -> list[DeviceConfig]:
-    """Emulated devices, ``count`` per queue, each on its own free loopback address."""
+def emulated_devices(queues: dict[str, int], *, prefix: str = "emu", extra_config: dict | None = None,
+                     tags: Mapping[str, Iterable[str]] | None = None) -> list[DeviceConfig]:
+    """Emulated devices, ``count`` per queue, each on its own free loopback address.
+
+    A device made for a queue is also of that ``device_type`` (a LAVA job's roles name types) and
+    carries ``tags[queue]``, so the jobs they are made for can select them.
+    """
     from convoy.connectors.emulated.addresses import assign_addresses
 
     return assign_addresses(
         DeviceConfig(name=f"{prefix}-{queue}-{i}", queues=(queue,), connector="emulated",
-                     config=dict(extra_config or {}))
+                     config=dict(extra_config or {}), device_type=queue,
+                     tags=tuple(sorted(set((tags or {}).get(queue, ())))))
         for queue, count in queues.items() for i in range(1, count + 1))
 
 

@@ -1,0 +1,263 @@
+"""The scheduler loop: runs the pure allocator on events, assigns devices, publishes jobs.
+
+One scheduler decides at a time, whichever coordinator holds the scheduler
+lease; another takes over within seconds of its death.  It wakes on every
+event that may let a job start (a submit, a release, a device registering or
+going back online) and at least every :data:`SAFETY_SECONDS` (devices going
+offline send no event, allocation deadlines fall due).  A pass:
+
+1. fires due allocation deadlines (``allocation_timeout`` counts from
+   submission: a job that waited too long ends with Testflinger's "Timed out
+   waiting for devices to allocate", holding nothing while it ran down);
+2. reads the waiting jobs and the device registry, asks the allocator which
+   jobs start now and on which devices;
+3. for each, assigns all its devices in one atomic Redis step (or none, if
+   something changed since the read), then publishes its task or chord with
+   each device's task on that device's own queue;
+4. repairs assignments: a device that went offline before its job started
+   is replaced by another idle one if the lab has it; a device assigned to a
+   job that ended is released.
+"""
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import redis
+from celery import Celery
+from kombu.exceptions import OperationalError
+
+from convoy.config.jobs import is_multi
+from convoy.config.lifecycle import FINAL_STATES, JobState, Phase
+from convoy.config.settings import Settings, load_settings
+from convoy.coordinator.scheduling.allocator import WaitReason, allocate, explain
+from convoy.coordinator.scheduling.model import Assignment, Device, Health, WaitingJob
+from convoy.coordinator.scheduling.requirements import requirement, requirements, waiting_job
+from convoy.coordinator.state import schedule
+from convoy.coordinator.state.devices import ASSIGNED, OFFLINE, DeviceSummary, device_summaries, release_device
+from convoy.coordinator.state.jobs import JobStore, now_iso
+from convoy.coordinator.state.leases import SchedulerLease
+from convoy.errors import JobNotFound
+from convoy.tasks import canvas
+from convoy.tasks.cancel import ALLOCATING, ALLOCATION_TIMED_OUT, abort_allocation
+from convoy.tasks.celery import app
+
+log = logging.getLogger(__name__)
+
+#: what publishing a message raises when the broker is unreachable
+PUBLISH_ERRORS = (OperationalError, redis.RedisError)
+
+#: the longest a scheduler sleeps without an event: a device going offline sends none
+SAFETY_SECONDS = 5.0
+#: how often a coordinator that is not the scheduler checks whether the scheduler's lease is free
+STANDBY_SECONDS = 1.0
+
+
+@dataclass(frozen=True)
+class Planned:
+    """A waiting job as read once: its allocator view and the member (job or child) of each requirement."""
+
+    job: WaitingJob
+    members: tuple[str, ...]
+    multi: bool
+
+
+def device_view(summary: DeviceSummary) -> Device:
+    """A registry entry as the allocator sees it."""
+    return Device(name=summary.name, queues=frozenset(summary.queues), device_type=summary.device_type,
+                  tags=frozenset(summary.tags), health=Health(summary.health))
+
+
+class Scheduler:
+    """Decides which waiting jobs start, on which devices; one instance per coordinator process."""
+
+    def __init__(self, store: JobStore, app: Celery, settings: Settings | None = None) -> None:
+        self.store = store
+        self.client = store.client
+        self.app = app
+        self.settings = settings or load_settings()
+        #: waiting jobs already read (documents never change): job id -> plan
+        self._plans: dict[str, Planned] = {}
+
+    # --- the loop ------------------------------------------------------------------
+    def run(self, stop: threading.Event) -> None:
+        """Schedule while this process holds the lease; stand by while another does; until ``stop``."""
+        lease = SchedulerLease(self.client)
+        while not stop.is_set():
+            try:
+                if lease.try_acquire() is not None:
+                    stop.wait(STANDBY_SECONDS)
+                    continue
+                log.info("scheduler: deciding (lease %s)", lease.me.describe())
+                self._lead(lease, stop)
+            except redis.RedisError as exc:
+                log.warning("scheduler: Redis: %s; trying again", exc)
+                stop.wait(STANDBY_SECONDS)
+            except Exception:  # never let one bad pass stop scheduling for good
+                log.exception("scheduler: pass failed; trying again")
+                stop.wait(STANDBY_SECONDS)
+        try:
+            lease.release()
+        except redis.RedisError:
+            pass
+
+    def _lead(self, lease: SchedulerLease, stop: threading.Event) -> None:
+        last = schedule.last_event(self.client)
+        self.decide()
+        while not stop.is_set():
+            deadline = schedule.next_deadline(self.client)
+            timeout = SAFETY_SECONDS if deadline is None else max(0.0, min(SAFETY_SECONDS, deadline - time.time()))
+            last, _ = schedule.wait_for_event(self.client, last, timeout)
+            if not lease.renew():
+                log.warning("scheduler: lost the lease to another coordinator")
+                return
+            self.decide()
+
+    # --- one pass ------------------------------------------------------------------
+    def decide(self) -> list[Assignment]:
+        """One scheduling pass (see the module's docstring); the assignments made."""
+        self.fire_deadlines(time.time())
+        plans = self.waiting()
+        summaries = device_summaries(self.client)
+        started = []
+        if plans:
+            for assignment in allocate([p.job for p in plans.values()], [device_view(d) for d in summaries]):
+                if self.start(plans[assignment.job_id], assignment):
+                    started.append(assignment)
+        if started:
+            summaries = device_summaries(self.client)
+        self.repair(summaries, plans)
+        return started
+
+    def waiting(self) -> dict[str, Planned]:
+        """The jobs still waiting, planned; jobs that stopped waiting (cancelled) are forgotten."""
+        entries = schedule.waiting(self.client)
+        states = self.store.states(job_id for job_id, _ in entries)
+        schedule.drop(self.client, [job_id for job_id, state in states.items() if state != JobState.WAITING])
+        plans = {}
+        for job_id, submitted in entries:
+            if states.get(job_id) != JobState.WAITING:
+                self._plans.pop(job_id, None)
+                continue
+            plan = self._plans.get(job_id) or self._plan(job_id, submitted)
+            if plan is not None:
+                self._plans[job_id] = plans[job_id] = plan
+        return plans
+
+    def _plan(self, job_id: str, submitted: float) -> Planned | None:
+        try:
+            document = self.store.get(job_id)["document"]
+            multi = is_multi(document)
+            children = self.store.children(job_id) if multi else []
+            members = tuple(children[i] if i is not None else job_id for i, _ in requirements(document))
+            return Planned(waiting_job(job_id, document, submitted), members, multi)
+        except (JobNotFound, KeyError, IndexError, TypeError, ValueError) as exc:  # one bad record stops no other
+            log.error("scheduler: cannot plan job %s: %s", job_id, exc)
+            return None
+
+    def start(self, plan: Planned, assignment: Assignment) -> bool:
+        """Assign the job its devices in one step, then publish it; False if the lab changed meanwhile."""
+        devices = {plan.members[i]: name for i, name in sorted(assignment.devices.items())}
+        ok, why = schedule.assign(self.client, plan.job.job_id, devices, now_iso())
+        if not ok:
+            log.info("scheduler: job %s not started: %s", plan.job.job_id, why)
+            return False
+        self._plans.pop(plan.job.job_id, None)
+        job_id = plan.job.job_id
+        if not plan.multi:
+            try:
+                canvas.single_job(self.app, job_id, devices[job_id]).apply_async()
+            except PUBLISH_ERRORS as exc:  # the broker is Redis: it comes back; try again at a later pass
+                self._unassign(devices)
+                schedule.enqueue(self.client, job_id, plan.job.submitted)
+                log.warning("scheduler: could not queue job %s: %s; it waits again", job_id, exc)
+                return False
+            return True
+        changed, _ = self.store.transition(job_id, JobState.PROVISION, allowed_from=[JobState.WAITING])
+        if not changed:  # cancelled since the assignment: its children were cancelled too
+            self._unassign(devices)
+            return False
+        self.store.start_phase(job_id, Phase.PROVISION)
+        try:
+            with canvas.chord_parts() as parts:
+                canvas.multi_job(self.app, job_id, devices, self.settings).apply_async()
+        except PUBLISH_ERRORS as exc:
+            self._unassign(devices)
+            abort_allocation(self.store, job_id, f"could not queue job: {exc}", self.settings)
+            return False
+        for child_id, part in parts.items():  # for a replacement, should its device go offline
+            self.store.set_fields(child_id, chord_part=part)
+        return True
+
+    def _unassign(self, devices: dict[str, str]) -> None:
+        for member, name in devices.items():
+            release_device(self.client, name, member)
+
+    # --- deadlines -----------------------------------------------------------------
+    def fire_deadlines(self, now: float) -> None:
+        """End the jobs whose ``allocation_timeout`` ran out before all their devices were allocated."""
+        for job_id in schedule.due(self.client, now):
+            state = self.store.states([job_id]).get(job_id)
+            schedule.drop(self.client, [job_id])
+            if state in ALLOCATING:
+                log.info("scheduler: job %s: %s", job_id, ALLOCATION_TIMED_OUT)
+                abort_allocation(self.store, job_id, ALLOCATION_TIMED_OUT, self.settings)
+
+    # --- repairs -------------------------------------------------------------------
+    def repair(self, summaries: list[DeviceSummary], plans: dict[str, Planned]) -> None:
+        """Release assignments of ended jobs; move members off assigned devices that went offline."""
+        for summary in summaries:
+            if not summary.job_id or summary.occupancy != ASSIGNED:
+                continue
+            record = self.store.fields([summary.job_id], "state", "assigned_device", "document", "parent_job_id",
+                                       "chord_part")[0]
+            if record["state"] is None or record["state"] in FINAL_STATES:
+                release_device(self.client, summary.name, summary.job_id)
+            elif summary.health == OFFLINE and record["state"] == JobState.WAITING \
+                    and record["assigned_device"] == summary.name:
+                self.replace(summary, record, summaries, plans)
+
+    def replace(self, gone: DeviceSummary, record: dict[str, Any], summaries: list[DeviceSummary],
+                plans: dict[str, Planned]) -> bool:
+        """Give a member whose assigned device went offline another idle device, in its job's place in line."""
+        member = gone.job_id
+        assert member is not None
+        owner = record.get("parent_job_id") or member
+        owner_record = self.store.fields([owner], "document")[0]
+        doc = record["document"] or {}
+        need = requirement(doc, "replacement", frozenset((owner_record["document"] or {}).get("exclude_agents") or ()))
+        me = WaitingJob(member, (need,), priority=int((owner_record["document"] or {}).get("job_priority") or 0),
+                        submitted=self.store.submitted(owner))  # its job's place in line
+        others = [p.job for p in plans.values()]
+        chosen = next((a for a in allocate([me, *others], [device_view(d) for d in summaries])
+                       if a.job_id == member), None)
+        if chosen is None:
+            return False
+        new = chosen.devices[0]
+        if not schedule.reassign(self.client, member, gone.name, new, now_iso()):
+            return False
+        if record.get("parent_job_id"):
+            canvas.child_again(self.app, member, new, record.get("chord_part") or {}).apply_async()
+        else:
+            canvas.single_job(self.app, member, new).apply_async()
+        log.warning("scheduler: device %s went offline before job %s started on it; moved it to %s",
+                    gone.name, member, new)
+        return True
+
+
+# --- what users see ----------------------------------------------------------------
+def waiting_reasons(store: JobStore, job_ids: list[str] | None = None) -> list[tuple[WaitingJob, WaitReason]]:
+    """Every waiting job (or those of ``job_ids`` that wait), in scheduling order, with where it stands and why.
+
+    What ``convoy queue-status`` and ``convoy show`` print: the allocator's own pass replayed on the
+    registry as it is now (:func:`explain`), so the reason is the one the scheduler acts on.
+    """
+    plans = Scheduler(store, app).waiting()
+    jobs = [p.job for p in plans.values()]
+    devices = [device_view(d) for d in device_summaries(store.client)]
+    wanted = plans.keys() if job_ids is None else [j for j in job_ids if j in plans]
+    reasons = [(plans[j].job, explain(plans[j].job, devices, jobs)) for j in wanted]
+    return sorted(reasons, key=lambda pair: pair[1].position)
