@@ -28,7 +28,7 @@ from convoy.tasks import events as states
 from convoy.coordinator.state.control import ControlWatcher
 from convoy.tasks.run.runtime import DeviceRuntime, current_device
 from convoy.coordinator.state.devices import (MAX_PROVISION_FAILURES, claim_device, provision_failed,
-                                              provision_succeeded, release_device)
+                                              provision_succeeded, release_device, unassign_device)
 from convoy.tasks.run.delayed_start import start_request, wait_for_start
 from convoy.tasks.run.env import command_env, multinode_files
 from convoy.tasks.run.output import patient_writer, patiently
@@ -91,7 +91,7 @@ class DeviceJob:
             host=self.runtime.host)
         if not changed:
             log.info("job %s is %s; not starting it", self.job_id, previous or "unknown")
-            release_device(self.store.client, self.runtime.name, self.job_id)  # assigned to it: free again
+            unassign_device(self.store.client, self.runtime.name, self.job_id)  # assigned to it: free again
             return False
         claim_device(self.store.client, self.runtime.name, self.job_id)
         self.dir.mkdir(parents=True, exist_ok=True)

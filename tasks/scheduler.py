@@ -37,7 +37,7 @@ from convoy.coordinator.scheduling.allocator import WaitReason, allocate, explai
 from convoy.coordinator.scheduling.model import Assignment, Device, Health, WaitingJob
 from convoy.coordinator.scheduling.requirements import requirement, requirements, waiting_job
 from convoy.coordinator.state import schedule
-from convoy.coordinator.state.devices import ASSIGNED, OFFLINE, DeviceSummary, device_summaries, release_device
+from convoy.coordinator.state.devices import ASSIGNED, OFFLINE, DeviceSummary, device_summaries, unassign_device
 from convoy.coordinator.state.jobs import JobStore, now_iso
 from convoy.coordinator.state.leases import SchedulerLease
 from convoy.errors import JobNotFound
@@ -52,6 +52,8 @@ PUBLISH_ERRORS = (OperationalError, redis.RedisError)
 
 #: the longest a scheduler sleeps without an event: a device going offline sends none
 SAFETY_SECONDS = 5.0
+#: a live device assigned this long without starting its job gets the job's message again
+STALE_SECONDS = 60.0
 #: how often a coordinator that is not the scheduler checks whether the scheduler's lease is free
 STANDBY_SECONDS = 1.0
 
@@ -194,7 +196,7 @@ class Scheduler:
 
     def _unassign(self, devices: dict[str, str]) -> None:
         for member, name in devices.items():
-            release_device(self.client, name, member)
+            unassign_device(self.client, name, member)
 
     # --- deadlines -----------------------------------------------------------------
     def fire_deadlines(self, now: float) -> None:
@@ -215,10 +217,28 @@ class Scheduler:
             record = self.store.fields([summary.job_id], "state", "assigned_device", "document", "parent_job_id",
                                        "chord_part")[0]
             if record["state"] is None or record["state"] in FINAL_STATES:
-                release_device(self.client, summary.name, summary.job_id)
-            elif summary.health == OFFLINE and record["state"] == JobState.WAITING \
-                    and record["assigned_device"] == summary.name:
+                unassign_device(self.client, summary.name, summary.job_id)
+            elif record["state"] != JobState.WAITING or record["assigned_device"] != summary.name:
+                continue
+            elif summary.health == OFFLINE:
                 self.replace(summary, record, summaries, plans)
+            elif time.time() - summary.since > STALE_SECONDS:
+                self.resend(summary.name, summary.job_id, record)
+
+    def resend(self, device: str, member: str, record: dict[str, Any]) -> None:
+        """Publish again the task of a member assigned long ago that its live device never started.
+
+        A scheduler that died between assigning and publishing leaves this behind. Sending twice
+        is harmless: the task starts a job only from ``waiting``, on its assigned device.
+        """
+        if record.get("parent_job_id"):
+            if not record.get("chord_part"):
+                return  # published by no one, or its chord membership never recorded: its deadline ends it
+            canvas.child_again(self.app, member, device, record["chord_part"]).apply_async()
+        else:
+            canvas.single_job(self.app, member, device).apply_async()
+        log.warning("scheduler: job %s, assigned to %s %.0fs ago, never started; sent it again", member, device,
+                    STALE_SECONDS)
 
     def replace(self, gone: DeviceSummary, record: dict[str, Any], summaries: list[DeviceSummary],
                 plans: dict[str, Planned]) -> bool:

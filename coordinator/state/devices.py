@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from datetime import datetime
 
 import redis
 
@@ -50,6 +51,8 @@ class DeviceSummary:
     failures: int = 0
     #: idle, assigned or busy, whatever the worker's health (an offline device may still be assigned)
     occupancy: str = IDLE
+    #: when the occupancy last changed (epoch seconds; 0 if unknown)
+    since: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -63,6 +66,13 @@ class QueueSummary:
 
 def _split(text: str | None) -> tuple[str, ...]:
     return tuple(part for part in (text or "").split(",") if part)
+
+
+def _epoch(iso: str | None) -> float:
+    try:
+        return datetime.fromisoformat(iso).timestamp() if iso else 0.0
+    except ValueError:
+        return 0.0
 
 
 def health_of(record: dict[str, str], alive: bool) -> str:
@@ -124,7 +134,8 @@ def device_summaries(client: redis.Redis) -> list[DeviceSummary]:
             health=health_of(record, bool(alive)), job_id=record.get("job_id") or None,
             device_type=record.get("device_type") or None, tags=_split(record.get("tags")),
             connector=record.get("connector", ""), maintenance=record.get("maintenance", ""),
-            failures=int(record.get("failures") or 0), occupancy=record.get("state") or IDLE))
+            failures=int(record.get("failures") or 0), occupancy=record.get("state") or IDLE,
+            since=_epoch(record.get("since"))))
     return out
 
 
@@ -171,6 +182,24 @@ def release_device(client: redis.Redis, device: str, job_id: str) -> bool:
 
     client.transaction(release, key)
     return released
+
+
+# KEYS[1]=device ARGV[1]=job id ARGV[2]=now -> 1 unassigned, 0 not assigned to that job
+_UNASSIGN = """
+if redis.call('HGET', KEYS[1], 'state') == 'assigned' and redis.call('HGET', KEYS[1], 'job_id') == ARGV[1] then
+  redis.call('HSET', KEYS[1], 'state', 'idle', 'job_id', '', 'since', ARGV[2])
+  return 1
+end
+return 0
+"""
+
+
+def unassign_device(client: redis.Redis, device: str, job_id: str) -> bool:
+    """Give back a device assigned to ``job_id`` that will not start it (never one it runs); wake the scheduler."""
+    if not client.eval(_UNASSIGN, 1, keys.device(device), job_id, now_iso()):
+        return False
+    wake(client, f"device {device} no longer assigned to {job_id}")
+    return True
 
 
 def set_maintenance(client: redis.Redis, device: str, reason: str) -> None:

@@ -17,7 +17,6 @@ from convoy.coordinator.api import job_results, submit_job, wait_for_job
 from convoy.coordinator.state import keys
 from convoy.coordinator.state.connection import get_store
 from convoy.coordinator.state.devices import device_summaries, set_maintenance, set_online
-
 from helpers import unique_queue, wait_for
 
 pytestmark = pytest.mark.integration
@@ -41,7 +40,8 @@ def test_a_device_going_offline_while_assigned_is_replaced_and_its_stale_message
         parent = submit_job({"job_queue": "multi", "provision_data": {"jobs": [{"job_queue": q}, {"job_queue": other}]},
                              "test_data": {"test_cmds": "cat job_list.json"}})
         child = store.children(parent)[0]
-        wait_for(lambda: store.get(child).get("assigned_device") == frozen, 30, "the child assigned to the frozen device")
+        wait_for(lambda: store.get(child).get("assigned_device") == frozen, 30,
+                 "the child assigned to the frozen device")
         set_online(store.client, spare)
         # its alive mark runs out (15 s), the next pass (5 s at most) moves the child
         wait_for(lambda: store.get(child).get("assigned_device") == spare, 45, "the child moved to the spare device")
@@ -57,3 +57,28 @@ def test_a_device_going_offline_while_assigned_is_replaced_and_its_stale_message
     assert health(frozen) == "idle"
     assert store.get(child)["device"] == spare
     assert store.get(child)["state"] == "cancelled"  # how a child ends: once, on the spare device
+
+
+def test_an_assignment_whose_message_was_never_sent_is_sent_again(start_cluster):
+    """As a scheduler killed between assigning a device and publishing would leave it."""
+    from convoy.coordinator.state import schedule
+    from convoy.coordinator.state.jobs import now_iso
+
+    q = unique_queue("resend")
+    cluster = start_cluster({q: 1})
+    (device,) = [d.name for d in cluster.devices]
+    store = get_store()
+    set_maintenance(store.client, device, "held while the test plays the scheduler")
+    job_id = submit_job({"job_queue": q, "test_data": {"test_cmds": "echo ran once"}})
+    # back in service and assigned long ago in one step (no scheduler pass in between); nothing published
+    script_keys = [keys.SCHEDULER_WAITING, keys.job(job_id), keys.device(device), keys.device_alive(device),
+                   keys.job(job_id)]
+    with store.client.pipeline(transaction=True) as pipe:
+        pipe.hset(keys.device(device), "maintenance", "")
+        pipe.eval(schedule._ASSIGN, len(script_keys), *script_keys, job_id, now_iso())
+        pipe.hset(keys.device(device), "since", "2000-01-01T00:00:00.000+00:00")
+        assert pipe.execute()[1] == [1, ""]
+    assert wait_for_job(job_id, timeout=JOB_TIMEOUT) == "complete"
+    results = job_results(job_id)
+    assert results["outcome"] == "pass" and results["test_output"].count("ran once") == 1
+    wait_for(lambda: health(device) == "idle", 30, "the device idle again")
