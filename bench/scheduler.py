@@ -360,7 +360,8 @@ def report_soak(n: int, seed: int, lab: list[Device], submitted: dict[str, float
     busy = sum(h.busy for h in children)
     utilization = busy / (len(lab) * drain)
     waiting = [waiting_job(job_id, documents[job_id], at) for job_id, at in submitted.items()]
-    durations = {job_id: {k: hs[i].busy for k, (i, _) in enumerate(requirements(documents[job_id]))}
+    durations = {job_id: {k: hs[i].busy for k, (i, _) in enumerate(requirements(documents[job_id]))
+                          if i is not None}  # multi jobs: every requirement is a child
                  for job_id, hs in holds.items()}
     makespan = replay(waiting, durations, lab)
     replayed = busy / (len(lab) * makespan)

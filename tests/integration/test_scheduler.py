@@ -138,7 +138,7 @@ def submit_concurrently(batches: list[list[dict[str, Any]]]) -> list[str]:
 
 
 def multi(queues: Iterable[str], sleeps: Iterable[float] | None = None, **extra: Any) -> dict[str, Any]:
-    children = [{"job_queue": q} for q in queues]
+    children: list[dict[str, Any]] = [{"job_queue": q} for q in queues]
     for child, seconds in zip(children, sleeps or (), strict=False):
         child["test_data"] = {"test_cmds": f"sleep {seconds:.1f}"}
     return {"job_queue": "multi", "provision_data": {"jobs": children}, **extra}
