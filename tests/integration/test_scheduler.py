@@ -242,8 +242,7 @@ def test_soak_of_random_multi_jobs_from_three_submitters_completes_without_holdi
 
 
 # --- Done when 3: two jobs, the same two devices, opposite order ---------------------------------
-def test_two_jobs_wanting_the_same_two_devices_in_opposite_order_run_one_after_the_other(
-        start_cluster, submit_times):
+def test_two_jobs_wanting_the_same_two_devices_in_opposite_order_run_one_after_the_other(start_cluster):
     x, y = unique_queue("x"), unique_queue("y")
     start_cluster({x: 1, y: 1})
 
