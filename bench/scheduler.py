@@ -320,6 +320,7 @@ def replay(jobs: list[WaitingJob], holds: dict[str, dict[int, float]], lab: list
 def soak(n: int, seed: int, *, keep: bool) -> None:
     from convoy.workers.embedded.cluster import EmbeddedCluster
 
+    load = os.getloadavg()[0]
     configs = soak_lab()
     lab = [Device(d.name, frozenset(d.queues), d.device_type, frozenset(d.tags)) for d in configs]
     jobs = soak_jobs(random.Random(f"{seed}-soak"), lab, n)
@@ -340,7 +341,7 @@ def soak(n: int, seed: int, *, keep: bool) -> None:
         done = {job_id: first(state_events(client, job_id), "complete") or 0.0 for job_id in submitted}
         holds = {job_id: child_holds(store, job_id) for job_id in submitted}
         documents = {job_id: store.get(job_id)["document"] for job_id in submitted}
-        report_soak(n, seed, lab, submitted, finals, outcomes, done, holds, documents)
+        report_soak(n, seed, lab, submitted, finals, outcomes, done, holds, documents, load)
         if keep:
             print(f"\n  logs: {scratch}")
     finally:
@@ -354,7 +355,7 @@ def soak(n: int, seed: int, *, keep: bool) -> None:
 
 def report_soak(n: int, seed: int, lab: list[Device], submitted: dict[str, float], finals: dict[str, str],
                 outcomes: dict[str, str], done: dict[str, float], holds: dict[str, list[ChildHold]],
-                documents: dict[str, dict[str, Any]]) -> None:
+                documents: dict[str, dict[str, Any]], load: float) -> None:
     children = [h for hs in holds.values() for h in hs]
     drain = max(done.values()) - min(submitted.values())
     busy = sum(h.busy for h in children)
@@ -368,7 +369,7 @@ def report_soak(n: int, seed: int, lab: list[Device], submitted: dict[str, float
     ratio = utilization / replayed
     sizes = [len(hs) for hs in holds.values()]
     priorities = sorted(int(documents[j].get("job_priority") or 0) for j in submitted)
-    print(f"== scheduler: soak on a real cluster ({machine_line()})")
+    print(f"== scheduler: soak on a real cluster ({machine_line()}; 1-min load at the soak's start {load:.2f})")
     print(f"   seed {seed}; {n} multi jobs of {min(sizes)}-{max(sizes)} children ({len(children)} in all), "
           f"priorities {dict((p, priorities.count(p)) for p in SOAK_PRIORITIES)}, submitted at once by "
           f"{SOAK_SUBMITTERS} processes; lab: " + ", ".join(f"{d.name} ({','.join(sorted(d.queues))})" for d in lab))
@@ -406,6 +407,7 @@ def next_phase_latency(sizes: list[int], jobs: int, *, keep: bool, warmup: int =
     from allocation_latency import measure_convoy
 
     top = max(sizes)
+    load = os.getloadavg()[0]
     scratch = scratch_dir("convoy-bench-next-phase-")
     cluster = peers = None
     try:
@@ -447,7 +449,8 @@ def next_phase_latency(sizes: list[int], jobs: int, *, keep: bool, warmup: int =
                          f"<= {ROUND_TRIP_TARGET:g}x  " + ("met" if ratio <= ROUND_TRIP_TARGET else "MISSED")
                          + (f"  ({failed} job(s) failed)" if failed else "")])
             log(f"next phase: N={n} done")
-        print(f"== scheduler: last child allocated -> parent's next phase ({machine_line()})")
+        print(f"== scheduler: last child allocated -> parent's next phase ({machine_line()}; "
+              f"1-min load at this part's start {load:.2f})")
         print(f"   one device and queue per child (bench-1..bench-{top}); {jobs} jobs per N (+{warmup} warm-up), "
               f"each followed by one bare Celery round trip (noop.apply_async().get(), 1 worker -P threads -c 1)")
         print()
