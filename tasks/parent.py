@@ -57,8 +57,8 @@ def collect(self: Task, results: list[Any], parent_id: str) -> None:
     chord hands over the very data job_list.json holds.
     """
     store = get_store()
-    clear_deadline(store.client, parent_id)  # allocated (or ended): allocation_timeout no longer applies
     if _skip(store, parent_id):
+        clear_deadline(store.client, parent_id)
         return
     job_list = canvas.job_list(results, lambda: device_targets(store, parent_id))
     path = parent_dir(parent_id) / "job_list.json"
@@ -66,6 +66,7 @@ def collect(self: Task, results: list[Any], parent_id: str) -> None:
     # the parent moves on first; the bookkeeping below is for the record
     provision = _phase(self, store, parent_id, Phase.PROVISION)
     provision.transition(JobState.ALLOCATED, allowed_from=[JobState.PROVISION], allocated_at=f"{time.time():.6f}")
+    clear_deadline(store.client, parent_id)  # allocated: allocation_timeout no longer applies
     provision.end(0)
     allocate = _phase(self, store, parent_id, Phase.ALLOCATE)
     allocate.start(announce=False)

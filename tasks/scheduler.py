@@ -9,14 +9,15 @@ offline send no event, allocation deadlines fall due).  A pass:
 1. fires due allocation deadlines (``allocation_timeout`` counts from
    submission: a job that waited too long ends with Testflinger's "Timed out
    waiting for devices to allocate", holding nothing while it ran down);
-2. reads the waiting jobs and the device registry, asks the allocator which
-   jobs start now and on which devices;
-3. for each, assigns all its devices in one atomic Redis step (or none, if
+2. reads the waiting jobs and the device registry, and repairs assignments:
+   a device that went offline before its job started is replaced by another
+   idle one if the lab has it; a device assigned to a job that ended is
+   released; a job assigned long ago that its live device never started is
+   sent again;
+3. asks the allocator which jobs start now and on which devices;
+4. for each, assigns all its devices in one atomic Redis step (or none, if
    something changed since the read), then publishes its task or chord with
-   each device's task on that device's own queue;
-4. repairs assignments: a device that went offline before its job started
-   is replaced by another idle one if the lab has it; a device assigned to a
-   job that ended is released.
+   each device's task on that device's own queue.
 """
 from __future__ import annotations
 
@@ -124,14 +125,13 @@ class Scheduler:
         self.fire_deadlines(time.time())
         plans = self.waiting()
         summaries = device_summaries(self.client)
+        # repairs first: nothing runs in this process after a job is published, while its children allocate
+        self.repair(summaries, plans)
         started = []
         if plans:
             for assignment in allocate([p.job for p in plans.values()], [device_view(d) for d in summaries]):
                 if self.start(plans[assignment.job_id], assignment):
                     started.append(assignment)
-        if started:
-            summaries = device_summaries(self.client)
-        self.repair(summaries, plans)
         return started
 
     def waiting(self) -> dict[str, Planned]:
@@ -190,8 +190,10 @@ class Scheduler:
             self._unassign(devices)
             abort_allocation(self.store, job_id, f"could not queue job: {exc}", self.settings)
             return False
-        for child_id, part in parts.items():  # for a replacement, should its device go offline
-            self.store.set_fields(child_id, chord_part=part)
+        with self.store.pipeline(transaction=False) as pipe:  # for a replacement, should a device go offline
+            for child_id, part in parts.items():
+                self.store.set_fields(child_id, pipe, chord_part=part)
+            pipe.execute()
         return True
 
     def _unassign(self, devices: dict[str, str]) -> None:
@@ -211,19 +213,17 @@ class Scheduler:
     # --- repairs -------------------------------------------------------------------
     def repair(self, summaries: list[DeviceSummary], plans: dict[str, Planned]) -> None:
         """Release assignments of ended jobs; move members off assigned devices that went offline."""
-        for summary in summaries:
-            if not summary.job_id or summary.occupancy != ASSIGNED:
-                continue
-            record = self.store.fields([summary.job_id], "state", "assigned_device", "document", "parent_job_id",
-                                       "chord_part")[0]
+        assigned = [(s, s.job_id) for s in summaries if s.job_id and s.occupancy == ASSIGNED]
+        records = self.store.fields([member for _, member in assigned], "state", "assigned_device")
+        for (summary, member), record in zip(assigned, records, strict=True):
             if record["state"] is None or record["state"] in FINAL_STATES:
-                unassign_device(self.client, summary.name, summary.job_id)
+                unassign_device(self.client, summary.name, member)
             elif record["state"] != JobState.WAITING or record["assigned_device"] != summary.name:
                 continue
             elif summary.health == OFFLINE:
-                self.replace(summary, record, summaries, plans)
+                self.replace(summary, self.store.get(member), summaries, plans)
             elif time.time() - summary.since > STALE_SECONDS:
-                self.resend(summary.name, summary.job_id, record)
+                self.resend(summary.name, member, self.store.get(member))
 
     def resend(self, device: str, member: str, record: dict[str, Any]) -> None:
         """Publish again the task of a member assigned long ago that its live device never started.

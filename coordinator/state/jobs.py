@@ -132,9 +132,10 @@ class JobStore:
             out.append(row)
         return out
 
-    def set_fields(self, job_id: str, **fields: Any) -> None:
+    def set_fields(self, job_id: str, pipe: redis.client.Pipeline | None = None, **fields: Any) -> None:
+        """Set fields of the job's record (inside ``pipe`` when given); dicts and lists as JSON."""
         encoded = {k: json.dumps(v) if isinstance(v, (dict, list)) else str(v) for k, v in fields.items()}
-        self._r.hset(keys.job(job_id), mapping=encoded)
+        (pipe if pipe is not None else self._r).hset(keys.job(job_id), mapping=encoded)
 
     def transition(self, job_id: str, to: str, *, allowed_from: Iterable[str] = (),
                    **fields: Any) -> tuple[bool, str]:
