@@ -60,6 +60,9 @@ def submit_job(job: dict[str, Any] | str | os.PathLike[str], *, settings: Settin
                require_known_queue: bool = True) -> str:
     """Validate a job (a dict, YAML text or a path) and put it in line for its devices; return its id.
 
+    ``require_known_queue=False`` skips the check that the registered devices can ever run the
+    job: it then waits until devices that can register.
+
     The job is recorded and handed to the scheduler in one Redis transaction:
     it is either fully submitted or not at all.  Nothing is published to the
     broker here: the scheduler does that once the job's devices are assigned.
