@@ -35,7 +35,6 @@ from __future__ import annotations
 
 import argparse
 import math
-import os
 import sys
 import time
 from pathlib import Path
@@ -49,7 +48,6 @@ from common import (
     fmt_ms,
     log,
     machine_line,
-    peer_url,
     phase_events,
     scratch_dir,
     start_cluster,
@@ -57,6 +55,7 @@ from common import (
     summary,
     table,
     teardown,
+    use_peer_db,
 )
 
 LATENCY_TARGET_MS = 10.0
@@ -160,11 +159,7 @@ def main(argv: list[str] | None = None) -> int:
     results: dict[int, dict] = {}
     try:
         cluster = start_cluster({f"bench-{i}": 1 for i in range(1, top + 1)}, scratch / "cluster")
-        url = peer_url(cluster.redis_url)
-        os.environ["PEER_REDIS_URL"] = url
-        import redis
-
-        redis.Redis.from_url(url).flushdb()
+        url = use_peer_db(cluster)
         peers = PeerWorkers(url, scratch / "peer-logs")
         for i in range(1, top + 1):
             peers.add(f"peer-{i}", [f"peer-{i}"], concurrency=1)

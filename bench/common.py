@@ -107,6 +107,16 @@ def peer_url(cluster_url: str, db: int = 2) -> str:
     return cluster_url.rsplit("/", 1)[0] + f"/{db}"
 
 
+def use_peer_db(cluster) -> str:
+    """Point ``peer_celery`` (``PEER_REDIS_URL``) at an emptied database of the cluster's Redis; its URL."""
+    import redis
+
+    url = peer_url(cluster.redis_url)
+    os.environ["PEER_REDIS_URL"] = url
+    redis.Redis.from_url(url).flushdb()
+    return url
+
+
 # --- peer (bare Celery) workers -----------------------------------------------------
 class PeerWorkers:
     """``celery -A peer_celery worker`` subprocesses; each started and stopped by its pid."""

@@ -56,13 +56,13 @@ from common import (
     fmt_ms,
     log,
     machine_line,
-    peer_url,
     scratch_dir,
     start_cluster,
     state_events,
     summary,
     table,
     teardown,
+    use_peer_db,
 )
 from convoy.coordinator.scheduling.allocator import allocate, explain, feasible, ordered
 from convoy.coordinator.scheduling.feasibility import problems
@@ -412,11 +412,7 @@ def next_phase_latency(sizes: list[int], jobs: int, *, keep: bool, warmup: int =
     cluster = peers = None
     try:
         cluster = start_cluster({f"bench-{i}": 1 for i in range(1, top + 1)}, scratch / "cluster")
-        url = peer_url(cluster.redis_url)
-        os.environ["PEER_REDIS_URL"] = url
-        import redis
-
-        redis.Redis.from_url(url).flushdb()
+        url = use_peer_db(cluster)
         peers = PeerWorkers(url, scratch / "peer-logs")
         peers.add("peer-1", ["peer-1"], concurrency=1)
         peers.wait_ready()
