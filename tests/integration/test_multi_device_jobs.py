@@ -13,6 +13,7 @@ import pytest
 from convoy.config.settings import load_settings
 from convoy.coordinator.api import cancel_job, job_results, submit_job, wait_for_job
 from convoy.coordinator.state.connection import get_store
+from convoy.coordinator.state.devices import device_summaries
 
 from helpers import assert_all_released, states_seen, unique_queue, wait_for_state
 
@@ -95,6 +96,29 @@ def test_allocation_timeout_cancels_all_children(start_cluster):
     assert results["outcome"] == "fail"
     assert results["message"] == "Timed out waiting for devices to allocate"
     assert_all_released(parent)
+
+
+def test_allocation_timeout_of_a_waiting_job_ends_it_holding_nothing(start_cluster, tmp_path):
+    """The job never gets its busy device: it waits holding nothing, and times out from submission."""
+    free, taken = unique_queue("free"), unique_queue("taken")
+    cluster = start_cluster({free: 1, taken: 1})
+    release = tmp_path / "release"
+    blocker = submit_job({"job_queue": taken,
+                          "test_data": {"test_cmds": f"while [ ! -e {release} ]; do sleep 0.1; done"}})
+    wait_for_state(blocker, "test")
+    parent = submit_job(multi(free, taken, allocation_timeout=3))
+    assert wait_for_job(parent, timeout=JOB_TIMEOUT) == "complete"
+    results = job_results(parent)
+    assert (results["outcome"], results["message"]) == ("fail", "Timed out waiting for devices to allocate")
+    store = get_store()
+    for child in store.children(parent):  # never given a device, so never provisioned
+        record = store.get(child)
+        assert record["state"] == "cancelled" and not record.get("assigned_device") and not record.get("device")
+    assert "waiting" in states_seen(parent) and "provision" not in states_seen(parent)
+    free_device = next(d.name for d in cluster.devices if free in d.queues)
+    assert next(d for d in device_summaries(store.client) if d.name == free_device).health == "idle"
+    release.touch()
+    assert wait_for_job(blocker, timeout=JOB_TIMEOUT) == "complete"
 
 
 def test_cancelling_a_child_before_allocation_fails_the_parent(start_cluster):
