@@ -10,9 +10,20 @@ import json
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from enum import StrEnum
 from typing import Any
 
 from convoy.errors import ConvoyError
+
+
+class Health(StrEnum):
+    """A device's state in the registry; only ``idle`` devices can be given to a job."""
+
+    IDLE = "idle"
+    ASSIGNED = "assigned"  # chosen for a job, not yet provisioning
+    BUSY = "busy"
+    OFFLINE = "offline"
+    MAINTENANCE = "maintenance"
 
 
 @dataclass(frozen=True)

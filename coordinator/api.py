@@ -38,18 +38,19 @@ def _check_satisfiable(job: dict[str, Any], client: redis.Redis) -> None:
     queue, a device_type, a tag, a device not excluded) is named by the
     allocator's feasibility check, Hall's condition included.
     """
-    wanted = [req for _, req in requirements(job)]
-    if not wanted:
+    needs = requirements(job)
+    if not needs:
         return  # only secondary connections: no device needed
     known = known_queues(client)
     errors = [
-        FieldError(f"{req.label}.job_queue" if req.label.startswith("provision_data") else req.label,
+        FieldError("job_queue" if i is None else f"provision_data.jobs[{i}].job_queue",
                    f"no device serves queue {req.queue!r} (known queues: {', '.join(sorted(known)) or 'none'})")
-        for req in wanted if req.queue is not None and req.queue not in known
+        for i, req in needs if req.queue is not None and req.queue not in known
     ]
+    wanted = tuple(req for _, req in needs)
     if not errors:
         devices = [device_view(d) for d in device_summaries(client)]
-        for problem in feasible(WaitingJob("submitted", tuple(wanted)), devices):
+        for problem in feasible(WaitingJob("submitted", wanted), devices):
             where, _, message = problem.partition(": ")
             errors.append(FieldError(where, message))  # the child's path or role, as the allocator labels it
     if errors:

@@ -38,7 +38,7 @@ from convoy.coordinator.scheduling.allocator import WaitReason, allocate, explai
 from convoy.coordinator.scheduling.model import Assignment, Device, Health, WaitingJob
 from convoy.coordinator.scheduling.requirements import requirement, requirements, waiting_job
 from convoy.coordinator.state import schedule
-from convoy.coordinator.state.devices import ASSIGNED, OFFLINE, DeviceSummary, device_summaries, unassign_device
+from convoy.coordinator.state.devices import DeviceSummary, device_summaries, unassign_device
 from convoy.coordinator.state.jobs import JobStore, now_iso
 from convoy.coordinator.state.leases import SchedulerLease
 from convoy.errors import JobNotFound
@@ -71,7 +71,7 @@ class Planned:
 def device_view(summary: DeviceSummary) -> Device:
     """A registry entry as the allocator sees it."""
     return Device(name=summary.name, queues=frozenset(summary.queues), device_type=summary.device_type,
-                  tags=frozenset(summary.tags), health=Health(summary.health))
+                  tags=frozenset(summary.tags), health=summary.health)
 
 
 class Scheduler:
@@ -135,19 +135,25 @@ class Scheduler:
         return started
 
     def waiting(self) -> dict[str, Planned]:
-        """The jobs still waiting, planned; jobs that stopped waiting (cancelled) are forgotten."""
+        """The jobs still waiting, planned; jobs that stopped waiting (cancelled) leave the waiting set."""
+        plans, gone = self.read_waiting()
+        schedule.drop(self.client, gone)
+        return plans
+
+    def read_waiting(self) -> tuple[dict[str, Planned], list[str]]:
+        """The jobs still waiting, planned, and the ids in the waiting set that no longer wait (no write)."""
         entries = schedule.waiting(self.client)
         states = self.store.states(job_id for job_id, _ in entries)
-        schedule.drop(self.client, [job_id for job_id, state in states.items() if state != JobState.WAITING])
-        plans = {}
+        plans, gone = {}, []
         for job_id, submitted in entries:
             if states.get(job_id) != JobState.WAITING:
                 self._plans.pop(job_id, None)
+                gone.append(job_id)
                 continue
             plan = self._plans.get(job_id) or self._plan(job_id, submitted)
             if plan is not None:
                 self._plans[job_id] = plans[job_id] = plan
-        return plans
+        return plans, gone
 
     def _plan(self, job_id: str, submitted: float) -> Planned | None:
         try:
@@ -213,14 +219,14 @@ class Scheduler:
     # --- repairs -------------------------------------------------------------------
     def repair(self, summaries: list[DeviceSummary], plans: dict[str, Planned]) -> None:
         """Release assignments of ended jobs; move members off assigned devices that went offline."""
-        assigned = [(s, s.job_id) for s in summaries if s.job_id and s.occupancy == ASSIGNED]
+        assigned = [(s, s.job_id) for s in summaries if s.job_id and s.occupancy == Health.ASSIGNED]
         records = self.store.fields([member for _, member in assigned], "state", "assigned_device")
         for (summary, member), record in zip(assigned, records, strict=True):
             if record["state"] is None or record["state"] in FINAL_STATES:
                 unassign_device(self.client, summary.name, member)
             elif record["state"] != JobState.WAITING or record["assigned_device"] != summary.name:
                 continue
-            elif summary.health == OFFLINE:
+            elif summary.health == Health.OFFLINE:
                 self.replace(summary, self.store.get(member), summaries, plans)
             elif time.time() - summary.since > STALE_SECONDS:
                 self.resend(summary.name, member, self.store.get(member))
@@ -275,7 +281,7 @@ def waiting_reasons(store: JobStore, job_ids: list[str] | None = None) -> list[t
     What ``convoy queue-status`` and ``convoy show`` print: the allocator's own pass replayed on the
     registry as it is now (:func:`explain`), so the reason is the one the scheduler acts on.
     """
-    plans = Scheduler(store, app).waiting()
+    plans, _ = Scheduler(store, app).read_waiting()  # a look: what no longer waits is the scheduler's to drop
     jobs = [p.job for p in plans.values()]
     devices = [device_view(d) for d in device_summaries(store.client)]
     wanted = plans.keys() if job_ids is None else [j for j in job_ids if j in plans]

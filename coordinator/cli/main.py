@@ -211,12 +211,12 @@ def agents(as_json: bool) -> None:
 
 def agent_line(device: DeviceSummary) -> str:
     """One device of ``convoy agents``: its name first (scripts cut it), then ``key=value`` fields."""
-    from convoy.coordinator.state.devices import MAINTENANCE
+    from convoy.config.devices import Health
 
     line = (f"{device.name:<24} {device.health:<11} host={device.host} queues={','.join(device.queues)}"
             f" type={device.device_type or '-'} tags={','.join(device.tags) or '-'}"
             + (f" job={device.job_id}" if device.job_id else ""))
-    if device.maintenance and device.health == MAINTENANCE:
+    if device.maintenance and device.health == Health.MAINTENANCE:
         line += f"  reason: {device.maintenance}"
     elif device.maintenance:  # taken out of service while running a job: it finishes first
         line += f"  maintenance when its job ends: {device.maintenance}"

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from enum import StrEnum
 
+from convoy.config.devices import Health
 from convoy.config.lava.translate import LAVA_PRIORITIES, lava_priority
 
 __all__ = [
@@ -22,16 +22,6 @@ __all__ = [
     "lava_priority",
     "quoted",
 ]
-
-
-class Health(StrEnum):
-    """A device's state in the registry; only ``idle`` devices can be given to a job."""
-
-    IDLE = "idle"
-    ASSIGNED = "assigned"  # chosen for a job, not yet provisioning
-    BUSY = "busy"
-    OFFLINE = "offline"
-    MAINTENANCE = "maintenance"
 
 
 @dataclass(frozen=True)

@@ -21,7 +21,7 @@ from datetime import datetime
 
 import redis
 
-from convoy.config.devices import DeviceConfig
+from convoy.config.devices import DeviceConfig, Health
 from convoy.coordinator.state import keys
 from convoy.coordinator.state.jobs import now_iso
 from convoy.coordinator.state.presence import AliveMark
@@ -31,8 +31,6 @@ from convoy.errors import ConvoyError
 #: consecutive provisioning failures that put a device in maintenance (LAVA's health checks do the same)
 MAX_PROVISION_FAILURES = 3
 
-IDLE, ASSIGNED, BUSY, OFFLINE, MAINTENANCE = "idle", "assigned", "busy", "offline", "maintenance"
-
 
 @dataclass(frozen=True)
 class DeviceSummary:
@@ -41,7 +39,7 @@ class DeviceSummary:
     name: str
     host: str
     queues: tuple[str, ...]
-    health: str  # idle, assigned, busy, offline, maintenance
+    health: Health
     job_id: str | None
     device_type: str | None = None
     tags: tuple[str, ...] = ()
@@ -50,7 +48,7 @@ class DeviceSummary:
     maintenance: str = ""
     failures: int = 0
     #: idle, assigned or busy, whatever the worker's health (an offline device may still be assigned)
-    occupancy: str = IDLE
+    occupancy: Health = Health.IDLE
     #: when the occupancy last changed (epoch seconds; 0 if unknown)
     since: float = 0.0
 
@@ -75,14 +73,20 @@ def _epoch(iso: str | None) -> float:
         return 0.0
 
 
-def health_of(record: dict[str, str], alive: bool) -> str:
+def _occupancy(record: dict[str, str]) -> Health:
+    """Idle, assigned or busy: what the record says, whatever the worker's health."""
+    state = record.get("state")
+    return Health(state) if state in (Health.ASSIGNED, Health.BUSY) else Health.IDLE
+
+
+def health_of(record: dict[str, str], alive: bool) -> Health:
     """A device's health from its record and whether its worker beats."""
-    occupancy = record.get("state") or IDLE
-    if record.get("maintenance") and occupancy == IDLE:
-        return MAINTENANCE
+    occupancy = _occupancy(record)
+    if record.get("maintenance") and occupancy == Health.IDLE:
+        return Health.MAINTENANCE
     if not alive:
-        return OFFLINE
-    return occupancy if occupancy in (ASSIGNED, BUSY) else IDLE
+        return Health.OFFLINE
+    return occupancy
 
 
 def register(client: redis.Redis, device: DeviceConfig, host: str) -> None:
@@ -101,7 +105,7 @@ def register(client: redis.Redis, device: DeviceConfig, host: str) -> None:
         "device_type": device.device_type or "", "tags": ",".join(device.tags),
         "host": host, "pid": os.getpid(), "started_at": now_iso(),
     })
-    pipe.hsetnx(keys.device(device.name), "state", IDLE)
+    pipe.hsetnx(keys.device(device.name), "state", Health.IDLE)
     AliveMark.of_device(device.name).set(pipe)
     wake(pipe, f"device {device.name} registered")
     pipe.execute()
@@ -134,7 +138,7 @@ def device_summaries(client: redis.Redis) -> list[DeviceSummary]:
             health=health_of(record, bool(alive)), job_id=record.get("job_id") or None,
             device_type=record.get("device_type") or None, tags=_split(record.get("tags")),
             connector=record.get("connector", ""), maintenance=record.get("maintenance", ""),
-            failures=int(record.get("failures") or 0), occupancy=record.get("state") or IDLE,
+            failures=int(record.get("failures") or 0), occupancy=_occupancy(record),
             since=_epoch(record.get("since"))))
     return out
 
@@ -145,9 +149,10 @@ def queue_summaries(client: redis.Redis) -> list[QueueSummary]:
     for queue in sorted(client.smembers(keys.QUEUES)):
         serving = [d for d in devices if queue in d.queues]
         waiting = client.zrange(keys.queue_waiting(queue), 0, -1)
-        out.append(QueueSummary(queue=queue, total=len(serving),
-                                online=sum(d.health not in (OFFLINE, MAINTENANCE) for d in serving),
-                                busy=sum(d.health in (BUSY, ASSIGNED) for d in serving), waiting=waiting))
+        out.append(QueueSummary(
+            queue=queue, total=len(serving),
+            online=sum(d.health not in (Health.OFFLINE, Health.MAINTENANCE) for d in serving),
+            busy=sum(d.health in (Health.BUSY, Health.ASSIGNED) for d in serving), waiting=waiting))
     return out
 
 
@@ -176,7 +181,7 @@ def release_device(client: redis.Redis, device: str, job_id: str) -> bool:
         holder = pipe.hget(key, "job_id")
         pipe.multi()
         if holder in (None, "", job_id):
-            pipe.hset(key, mapping={"state": IDLE, "job_id": "", "since": now_iso()})
+            pipe.hset(key, mapping={"state": Health.IDLE, "job_id": "", "since": now_iso()})
             wake(pipe, f"device {device} released by {job_id}")
             released = True
 

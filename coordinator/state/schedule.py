@@ -12,15 +12,13 @@ from __future__ import annotations
 import time
 from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import Any, Union
+from typing import Any
 
 import redis
 
 from convoy.coordinator.state import keys
 from convoy.coordinator.state.connection import block_ms_before
-
-#: a client, or a pipeline to queue the command in
-Target = Union[redis.Redis, "redis.client.Pipeline"]
+from convoy.coordinator.state.presence import Target
 
 #: wake-ups kept in the stream (the scheduler only needs the newest)
 EVENTS_MAXLEN = 1000
