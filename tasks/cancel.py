@@ -7,13 +7,12 @@ aborted allocation cancels every child and queues the parent's cleanup once.
 """
 from __future__ import annotations
 
-from convoy.tasks.celery import app
 from convoy.config.settings import Settings
-from convoy.tasks import canvas
 from convoy.config.lifecycle import FINAL_STATES, JobState, Outcome, Phase, Signal
 from convoy.coordinator.state.jobs import JobStore
 from convoy.errors import JobStateError
 from convoy.tasks.run.phase import PhaseRun
+from convoy.tasks.steps import advance
 
 #: a multi job's states before every device is allocated: a failure or a cancel then aborts the allocation
 ALLOCATING = (JobState.WAITING, JobState.PROVISION)
@@ -43,6 +42,7 @@ def cancel_device_job(store: JobStore, job_id: str, reason: str) -> None:
 
 
 def cancel_parent(store: JobStore, parent_id: str, settings: Settings) -> None:
+    """Cancel a multi job in any state: whatever step runs stops, and its cleanup is owed (and sent)."""
     store.set_fields(parent_id, cancel_requested="1")
     store.signal(parent_id, Signal.CANCEL)
     if store.state(parent_id) in ALLOCATING:
@@ -52,10 +52,11 @@ def cancel_parent(store: JobStore, parent_id: str, settings: Settings) -> None:
     for child_id, state in store.states(store.children(parent_id)).items():
         if state not in FINAL_STATES:
             store.signal(child_id, Signal.CANCEL)
+    advance(store, parent_id, settings)  # a reservation holds no thread: its cleanup must be sent
 
 
 def abort_allocation(store: JobStore, parent_id: str, message: str, settings: Settings) -> bool:
-    """Fail a multi job's allocation once: cancel all children, queue the cleanup."""
+    """Fail a multi job's allocation once: cancel all children, send the cleanup."""
     if not store.once(parent_id, "abort"):
         return False
     store.set_fields(parent_id, message=message)
@@ -65,5 +66,6 @@ def abort_allocation(store: JobStore, parent_id: str, message: str, settings: Se
     for child_id in store.children(parent_id):
         if store.state(child_id) not in FINAL_STATES:
             cancel_device_job(store, child_id, f"parent job {parent_id}: {message}")
-    canvas.cleanup_now(app, parent_id, settings).apply_async()
+    store.parent_started(parent_id)  # its steps are watched from now: the cleanup is repaired if lost
+    advance(store, parent_id, settings)
     return True

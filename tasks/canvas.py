@@ -5,8 +5,8 @@ worker: the scheduler assigns devices first, then publishes each device's
 task to that device's queue, so no other worker can take it.  A
 single-device job is one task.  A multi job is a chord: one child task per
 device (each returns its device_info the moment its device is allocated),
-then the parent's collect → reserve → test → cleanup chain on the
-coordinator queue.  The order jobs start in is the scheduler's, not the
+then the parent's collect on the coordinator queue; each later step of the
+parent is sent by whoever finds it owed (:func:`parent_step`).  The order jobs start in is the scheduler's, not the
 broker's: messages carry no priority.
 """
 from __future__ import annotations
@@ -16,7 +16,7 @@ from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any
 
-from celery import Celery, chain, chord
+from celery import Celery, chord
 from celery.canvas import Signature
 from celery.signals import before_task_publish
 
@@ -47,22 +47,29 @@ def single_job(app: Celery, job_id: str, device: str) -> Signature:
     return app.signature(RUN_JOB, args=(job_id,), queue=device_queue(device), task_id=job_id, **NO_RESULT)
 
 
+#: each parent step's task (see :mod:`convoy.config.steps`)
+STEP_TASKS = {"collect": COLLECT, "reserve": RESERVE, "test": TEST, "cleanup": CLEANUP}
+
+
 def parent_body(app: Celery, parent_id: str, settings: Settings) -> Signature:
-    queue = settings.coordinator_queue
-    return chain(
-        app.signature(COLLECT, args=(parent_id,), queue=queue, task_id=f"{parent_id}.collect", **NO_RESULT),
-        app.signature(RESERVE, args=(parent_id,), queue=queue, immutable=True, task_id=f"{parent_id}.reserve",
-                      **NO_RESULT),
-        app.signature(TEST, args=(parent_id,), queue=queue, immutable=True, task_id=f"{parent_id}.test",
-                      **NO_RESULT),
-        app.signature(CLEANUP, args=(parent_id,), queue=queue, immutable=True, task_id=f"{parent_id}.cleanup",
-                      **NO_RESULT),
-    )
+    """The chord's body: collect, the moment the last child is allocated; each step then sends the next."""
+    return app.signature(COLLECT, args=(parent_id,), queue=settings.coordinator_queue,
+                         task_id=f"{parent_id}.collect", **NO_RESULT)
+
+
+def parent_step(app: Celery, parent_id: str, step: str, settings: Settings) -> Signature:
+    """One step of the parent, sent by whoever found it owed (the step before, a cancel, a deadline, a repair).
+
+    Collect sent this way (not by the chord) has no allocation reports: it reads the store.
+    """
+    args: tuple[Any, ...] = (None, parent_id) if step == "collect" else (parent_id,)
+    return app.signature(STEP_TASKS[step], args=args, queue=settings.coordinator_queue,
+                         task_id=f"{parent_id}.{step}", **NO_RESULT)
 
 
 def multi_job(app: Celery, parent_id: str, devices: Mapping[str, str], settings: Settings) -> Signature:
     """The chord of a multi job: each child (id → its assigned device, in ``provision_data.jobs`` order) on
-    its device's queue, then the parent's chain.  Secondary connections hold no device: no task here."""
+    its device's queue, then the parent's collect.  Secondary connections hold no device: no task here."""
     header = [app.signature(CHILD_JOB, args=(child_id,), queue=device_queue(device), task_id=child_id, **NO_RESULT)
               for child_id, device in devices.items()]
     return chord(header, parent_body(app, parent_id, settings))
@@ -104,22 +111,18 @@ def chord_parts() -> Iterator[dict[str, dict[str, Any]]]:
         _recording.parts = None
 
 
-def cleanup_now(app: Celery, parent_id: str, settings: Settings) -> Signature:
-    """The parent's cleanup, queued directly when allocation is aborted."""
-    return app.signature(CLEANUP, args=(parent_id,), queue=settings.coordinator_queue,
-                         task_id=f"{parent_id}.cleanup-abort", **NO_RESULT)
-
-
-def job_list(reports: list[Any], stored: Callable[[], list[tuple[str, dict[str, Any]]]]) -> list[dict[str, Any]]:
+def job_list(reports: list[Any] | None,
+             stored: Callable[[], list[tuple[str, dict[str, Any]]]]) -> list[dict[str, Any]]:
     """The entries of ``job_list.json``: ``[{"job_id", "device_info"}]`` in ``provision_data.jobs`` order.
 
     ``reports`` are the chord header's results, each child's allocation report
     (the very data job_list.json holds, in header order).  Should any result
     not be such a report, ``stored()`` gives the (child id, device_info) pairs
-    from the job store instead: the file is never partial.
+    from the job store instead: the file is never partial.  ``None`` (a collect sent again after a
+    crash, without the chord's results) reads the store too.
     """
     entries = [{"job_id": r["job_id"], "device_info": r.get("device_info") or {}}
-               for r in reports if isinstance(r, dict) and "job_id" in r]
-    if len(entries) != len(reports):
+               for r in reports or () if isinstance(r, dict) and "job_id" in r]
+    if reports is None or len(entries) != len(reports):
         entries = [{"job_id": job_id, "device_info": info} for job_id, info in stored()]
     return entries

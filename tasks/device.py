@@ -12,6 +12,8 @@ from __future__ import annotations
 import logging
 import os
 import shutil
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any, Callable
 
 from celery import Task
@@ -40,6 +42,14 @@ log = logging.getLogger(__name__)
 
 #: how often a holding child re-checks that its parent still lives (a safety net, not the mechanism)
 HOLD_CHECK_SECONDS = 60.0
+
+#: the job this worker runs now (a device worker runs one at a time), for its heartbeat's checks
+_running: DeviceJob | None = None
+
+
+def running_job() -> DeviceJob | None:
+    """The job this device worker runs now, if any."""
+    return _running
 
 
 class DeviceJob:
@@ -79,6 +89,23 @@ class DeviceJob:
     @property
     def cancelled(self) -> bool:
         return self.control is not None and self.control.received(Signal.CANCEL)
+
+    def forgotten(self) -> bool:
+        """Redis no longer knows this job (it was emptied or replaced): say so everywhere left, and stop it.
+
+        The job's record is gone, so the report goes where it still is known: this worker's log and the
+        job's directory (``LOST``).  The job stops as if cancelled; its cleanup cleans the device.
+        """
+        if self.store.exists(self.job_id):
+            return False
+        report = (f"job {self.job_id} on device {self.runtime.name} was lost: Redis no longer knows it "
+                  "(restarted without its data, or replaced); stopping it and cleaning the device")
+        log.error(report)
+        self.dir.mkdir(parents=True, exist_ok=True)
+        (self.dir / "LOST").write_text(report + "\n")
+        if self.control is not None:
+            self.control.deliver(Signal.CANCEL)
+        return True
 
     def start(self) -> bool:
         """Start the job the scheduler assigned to this device; False (and the device released) if it no longer may."""
@@ -185,6 +212,8 @@ class DeviceJob:
 
     def finish(self, final: JobState) -> None:
         """End the job from its last phase run, with the outcome its phases and any cancel give."""
+        if not patiently(self.store.exists, self.job_id):
+            return  # lost with Redis's data: reported by forgotten(), nothing to record it in
         cancel_requested = bool(patiently(self.store.get, self.job_id).get("cancel_requested"))
         outcome = device_job_outcome(failed=self.failed, cancel_requested=cancel_requested,
                                      child=bool(self.parent_id))
@@ -256,13 +285,25 @@ class DeviceJob:
 @app.task(bind=True, name=canvas.RUN_JOB, acks_late=True)
 def run_job(self: Task, job_id: str) -> dict[str, Any]:
     """A single-device job on this worker's device."""
-    return DeviceJob(self, job_id, current_device()).run_single()
+    with _running_as(DeviceJob(self, job_id, current_device())) as job:
+        return job.run_single()
 
 
 @app.task(bind=True, name=canvas.CHILD_JOB, acks_late=True)
 def child_job(self: Task, job_id: str) -> dict[str, Any] | None:
     """One device of a multi job: allocate, hold, test on request, clean up."""
-    return DeviceJob(self, job_id, current_device()).run_child()
+    with _running_as(DeviceJob(self, job_id, current_device())) as job:
+        return job.run_child()
+
+
+@contextmanager
+def _running_as(job: DeviceJob) -> Iterator[DeviceJob]:
+    global _running
+    _running = job
+    try:
+        yield job
+    finally:
+        _running = None
 
 
 __all__ = ["run_job", "child_job", "DeviceJob", "DeviceError"]

@@ -37,14 +37,16 @@ from convoy.config.settings import Settings, load_settings
 from convoy.coordinator.scheduling.allocator import WaitReason, allocate, explain
 from convoy.coordinator.scheduling.model import Assignment, Device, Health, WaitingJob
 from convoy.coordinator.scheduling.requirements import requirement, requirements, waiting_job
-from convoy.coordinator.state import schedule
+from convoy.coordinator.state import schedule, timers
 from convoy.coordinator.state.devices import DeviceSummary, device_summaries, unassign_device
 from convoy.coordinator.state.jobs import JobStore, now_iso
-from convoy.coordinator.state.leases import SchedulerLease
+from convoy.coordinator.state.leases import DeviceLock, SchedulerLease
 from convoy.errors import JobNotFound
-from convoy.tasks import canvas
+from convoy.tasks import canvas, steps
 from convoy.tasks.cancel import ALLOCATING, ALLOCATION_TIMED_OUT, abort_allocation
 from convoy.tasks.celery import app
+from convoy.tasks.orphans import end_orphaned_job
+from convoy.tasks.parent import end_reservation
 
 log = logging.getLogger(__name__)
 
@@ -66,6 +68,8 @@ class Planned:
     job: WaitingJob
     members: tuple[str, ...]
     multi: bool
+    #: a multi job with ``reserve_data``
+    reserve: bool = False
 
 
 def device_view(summary: DeviceSummary) -> Device:
@@ -111,7 +115,7 @@ class Scheduler:
         last = schedule.last_event(self.client)
         self.decide()
         while not stop.is_set():
-            deadline = schedule.next_deadline(self.client)
+            deadline = timers.next_due(self.client)
             timeout = SAFETY_SECONDS if deadline is None else max(0.0, min(SAFETY_SECONDS, deadline - time.time()))
             last, _ = schedule.wait_for_event(self.client, last, timeout)
             if not lease.renew():
@@ -127,6 +131,8 @@ class Scheduler:
         summaries = device_summaries(self.client)
         # repairs first: nothing runs in this process after a job is published, while its children allocate
         self.repair(summaries, plans)
+        self.end_orphans(summaries)
+        steps.repair(self.store)
         started = []
         if plans:
             for assignment in allocate([p.job for p in plans.values()], [device_view(d) for d in summaries]):
@@ -161,7 +167,8 @@ class Scheduler:
             multi = is_multi(document)
             children = self.store.children(job_id) if multi else []
             members = tuple(children[i] if i is not None else job_id for i, _ in requirements(document))
-            return Planned(waiting_job(job_id, document, submitted), members, multi)
+            return Planned(waiting_job(job_id, document, submitted), members, multi,
+                           reserve=multi and bool(document.get("reserve_data")))
         except (JobNotFound, KeyError, IndexError, TypeError, ValueError) as exc:  # one bad record stops no other
             log.error("scheduler: cannot plan job %s: %s", job_id, exc)
             return None
@@ -184,6 +191,11 @@ class Scheduler:
                 log.warning("scheduler: could not queue job %s: %s; it waits again", job_id, exc)
                 return False
             return True
+        with self.store.pipeline(transaction=False) as pipe:  # what its steps need, before any of them runs
+            self.store.set_fields(job_id, pipe, device_children=list(devices),
+                                  has_reserve="1" if plan.reserve else "")
+            self.store.parent_started(job_id, pipe)
+            pipe.execute()
         changed, _ = self.store.transition(job_id, JobState.PROVISION, allowed_from=[JobState.WAITING])
         if not changed:  # cancelled since the assignment: its children were cancelled too
             self._unassign(devices)
@@ -208,13 +220,18 @@ class Scheduler:
 
     # --- deadlines -----------------------------------------------------------------
     def fire_deadlines(self, now: float) -> None:
-        """End the jobs whose ``allocation_timeout`` ran out before all their devices were allocated."""
-        for job_id in schedule.due(self.client, now):
-            state = self.store.states([job_id]).get(job_id)
-            schedule.drop(self.client, [job_id])
-            if state in ALLOCATING:
-                log.info("scheduler: job %s: %s", job_id, ALLOCATION_TIMED_OUT)
-                abort_allocation(self.store, job_id, ALLOCATION_TIMED_OUT, self.settings)
+        """Fire every durable deadline that fell due (this lease holder is the one timer)."""
+        for kind, job_id, at in timers.due(self.client, now):
+            if not timers.fired(self.client, kind, job_id, at):
+                continue  # moved (a reservation extended) or fired by another scheduler meanwhile
+            if kind == timers.Timer.ALLOCATION:
+                state = self.store.states([job_id]).get(job_id)
+                schedule.drop(self.client, [job_id])
+                if state in ALLOCATING:
+                    log.info("scheduler: job %s: %s", job_id, ALLOCATION_TIMED_OUT)
+                    abort_allocation(self.store, job_id, ALLOCATION_TIMED_OUT, self.settings)
+            elif kind == timers.Timer.RESERVATION:
+                end_reservation(self.store, job_id, None)
 
     # --- repairs -------------------------------------------------------------------
     def repair(self, summaries: list[DeviceSummary], plans: dict[str, Planned]) -> None:
@@ -230,6 +247,24 @@ class Scheduler:
                 self.replace(summary, self.store.get(member), summaries, plans)
             elif time.time() - summary.since > STALE_SECONDS:
                 self.resend(summary.name, member, self.store.get(member))
+
+    def end_orphans(self, summaries: list[DeviceSummary]) -> list[str]:
+        """End the jobs whose device worker died (its lease ran out, or its process is gone from this host).
+
+        A restarted worker does the same at its start and cleans the device; this covers a worker that
+        stays dead (its supervisor killed, its host gone): the job fails now naming the device, and the
+        device stays held by it until its worker is back to clean it.
+        """
+        busy = [s for s in summaries if s.job_id and s.occupancy == Health.BUSY]
+        records = self.store.fields([s.job_id for s in busy if s.job_id], "state")
+        ended = []
+        for summary, row in zip(busy, records, strict=True):
+            if row["state"] in (None, *FINAL_STATES) or DeviceLock(self.client, summary.name).lapsed() is None:
+                continue
+            assert summary.job_id is not None
+            if end_orphaned_job(self.store, summary.job_id, self.store.get(summary.job_id), summary.name, None):
+                ended.append(summary.job_id)
+        return ended
 
     def resend(self, device: str, member: str, record: dict[str, Any]) -> None:
         """Publish again the task of a member assigned long ago that its live device never started.

@@ -18,10 +18,10 @@ import threading
 from celery.signals import worker_init, worker_ready, worker_shutdown
 
 from convoy.coordinator.state.connection import get_client, get_store
-from convoy.coordinator.state.devices import register
+from convoy.coordinator.state.devices import is_registered, register
 from convoy.coordinator.state.leases import DeviceLock, Holder
 from convoy.coordinator.state.presence import AliveMark
-from convoy.tasks import device as device_task  # noqa: F401  (importing it registers the task)
+from convoy.tasks import device as device_task
 from convoy.tasks import parent  # noqa: F401  (importing it registers the tasks)
 from convoy.tasks.celery import app
 from convoy.tasks.run.runtime import current_device, device_from_env
@@ -41,6 +41,19 @@ EXIT_LOCK_LOST = 75
 def _say(message: str) -> None:
     """To the worker's own output: Celery's logging is not set up yet at ``worker_init``."""
     print(f"convoy worker: {message}", file=sys.stderr, flush=True)
+
+
+def _still_registered() -> None:
+    """Each beat: if Redis forgot this device (emptied, replaced), report the job it lost and register again."""
+    runtime = current_device()
+    client = get_client()
+    if is_registered(client, runtime.name):
+        return
+    job = device_task.running_job()
+    if job is not None:
+        job.forgotten()
+    register(client, runtime.device, runtime.host)
+    log.warning("device %s: Redis no longer knew it; registered it again", runtime.name)
 
 
 def _lock_lost(device: str) -> None:
@@ -64,7 +77,7 @@ def _take_device(sender=None, **_: object) -> None:
 
     lock.acquire(on_wait=waiting)
     _heartbeat = Heartbeat(client, AliveMark.of_device(device.name), lock=lock,
-                           on_lost=lambda: _lock_lost(device.name)).start(alive=False)
+                           on_lost=lambda: _lock_lost(device.name), on_beat=_still_registered).start(alive=False)
     recover_device(get_store(), current_device())
 
 

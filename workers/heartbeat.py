@@ -7,13 +7,16 @@ The same beat renews a device worker's lock
 """
 from __future__ import annotations
 
+import logging
 import threading
 from collections.abc import Callable
 
 import redis
 
-from convoy.coordinator.state.leases import DeviceLock
+from convoy.coordinator.state.leases import DeviceLock, renew_held
 from convoy.coordinator.state.presence import AliveMark
+
+log = logging.getLogger(__name__)
 
 #: well inside the mark's TTL (``presence.ALIVE_TTL_SECONDS``): two beats may be missed
 BEAT_SECONDS = 5.0
@@ -24,14 +27,19 @@ class Heartbeat:
 
     With a ``lock``, every beat renews the lease first; if another worker
     holds it now, ``on_lost`` is called — this process must stop serving.
+    Every beat also renews the step leases this process holds (a coordinator
+    running parent steps) and calls ``on_beat`` (a device worker checks that
+    Redis still knows its device: an emptied Redis forgot it).
     """
 
     def __init__(self, client: redis.Redis, mark: AliveMark, *,
-                 lock: DeviceLock | None = None, on_lost: Callable[[], None] | None = None) -> None:
+                 lock: DeviceLock | None = None, on_lost: Callable[[], None] | None = None,
+                 on_beat: Callable[[], None] | None = None) -> None:
         self.client = client
         self.mark = mark
         self.lock = lock
         self.on_lost = on_lost
+        self.on_beat = on_beat
         self._alive = False
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name=f"heartbeat-{mark.name}", daemon=True)
@@ -60,8 +68,13 @@ class Heartbeat:
                 return
             if self._alive:
                 self.mark.set(self.client)
+            renew_held()
+            if self._alive and self.on_beat is not None:
+                self.on_beat()
         except redis.RedisError:
             pass  # Redis is back soon or the device shows offline: both are right
+        except Exception:  # the beat must go on whatever one check does
+            log.exception("heartbeat of %s", self.mark.name)
 
     def stop(self) -> None:
         self._stop.set()

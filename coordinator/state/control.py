@@ -114,6 +114,10 @@ class ControlWatcher:
         with self._any:
             self._any.notify_all()
 
+    def deliver(self, name: str) -> None:
+        """Deliver ``name`` here as if it was sent: a worker stopping a job that Redis no longer knows."""
+        self._deliver(name)
+
     def clear(self, name: str) -> None:
         """Forget ``name`` so that the next such signal is waited for afresh."""
         self._events[name].clear()

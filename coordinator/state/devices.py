@@ -111,6 +111,11 @@ def register(client: redis.Redis, device: DeviceConfig, host: str) -> None:
     pipe.execute()
 
 
+def is_registered(client: redis.Redis, name: str) -> bool:
+    """Whether Redis knows device ``name`` (an emptied or replaced Redis forgot every device)."""
+    return bool(client.sismember(keys.DEVICES, name)) and bool(client.exists(keys.device(name)))
+
+
 def known_queues(client: redis.Redis) -> set[str]:
     """Every queue some registered device serves (a job naming another is rejected)."""
     return set(client.smembers(keys.QUEUES))

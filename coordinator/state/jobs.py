@@ -24,7 +24,7 @@ from convoy.errors import JobNotFound
 
 EVENTS_MAXLEN = 20000
 #: record fields stored as JSON (decoded when read)
-_JSON_FIELDS = ("document", "device_info", "chord_part")
+_JSON_FIELDS = ("document", "device_info", "chord_part", "device_children")
 
 # The atomic transition (KEYS, ARGV and reply in its header), installed beside this module.
 _TRANSITION = (Path(__file__).parent / "lua" / "transition.lua").read_text(encoding="utf-8")
@@ -104,6 +104,9 @@ class JobStore:
             if field in record:
                 record[field] = json.loads(record[field])
         return record
+
+    def exists(self, job_id: str) -> bool:
+        return bool(self._r.exists(keys.job(job_id)))
 
     def state(self, job_id: str) -> str:
         state = self._r.hget(keys.job(job_id), "state")
@@ -216,6 +219,21 @@ class JobStore:
         """Send ``name`` (cancel, test, release, start) to the job's running task (inside ``pipe`` when given)."""
         target = pipe if pipe is not None else self._r
         target.xadd(keys.job_control(job_id), {"signal": name, **data}, maxlen=1000, approximate=True)
+
+    # --- parents on the move (the scheduler watches their steps) -------------------
+    def parent_started(self, parent_id: str, pipe: redis.client.Pipeline | None = None) -> None:
+        (pipe if pipe is not None else self._r).sadd(keys.ACTIVE_PARENTS, parent_id)
+
+    def parent_ended(self, parent_id: str) -> None:
+        self._r.srem(keys.ACTIVE_PARENTS, parent_id)
+
+    def active_parents(self) -> list[str]:
+        """Multi jobs past waiting and not known final (those whose steps may need a repair)."""
+        return sorted(self._r.smembers(keys.ACTIVE_PARENTS))
+
+    def mark_done(self, job_id: str, step: str) -> bool:
+        """Record that the parent's ``step`` finished; True the first time (a step ends once)."""
+        return bool(self._r.hsetnx(keys.job(job_id), f"step_{step}", now_iso()))
 
     def once(self, job_id: str, what: str, ttl: int = 7 * 24 * 3600) -> bool:
         """True the first time it is called for (job, what); False ever after."""

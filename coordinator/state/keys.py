@@ -48,11 +48,18 @@ def job_once(job_id: str, what: str) -> str:
     return f"{PREFIX}:job:{job_id}:once:{what}"
 
 
+def job_step_lease(job_id: str) -> str:
+    """String with a TTL (a lease): the coordinator running one of the parent's steps now."""
+    return f"{PREFIX}:job:{job_id}:step-lease"
+
+
 # --- the scheduler ---------------------------------------------------------
 #: sorted set: top-level jobs waiting for devices -> submission time
 SCHEDULER_WAITING = f"{PREFIX}:scheduler:waiting"
-#: sorted set: multi jobs not yet allocated -> their allocation deadline (epoch seconds)
-SCHEDULER_DEADLINES = f"{PREFIX}:scheduler:deadlines"
+#: sorted set: every durable deadline, "<kind>:<job id>" -> when it falls due (epoch seconds)
+TIMERS = f"{PREFIX}:timers"
+#: set: multi jobs whose parent is past waiting and not yet final (the scheduler watches their steps)
+ACTIVE_PARENTS = f"{PREFIX}:parents:active"
 #: stream: wake-ups of the scheduler (a submit, a release, a device changing state)
 SCHEDULER_EVENTS = f"{PREFIX}:scheduler:events"
 #: string with a TTL (a lease): the token of the one scheduler deciding now

@@ -15,6 +15,7 @@ import json
 import logging
 import os
 import socket
+import threading
 import time
 import uuid
 from dataclasses import dataclass
@@ -156,6 +157,21 @@ class Lease:
         current = self.client.get(self.key)
         return Holder.parse(current) if current else None
 
+    def lapsed(self) -> Holder | None:
+        """The holder, if this lease no longer guards anything: run out, or its process gone from this host.
+
+        None while the lease is alive.  A dead holder's key is deleted (only if still its own), so the
+        next holder takes it at once.  A lease that ran out gives a holder with pid 0.
+        """
+        current = self.client.get(self.key)
+        if current is None:
+            return Holder(host="?", pid=0, started=0.0, nonce="lease expired")
+        holder = Holder.parse(current) or Holder(host="?", pid=0, started=0.0, nonce="")
+        if holder_is_gone(holder, self.me.host):
+            self._release(keys=[self.key], args=[current])
+            return holder
+        return None
+
 
 class DeviceLock(Lease):
     """The lease that makes this process the only worker serving ``device``."""
@@ -166,7 +182,47 @@ class DeviceLock(Lease):
 
 
 class SchedulerLease(Lease):
-    """The lease that makes this process the one scheduler deciding now."""
+    """The lease that makes this process the one scheduler deciding now (and the one firing deadlines)."""
 
     def __init__(self, client: redis.Redis, *, lease_ms: int = LEASE_MS) -> None:
         super().__init__(client, keys.SCHEDULER_LEASE, "scheduler", lease_ms=lease_ms)
+
+
+#: the step leases this process holds now, renewed together by its heartbeat (:func:`renew_held`)
+_held: set["StepLease"] = set()
+_held_lock = threading.Lock()
+
+
+class StepLease(Lease):
+    """The lease of the coordinator running one of a parent's steps now.
+
+    Held for the step's length (``with``), renewed by the process's heartbeat;
+    a coordinator that dies stops renewing it and the scheduler re-runs the
+    step elsewhere (:mod:`convoy.tasks.steps`).
+    """
+
+    def __init__(self, client: redis.Redis, parent_id: str, *, lease_ms: int = LEASE_MS) -> None:
+        super().__init__(client, keys.job_step_lease(parent_id), f"parent {parent_id}", lease_ms=lease_ms)
+        self.parent_id = parent_id
+
+    def __enter__(self) -> "StepLease":
+        with _held_lock:
+            _held.add(self)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        with _held_lock:
+            _held.discard(self)
+        try:
+            self.release()
+        except redis.RedisError:  # it runs out by itself
+            pass
+
+
+def renew_held() -> None:
+    """Renew every step lease this process holds (the heartbeat calls it each beat)."""
+    with _held_lock:
+        held = list(_held)
+    for lease in held:
+        if not lease.renew():
+            log.error("parent %s: another coordinator took over its step lease", lease.parent_id)

@@ -19,6 +19,7 @@ import redis
 from convoy.coordinator.state import keys
 from convoy.coordinator.state.connection import block_ms_before
 from convoy.coordinator.state.presence import Target
+from convoy.coordinator.state.timers import Timer, clear_timers, set_timer
 
 #: wake-ups kept in the stream (the scheduler only needs the newest)
 EVENTS_MAXLEN = 1000
@@ -37,7 +38,7 @@ def enqueue(target: Target, job_id: str, submitted: float, deadline: float | Non
     """Put a job in the waiting set (with its allocation deadline, if any) and wake the scheduler."""
     target.zadd(keys.SCHEDULER_WAITING, {job_id: submitted})
     if deadline is not None:
-        target.zadd(keys.SCHEDULER_DEADLINES, {job_id: deadline})
+        set_timer(target, Timer.ALLOCATION, job_id, deadline)
     wake(target, f"job {job_id} submitted")
 
 
@@ -52,34 +53,18 @@ def is_waiting(client: redis.Redis, job_id: str) -> bool:
 
 
 def drop(client: redis.Redis, job_ids: Iterable[str]) -> None:
-    """Forget jobs that no longer wait (cancelled, timed out) and their deadlines."""
+    """Forget jobs that no longer wait (cancelled, timed out) and their allocation deadlines."""
     ids = list(job_ids)
     if ids:
         pipe = client.pipeline()
         pipe.zrem(keys.SCHEDULER_WAITING, *ids)
-        pipe.zrem(keys.SCHEDULER_DEADLINES, *ids)
+        clear_timers(pipe, Timer.ALLOCATION, ids)
         pipe.execute()
-
-
-def due(client: redis.Redis, now: float) -> list[str]:
-    """Jobs whose allocation deadline has passed."""
-    ids: Any = client.zrangebyscore(keys.SCHEDULER_DEADLINES, "-inf", now)
-    return [str(job_id) for job_id in ids]
-
-
-def next_deadline(client: redis.Redis) -> float | None:
-    first = client.zrange(keys.SCHEDULER_DEADLINES, 0, 0, withscores=True)
-    return float(first[0][1]) if first else None
 
 
 def clear_deadline(client: redis.Redis, job_id: str) -> None:
     """The job is allocated (or ended): its allocation deadline no longer applies."""
-    client.zrem(keys.SCHEDULER_DEADLINES, job_id)
-
-
-def deadline_of(client: redis.Redis, job_id: str) -> float | None:
-    score = client.zscore(keys.SCHEDULER_DEADLINES, job_id)
-    return None if score is None else float(score)
+    clear_timers(client, Timer.ALLOCATION, [job_id])
 
 
 def assign(client: redis.Redis, job_id: str, devices: Mapping[str, str], now: str) -> tuple[bool, str]:

@@ -9,8 +9,10 @@ Testflinger's reservation, done better:
 * a device that cannot take the keys is reported and the others stay
   reserved (Testflinger's "graceful degradation"); only a failed import, a
   missing ``job_list.json`` or a failure on every device fails the phase;
-* the hold is one event wait on the job's control stream: it ends the
-  moment ``convoy cancel`` is sent, or at ``reserve_data.timeout``.
+* the hold holds no thread: :func:`run_reservation` returns once the keys
+  are in place and the caller sets the reservation's durable deadline, which
+  the scheduler fires at ``reserve_data.timeout`` (``convoy release``,
+  ``convoy reserve extend`` and ``convoy cancel`` move or end it).
 """
 from __future__ import annotations
 
@@ -22,7 +24,6 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from convoy.config.lifecycle import Signal
 from convoy.config.schemas import DEFAULT_RESERVE_TIMEOUT, DEFAULT_TEST_USERNAME
 from convoy.config.settings import Settings, load_settings
 from convoy.errors import KeyImportError
@@ -78,7 +79,8 @@ def reservation_banner(devices: Sequence[Device], timeout: float, parent_id: str
         f"Current time:           {now.isoformat(timespec='seconds')}",
         f"Reservation expires at: {(now + timedelta(seconds=timeout)).isoformat(timespec='seconds')}",
         f"Reservation will automatically timeout in {_seconds_text(timeout)} seconds",
-        f"To end the reservation sooner use: convoy cancel {parent_id}",
+        f"To end the reservation sooner use: convoy release {parent_id}",
+        f"To extend it: convoy reserve extend {parent_id} DURATION",
     ]
     return "\n".join(lines) + "\n"
 
@@ -155,10 +157,12 @@ def copy_to_all(devices: Sequence[Device], keys: Sequence[PublicKey], agent_key:
 
 def run_reservation(store: Any, parent_id: str, job: dict[str, Any], control: Any, out: Out, *,
                     settings: Settings | None = None, policy: RetryPolicy = RetryPolicy(),
-                    on_reserved: Callable[[list[Device]], None] | None = None) -> int:
-    """The reserve phase: the exit status (0 reserved, 1 failed); ``out`` gets the phase output.
+                    on_reserved: Callable[[list[Device], float], None] | None = None) -> int:
+    """Set up the reservation: the exit status (0 reserved, 1 failed); ``out`` gets the phase output.
 
-    Never raises: an unexpected error fails the phase (and cleanup still runs).
+    ``on_reserved(devices, seconds)`` is called once the keys are in place: the caller holds the
+    devices that long (a durable deadline, not a waiting thread).  Never raises: an unexpected error
+    fails the phase (and cleanup still runs).
     """
     try:
         return _run(store, parent_id, job, control, out, settings or load_settings(), policy, on_reserved)
@@ -169,7 +173,7 @@ def run_reservation(store: Any, parent_id: str, job: dict[str, Any], control: An
 
 
 def _run(store: Any, parent_id: str, job: dict[str, Any], control: Any, out: Out, settings: Settings,
-         policy: RetryPolicy, on_reserved: Callable[[list[Device]], None] | None) -> int:
+         policy: RetryPolicy, on_reserved: Callable[[list[Device], float], None] | None) -> int:
     from convoy.connectors.sshkeys import ensure_agent_key
     from convoy.tasks.run.env import parent_dir
 
@@ -215,9 +219,5 @@ def _run(store: Any, parent_id: str, job: dict[str, Any], control: Any, out: Out
 
     out(reservation_banner(devices, timeout, parent_id, datetime.now(timezone.utc), failed))
     if on_reserved is not None:
-        on_reserved([d for d in devices if d not in failed])
-    if control.wait_any((Signal.CANCEL,), timeout) == Signal.CANCEL:
-        out("reservation ended early by cancel")
-    else:
-        out(f"reservation timed out after {_seconds_text(timeout)} seconds")
+        on_reserved([d for d in devices if d not in failed], timeout)
     return 0

@@ -1,0 +1,121 @@
+"""A parent's steps: each runs under a lease, sends the step owed next, and is repaired after a crash.
+
+Which step a parent owes is a pure decision on what the store recorded
+(:func:`convoy.config.steps.owed_step`).  A step task takes the parent's
+step lease (one coordinator at a time runs a step of a job), checks the step
+is still owed, runs it, records it done, and sends whatever is owed next
+(:func:`advance`).  A cancel, a reservation's end and an aborted allocation
+call :func:`advance` too.  Each scheduler pass calls :func:`repair`: a step
+owed while no live coordinator holds the lease — its coordinator died, or
+its message was lost with one — is sent again, so no job waits on a dead
+process and nothing depends on the broker's visibility timeout.
+"""
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from typing import Any
+
+from convoy.config.lifecycle import FINAL_STATES, JobState
+from convoy.config.settings import Settings, load_settings
+from convoy.config.steps import STEPS, ParentFacts, ParentStep, owed_step
+from convoy.coordinator.state.connection import get_store
+from convoy.coordinator.state.jobs import JobStore
+from convoy.coordinator.state.leases import StepLease
+from convoy.tasks import canvas
+from convoy.tasks.celery import app
+
+log = logging.getLogger(__name__)
+
+#: a step sent this long ago that no coordinator runs is sent again (its message died with a coordinator)
+GRACE_SECONDS = 15.0
+
+_FIELDS = ("state", "cancel_requested", "device_children", "has_reserve", "reserve_until", "step_sent",
+           *(f"step_{s}" for s in STEPS))
+
+
+def read_facts(store: JobStore, parent_id: str) -> tuple[ParentFacts, dict[str, Any]]:
+    """The parent's facts for :func:`owed_step`, and the record fields they came from."""
+    row = store.fields([parent_id], *_FIELDS)[0]
+    children = row["device_children"] or []
+    states = store.states(children) if children else {}
+    facts = ParentFacts(
+        state=row["state"] or "",
+        done=frozenset(s for s in STEPS if row[f"step_{s}"]),
+        stopping=bool(row["cancel_requested"]) or store.happened(parent_id, "abort"),
+        children_allocated=all(states.get(c) == JobState.ALLOCATED for c in children),
+        reserve=bool(row["has_reserve"]),
+        holding=bool(row["reserve_until"]),
+    )
+    return facts, row
+
+
+def send(store: JobStore, parent_id: str, step: ParentStep, settings: Settings | None = None) -> None:
+    """Queue ``step`` of the parent on the coordinator queue, and note when (for :func:`repair`)."""
+    canvas.parent_step(app, parent_id, step, settings or load_settings()).apply_async()
+    store.set_fields(parent_id, step_sent=f"{step} {time.time():.3f}")
+
+
+def advance(store: JobStore, parent_id: str, settings: Settings | None = None) -> ParentStep | None:
+    """Send the step the parent owes now, if any (a step already running finds it so and returns)."""
+    facts, _ = read_facts(store, parent_id)
+    if not facts.state:
+        return None
+    step = owed_step(facts)
+    if step is not None:
+        send(store, parent_id, step, settings)
+    return step
+
+
+def run_step(parent_id: str, step: ParentStep, body: Callable[[JobStore], bool]) -> None:
+    """Run ``body`` as the parent's ``step`` if it is owed and no other coordinator runs a step of it.
+
+    ``body`` returns whether the step finished (a reservation returns False: it holds until its
+    deadline).  Whatever happens, the step owed next is sent.
+    """
+    store = get_store()
+    lease = StepLease(store.client, parent_id)
+    if lease.try_acquire() is not None:
+        return  # another coordinator runs a step of this job; it sends what is owed when it ends
+    with lease:
+        facts, _ = read_facts(store, parent_id)
+        if owed_step(facts) != step:
+            log.info("parent %s: %s is not owed now (state %s, done %s)", parent_id, step, facts.state,
+                     ",".join(sorted(facts.done)) or "-")
+        elif body(store):
+            store.mark_done(parent_id, step)
+    advance(store, parent_id)
+
+
+def repair(store: JobStore, now: float | None = None) -> list[str]:
+    """Send again every step owed that no live coordinator runs; forget parents that ended.
+
+    A lease held by a process gone from this host is broken at once; another host's dead
+    coordinator is noticed when its lease runs out.  Returns the parents repaired.
+    """
+    now = time.time() if now is None else now
+    repaired = []
+    for parent_id in store.active_parents():
+        facts, row = read_facts(store, parent_id)
+        if not facts.state or facts.state in FINAL_STATES:
+            store.parent_ended(parent_id)
+            continue
+        step = owed_step(facts)
+        if step is None:
+            continue
+        holder = StepLease(store.client, parent_id).lapsed()
+        if holder is None:
+            continue  # a live coordinator runs a step of it
+        sent, _, sent_at = (row["step_sent"] or "").partition(" ")
+        if not holder.pid and sent == step and now - float(sent_at or 0) < GRACE_SECONDS:
+            continue  # sent a moment ago: on its way to a coordinator
+        if holder.pid:
+            store.set_fields(parent_id, step_died=holder.describe())
+            log.warning("parent %s: the coordinator running its steps (%s) died; %s runs again",
+                        parent_id, holder.describe(), step)
+        else:
+            log.warning("parent %s: %s was owed and not running; sent it again", parent_id, step)
+        send(store, parent_id, step)
+        repaired.append(parent_id)
+    return repaired
