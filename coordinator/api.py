@@ -123,6 +123,32 @@ def cancel_job(job_id: str, *, settings: Settings | None = None) -> None:
     _cancel_job(get_store(settings), job_id, settings or load_settings())
 
 
+def extend_reservation(job_id: str, duration: str | float, *, settings: Settings | None = None) -> float:
+    """Hold a multi job's reserved devices ``duration`` longer (``"2h"``, seconds); the new expiry (epoch).
+
+    Refused with a clear error beyond this deployment's maximum reservation, or when no reservation holds.
+    """
+    from convoy.config.durations import DurationError, parse_duration
+    from convoy.tasks.parent import extend_reservation as _extend
+
+    settings = settings or load_settings()
+    try:
+        seconds = parse_duration(duration, field="duration")
+    except DurationError as exc:
+        raise ConvoyError(str(exc)) from None
+    return _extend(get_store(settings), job_id, seconds, settings)
+
+
+def release_reservation(job_id: str, *, settings: Settings | None = None) -> None:
+    """End a multi job's reservation now: its devices go on to the test phase and cleanup."""
+    from convoy.tasks.parent import end_reservation
+
+    store = get_store(settings)
+    state = store.state(job_id)
+    if not end_reservation(store, job_id, "reservation released by convoy release"):
+        raise ConvoyError(f"job {job_id} holds no reservation now (it is {state})")
+
+
 def wait_for_job(job_id: str, timeout: float | None = None, *, settings: Settings | None = None) -> str:
     """Block until the job reaches a final state; return it.
 

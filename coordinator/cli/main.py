@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import sys
+from datetime import UTC
 from typing import TYPE_CHECKING, Any
 
 import click
@@ -134,6 +135,39 @@ def cancel(job_id: str) -> None:
     click.echo(f"cancelling {job_id}")
 
 
+def _expiry(epoch: float) -> str:
+    from datetime import datetime
+
+    return datetime.fromtimestamp(epoch, UTC).isoformat(timespec="seconds")
+
+
+@cli.group("reserve")
+def reserve_group() -> None:
+    """Change a multi job's reservation while it holds its devices."""
+
+
+@reserve_group.command("extend")
+@click.argument("job_id")
+@click.argument("duration")
+def reserve_extend(job_id: str, duration: str) -> None:
+    """Hold JOB_ID's reserved devices DURATION longer (3600, 30m, 2h), within the deployment's limit."""
+    from convoy.coordinator.api import extend_reservation
+
+    _store()
+    click.echo(f"reservation of {job_id} now expires at {_expiry(extend_reservation(job_id, duration))}")
+
+
+@cli.command()
+@click.argument("job_id")
+def release(job_id: str) -> None:
+    """End JOB_ID's reservation now: the job goes on to its test phase and cleanup."""
+    from convoy.coordinator.api import release_reservation
+
+    _store()
+    release_reservation(job_id)
+    click.echo(f"released the reservation of {job_id}")
+
+
 @cli.command()
 @click.argument("job_id")
 def show(job_id: str) -> None:
@@ -146,6 +180,8 @@ def show(job_id: str) -> None:
     for _, reason in waiting_reasons(store, [job_id]):  # a job waiting for devices: its place and what it lacks
         record["position"] = reason.position
         record["waiting_for"] = reason.message()
+    if record.get("reserve_until") and not record.get("step_reserve"):
+        record["reservation_expires"] = _expiry(float(record["reserve_until"]))
     _print_json(record)
 
 

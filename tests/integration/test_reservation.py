@@ -106,7 +106,7 @@ def test_keys_reach_every_device_and_convoy_cancel_ends_the_reservation(start_cl
         assert f"copied keys to ubuntu@{info['device_ip']} (2 new)" in output
     # each id fetched once, not once per device (and gh:alice, listed twice, once)
     assert users.server.hits[("gh", "alice")] == 1 and users.server.hits[("lp", "bob")] == 1
-    assert f"To end the reservation sooner use: convoy cancel {parent}" in output
+    assert f"To end the reservation sooner use: convoy release {parent}" in output
     assert get_store().state(parent) == "reserve"
 
     cancel = subprocess.run([CONVOY, "cancel", parent], env={**os.environ, "CONVOY_REDIS_URL": cluster_redis_url},

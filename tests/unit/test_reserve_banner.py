@@ -24,7 +24,8 @@ def test_banner_matches_testflingers_layout_in_convoys_words():
         "Current time:           2026-11-22T10:30:00+00:00\n"
         "Reservation expires at: 2026-11-22T11:30:00+00:00\n"
         "Reservation will automatically timeout in 3600 seconds\n"
-        "To end the reservation sooner use: convoy cancel parent-1\n"
+        "To end the reservation sooner use: convoy release parent-1\n"
+        "To extend it: convoy reserve extend parent-1 DURATION\n"
     )
 
 
@@ -94,15 +95,16 @@ def test_copies_run_on_every_device_at_once_and_one_failure_spares_the_others(tm
 # --- the phase's outcomes, without devices ----------------------------------------------------------------
 
 class FakeControl:
+    """The reservation's cancel event, and what it was told to hold (devices, seconds): no thread waits."""
+
     def __init__(self, cancelled: bool = False) -> None:
         self.cancel_event = threading.Event()
         if cancelled:
             self.cancel_event.set()
-        self.waited: list[float] = []
+        self.held: list[tuple[list[str], float]] = []
 
-    def wait_any(self, names, timeout=None):
-        self.waited.append(timeout)
-        return "cancel" if self.cancel_event.is_set() else None
+    def on_reserved(self, devices, seconds):
+        self.held.append(([d.host for d in devices], seconds))
 
 
 @pytest.fixture
@@ -131,7 +133,8 @@ def phase(tmp_path, monkeypatch):
                 (parent_dir("p") / "job_list.json").write_text(json.dumps([]))
             lines: list[str] = []
             store = FakeStore({"c1": {"device_ip": "10.0.0.1"}, "c2": {"device_ip": "10.0.0.2", "ssh_port": 2022}})
-            status = reserve.run_reservation(store, "p", job, control or FakeControl(), lines.append)
+            control = control or FakeControl()
+            status = reserve.run_reservation(store, "p", job, control, lines.append, on_reserved=control.on_reserved)
             return status, "\n".join(lines), copied
 
         yield run
@@ -141,15 +144,15 @@ def job(*ids, timeout=600):
     return {"job_queue": "multi", "reserve_data": {"ssh_keys": list(ids), "timeout": timeout}}
 
 
-def test_phase_copies_to_every_device_then_holds_for_the_timeout(phase):
+def test_phase_copies_to_every_device_then_asks_to_hold_them_for_the_timeout(phase):
     control = FakeControl()
     status, out, copied = phase(job("gh:alice"), control)
     assert status == 0
     assert sorted(host for host, _ in copied) == ["10.0.0.1", "10.0.0.2"]
     assert copied[0][1][0].endswith("alice@x # ssh-import-id gh:alice")
     assert "ubuntu@10.0.0.1\nubuntu@10.0.0.2 (ssh -p 2022)\n" in out
-    assert control.waited == [600]
-    assert "reservation timed out after 600 seconds" in out
+    # the hold is the caller's durable deadline: the phase returns at once
+    assert control.held == [(["10.0.0.1", "10.0.0.2"], 600)]
 
 
 def test_phase_ends_early_on_cancel(phase):
@@ -167,4 +170,4 @@ def test_phase_fails_on_an_unknown_key_and_copies_nothing(phase):
     status, out, copied = phase(job("gh:alice", "lp:nobody"), control)
     assert status == 1
     assert "could not import SSH key lp:nobody: no such Launchpad user" in out
-    assert not copied and control.waited == []
+    assert not copied and control.held == []
