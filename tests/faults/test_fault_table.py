@@ -230,3 +230,19 @@ def test_worker_supervisor_killed_while_devices_are_held_fails_the_job_then_clea
     lab.start_worker()
     lab.wait_ready()
     wait_for(lab.all_idle, timeout=60, what="every device cleaned and idle")
+
+
+# --- cancel after a crash ---------------------------------------------------------------------------
+
+def test_a_job_cancelled_while_no_coordinator_runs_ends_cancelled_with_cleanup_done(lab, fresh):
+    parent, children = job(lab, fresh, reserve_data={"ssh_keys": ["gh:alice"], "timeout": "600"})
+    lab.wait_job(parent, lambda: bool(lab.field(parent, "reserve_until")), what="the reservation")
+    lab.kill_coordinator_supervisor()  # no coordinator at all now: nothing would notice a thread parked
+    cancelled = subprocess.run([CONVOY, "cancel", parent], env=lab.env, capture_output=True, text=True)
+    assert cancelled.returncode == 0, cancelled.stderr
+    lab.start_coordinator()
+    results = ended(lab, parent)
+    assert (results["job_state"], results["outcome"]) == ("cancelled", "cancelled")
+    assert "reservation ended early by cancel" in results["reserve_output"]
+    assert "released 2 device(s)" in results["cleanup_output"]
+    assert all(lab.store.state(child) == "cancelled" for child in children)

@@ -65,6 +65,8 @@ class Lab:
     worker: subprocess.Popen | None = None
     #: the queues of the lab's devices, one per device (for jobs the caller builds)
     queues: list[str] = field(default_factory=list)
+    #: threads of the coordinator's Celery worker (``convoy coordinator --concurrency``)
+    concurrency: int = 2
 
     def __post_init__(self) -> None:
         self.root.mkdir(parents=True, exist_ok=True)
@@ -82,10 +84,14 @@ class Lab:
                                     stdin=subprocess.DEVNULL, start_new_session=True)
 
     def start(self, concurrency: int = 2) -> Lab:
-        self.coordinator = self._start("coordinator", "coordinator", "--concurrency", str(concurrency))
+        self.concurrency = concurrency
+        self.start_coordinator()
         self.start_worker()
         self.wait_ready()
         return self
+
+    def start_coordinator(self) -> None:
+        self.coordinator = self._start("coordinator", "coordinator", "--concurrency", str(self.concurrency))
 
     def start_worker(self) -> None:
         self.worker = self._start("worker", "worker", "--config", str(self.agents))
@@ -129,6 +135,16 @@ class Lab:
         """SIGKILL ``pid``; when (monotonic), for timing the recovery."""
         os.kill(pid, signal.SIGKILL)
         return time.monotonic()
+
+    def kill_coordinator_supervisor(self) -> float:
+        """SIGKILL ``convoy coordinator`` itself: its Celery worker dies with it; nothing restarts it."""
+        assert self.coordinator is not None
+        celery = self.coordinator_pid()
+        killed = self.kill(self.coordinator.pid)
+        self.coordinator.wait(timeout=30)
+        wait_until(lambda: not psutil.pid_exists(celery) or
+                   psutil.Process(celery).status() == psutil.STATUS_ZOMBIE, 30)
+        return killed
 
     def kill_worker_supervisor(self) -> float:
         """SIGKILL ``convoy worker`` itself: its device workers and device farm die with it."""
