@@ -38,6 +38,8 @@ class Signal(StrEnum):
     TEST = "test"
     RELEASE = "release"
     START = "start"
+    #: the job's global_timeout ran out and its runner did not stop it: stop the test, not the job
+    TIMEOUT = "timeout"
 
 
 class Outcome(StrEnum):

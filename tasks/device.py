@@ -33,6 +33,7 @@ from convoy.coordinator.state.devices import (MAX_PROVISION_FAILURES, claim_devi
                                               provision_succeeded, release_device, unassign_device)
 from convoy.tasks.run.delayed_start import start_request, wait_for_start
 from convoy.tasks.run.env import command_env, multinode_files
+from convoy.tasks.run.global_timeout import remaining, test_deadline
 from convoy.tasks.run.output import patient_writer, patiently
 from convoy.tasks.run.phase import PhaseRun
 from convoy.tasks.run.script import STOPPED_EXIT_CODE, run_script
@@ -168,8 +169,10 @@ class DeviceJob:
                 status = wait_for_start(self.store.client, self.parent_id, spec, run.out)
                 if status != 0:
                     return status
+            deadline = test_deadline(self.store, self.job_id, self.job)
             return run_script(script, cwd=self.dir, env=env, on_output=run.write,
-                              cancel=self.control.cancel_event, timeout=self.job.get("global_timeout"),
+                              cancel=self.control.stop_test_event, timeout=remaining(deadline),
+                              timeout_limit=self.job.get("global_timeout"),
                               output_timeout=self.job.get("output_timeout"),
                               private_files=multinode_files(self.dir, env),
                               on_start=lambda pid: self.store.set_fields(self.job_id, script_pgid=pid))

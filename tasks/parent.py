@@ -37,6 +37,7 @@ from convoy.coordinator.state.control import ControlWatcher
 from convoy.coordinator.state.schedule import clear_deadline
 from convoy.tasks.steps import advance, run_step
 from convoy.tasks.run.env import device_targets, multinode_files, parent_dir, parent_test_env
+from convoy.tasks.run.global_timeout import remaining, test_deadline
 from convoy.tasks.run.guests import start_guest
 from convoy.tasks.run.phase import PhaseRun
 from convoy.tasks.run.script import kill_process_group, run_script
@@ -130,6 +131,18 @@ def end_reservation(store: JobStore, parent_id: str, why: str | None) -> bool:
     return True
 
 
+def stop_overdue_test(store: JobStore, job_id: str) -> bool:
+    """The job's global deadline passed and its test still runs with nobody stopping it: stop the test.
+
+    The job goes on to its cleanup and fails (its test was stopped), as when the runner stops it itself.
+    """
+    if store.fields([job_id], "state")[0]["state"] != JobState.TEST:
+        return False
+    _phase(None, store, job_id, Phase.TEST).out("*** global_timeout reached and the test still runs; stopping it ***")
+    store.signal(job_id, Signal.TIMEOUT)
+    return True
+
+
 def extend_reservation(store: JobStore, parent_id: str, seconds: float, settings: Settings) -> float:
     """Move the reservation's deadline ``seconds`` later; the new expiry (epoch seconds).
 
@@ -188,19 +201,21 @@ def _test(store: JobStore, parent_id: str, run: PhaseRun) -> None:
     for cid in testing:
         store.signal(cid, Signal.TEST)
     status = 0
+    deadline = test_deadline(store, parent_id, job)
     with ControlWatcher(store.client, parent_id) as control:
         guest_runs = [start_guest(store, parent_id, gid, control.cancel_event) for gid in guests]
         if test_data.get("test_cmds"):
             env = parent_test_env(store, parent_id, job)
             status = run_script(test_data["test_cmds"], cwd=parent_dir(parent_id), env=env, on_output=run.write,
-                                cancel=control.cancel_event, timeout=job.get("global_timeout"),
+                                cancel=control.stop_test_event, timeout=remaining(deadline),
+                                timeout_limit=job.get("global_timeout"),
                                 output_timeout=job.get("output_timeout"),
                                 private_files=multinode_files(parent_dir(parent_id), env),
                                 on_start=lambda pid: store.set_fields(parent_id, script_pgid=pid,
                                                                       script_host=socket.gethostname()))
             store.set_fields(parent_id, script_pgid="")  # ended: nothing for a re-run to stop
         if testing:
-            status = max(status, _wait_children_tests(store, testing, job, run.out))
+            status = max(status, _wait_children_tests(store, testing, deadline, run.out))
         for gid, guest in zip(guests, guest_runs):
             guest.join()
             code = (store.phases(gid).get(Phase.TEST) or {}).get("status", 1)
@@ -242,13 +257,15 @@ def _resume_test(store: JobStore, parent_id: str, run: PhaseRun) -> None:
     testing = _testing_children(children)
     if testing:
         run.out(f"(the coordinator running the test died ({dead}); waiting for the children's tests again)")
-        status = max(status, _wait_children_tests(store, testing, record["document"], run.out))
+        deadline = test_deadline(store, parent_id, record["document"])  # the first start's, not a new one
+        status = max(status, _wait_children_tests(store, testing, deadline, run.out))
     run.end(status)
 
 
-def _wait_children_tests(store: JobStore, children: list[str], job: dict[str, Any],
+def _wait_children_tests(store: JobStore, children: list[str], deadline: float | None,
                          out: Callable[[str], None]) -> int:
-    """Wait for every child's test; a child that ended meanwhile (its device died) stops the others'."""
+    """Wait for every child's test (until the parent's global deadline); a child that ended meanwhile
+    (its device died) stops the others'."""
     def test_ended(cid: str) -> bool:
         phase = store.phases(cid).get(Phase.TEST) or {}
         return "ended" in phase or store.state(cid) in FINAL_STATES
@@ -256,8 +273,7 @@ def _wait_children_tests(store: JobStore, children: list[str], job: dict[str, An
     def gone() -> list[str]:
         return [c for c in children if store.state(c) in FINAL_STATES]
 
-    timeout = job.get("global_timeout")
-    store.wait_until(children, lambda: all(test_ended(c) for c in children) or bool(gone()), timeout)
+    store.wait_until(children, lambda: all(test_ended(c) for c in children) or bool(gone()), remaining(deadline))
     if (ended := gone()) and not all(test_ended(c) for c in children):
         for cid in ended:
             out(f"child {cid} ended during the test: {store.fields([cid], 'message')[0]['message'] or 'ended'}; "
@@ -265,7 +281,7 @@ def _wait_children_tests(store: JobStore, children: list[str], job: dict[str, An
         for cid in children:
             if not test_ended(cid):
                 store.signal(cid, Signal.CANCEL)
-        store.wait_until(children, lambda: all(test_ended(c) for c in children), timeout)
+        store.wait_until(children, lambda: all(test_ended(c) for c in children), remaining(deadline))
     status = 0
     for cid in children:
         code = (store.phases(cid).get(Phase.TEST) or {}).get("status")

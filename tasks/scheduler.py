@@ -46,7 +46,7 @@ from convoy.tasks import canvas, steps
 from convoy.tasks.cancel import ALLOCATING, ALLOCATION_TIMED_OUT, abort_allocation
 from convoy.tasks.celery import app
 from convoy.tasks.orphans import end_orphaned_job
-from convoy.tasks.parent import end_reservation
+from convoy.tasks.parent import end_reservation, stop_overdue_test
 
 log = logging.getLogger(__name__)
 
@@ -232,6 +232,8 @@ class Scheduler:
                     abort_allocation(self.store, job_id, ALLOCATION_TIMED_OUT, self.settings)
             elif kind == timers.Timer.RESERVATION:
                 end_reservation(self.store, job_id, None)
+            elif kind == timers.Timer.GLOBAL:
+                stop_overdue_test(self.store, job_id)
 
     # --- repairs -------------------------------------------------------------------
     def repair(self, summaries: list[DeviceSummary], plans: dict[str, Planned]) -> None:

@@ -41,6 +41,8 @@ class ControlWatcher:
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name=f"control-{job_id[:8]}", daemon=True)
         self._callbacks: list = []
+        #: set by cancel or a timeout: what a running test script stops on
+        self._stop_test = threading.Event()
 
     def __enter__(self) -> "ControlWatcher":
         self._thread.start()
@@ -109,6 +111,8 @@ class ControlWatcher:
         if name not in self._events:
             return
         self._events[name].set()
+        if name in (Signal.CANCEL, Signal.TIMEOUT):
+            self._stop_test.set()
         for callback in self._callbacks:
             callback(name)
         with self._any:
@@ -128,6 +132,11 @@ class ControlWatcher:
     @property
     def cancel_event(self) -> threading.Event:
         return self._events[Signal.CANCEL]
+
+    @property
+    def stop_test_event(self) -> threading.Event:
+        """Set by ``cancel`` or ``timeout``: the test commands stop (a timeout fails the test, not the job)."""
+        return self._stop_test
 
     def wait_any(self, names: tuple[str, ...], timeout: float | None = None) -> str | None:
         """Block until one of ``names`` was received; return it (None on timeout)."""

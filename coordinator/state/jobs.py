@@ -231,6 +231,14 @@ class JobStore:
         """Multi jobs past waiting and not known final (those whose steps may need a repair)."""
         return sorted(self._r.smembers(keys.ACTIVE_PARENTS))
 
+    def fix_time(self, job_id: str, name: str, at: float) -> float:
+        """Record ``name`` as ``at`` unless it is recorded already; the recorded value (a deadline kept
+        across re-runs of the step that set it)."""
+        pipe = self._r.pipeline()
+        pipe.hsetnx(keys.job(job_id), name, repr(at))
+        pipe.hget(keys.job(job_id), name)
+        return float(pipe.execute()[1])
+
     def mark_done(self, job_id: str, step: str) -> bool:
         """Record that the parent's ``step`` finished; True the first time (a step ends once)."""
         return bool(self._r.hsetnx(keys.job(job_id), f"step_{step}", now_iso()))

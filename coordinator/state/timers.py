@@ -30,6 +30,8 @@ class Timer(StrEnum):
     ALLOCATION = "allocation"
     #: ``reserve_data.timeout`` (moved by ``convoy reserve extend`` / ``convoy release``)
     RESERVATION = "reservation"
+    #: ``global_timeout``, counted from the job's first test start (a backstop to the script runner's own)
+    GLOBAL = "global"
 
 
 def _member(kind: Timer, job_id: str) -> str:

@@ -39,17 +39,21 @@ StopCondition = Callable[[], "str | None"]
 
 
 class Timeout:
-    """Stop once ``seconds`` have passed since the start (``global_timeout``)."""
+    """Stop once ``seconds`` have passed since the start (what is left of ``global_timeout``).
+
+    ``limit`` is the timeout as the user set it, for the message (a re-run has less than that left).
+    """
 
     def __init__(self, seconds: float, name: str = "test_cmds",
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.monotonic, limit: float | None = None) -> None:
         self.seconds, self.name, self.clock = seconds, name, clock
+        self.limit = seconds if limit is None else limit
         self.deadline = clock() + seconds
 
     def __call__(self) -> str | None:
         if self.clock() < self.deadline:
             return None
-        return f"\n*** {self.name} timed out after {self.seconds:g}s; stopping it ***\n"
+        return f"\n*** {self.name} timed out after {self.limit:g}s; stopping it ***\n"
 
 
 class OutputTimeout:
@@ -109,7 +113,8 @@ def script_command(script_path: Path, private_files: Mapping[str, Path] | None =
 def run_script(script: str, *, cwd: Path, env: Mapping[str, str], on_output: Callable[[str], None],
                cancel: threading.Event, timeout: float | None = None, output_timeout: float | None = None,
                name: str = "test_cmds", private_files: Mapping[str, Path] | None = None,
-               on_start: Callable[[int], None] | None = None, output_grace: float = GRACE_SECONDS) -> int:
+               on_start: Callable[[int], None] | None = None, output_grace: float = GRACE_SECONDS,
+               timeout_limit: float | None = None) -> int:
     """Run ``script`` with ``bash -e`` in ``cwd``; return its exit code.
 
     Output (stdout and stderr together) goes to ``on_output`` exactly as
@@ -132,7 +137,8 @@ def run_script(script: str, *, cwd: Path, env: Mapping[str, str], on_output: Cal
     script_path.write_text(script if script.endswith("\n") else script + "\n")
     output = OutputForwarder(on_output, name=name)
     silence = OutputTimeout(output_timeout) if output_timeout else None
-    conditions: list[StopCondition] = [c for c in (Timeout(timeout, name) if timeout else None, silence) if c]
+    conditions: list[StopCondition] = [c for c in (Timeout(timeout, name, limit=timeout_limit) if timeout else None,
+                                                   silence) if c]
 
     def write(text: str) -> None:
         if silence is not None:

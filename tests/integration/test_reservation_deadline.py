@@ -19,7 +19,6 @@ import pytest
 from convoy.coordinator.api import job_results, submit_job, wait_for_job
 from convoy.workers.embedded.cluster import emulated_devices
 from convoy.workers.embedded.lab import Lab
-
 from helpers import CONVOY, unique_queue
 from keyserver import KeyServer
 
