@@ -88,27 +88,36 @@ def child_again(app: Celery, child_id: str, device: str, part: Mapping[str, Any]
 
 _recording = threading.local()
 
+#: ``record(child id, part)``: keeps a child's chord membership before its message is sent
+RecordPart = Callable[[str, dict[str, Any]], None]
+
 
 @before_task_publish.connect
 def _record_chord_part(sender: str | None = None, headers: dict[str, Any] | None = None, body: Any = None,
                        **_: Any) -> None:
-    parts = getattr(_recording, "parts", None)
-    if parts is None or sender != CHILD_JOB or not headers:
+    record: RecordPart | None = getattr(_recording, "record", None)
+    if record is None or sender != CHILD_JOB or not headers:
         return
     embed = body[2] if isinstance(body, (list, tuple)) and len(body) == 3 and isinstance(body[2], dict) else {}
-    parts[headers["id"]] = {"group_id": headers.get("group"), "group_index": headers.get("group_index"),
-                            "chord": embed.get("chord")}
+    record(headers["id"], {"group_id": headers.get("group"), "group_index": headers.get("group_index"),
+                           "chord": embed.get("chord")})
 
 
 @contextmanager
-def chord_parts() -> Iterator[dict[str, dict[str, Any]]]:
-    """Child id → the chord membership of each child message this thread publishes meanwhile."""
-    parts: dict[str, dict[str, Any]] = {}
-    _recording.parts = parts
+def chord_parts(record: RecordPart) -> Iterator[None]:
+    """Call ``record(child id, part)`` for each child message this thread publishes meanwhile, before it
+    is sent: a publisher that dies half-way leaves the membership of every child it sent, or was
+    about to send, behind (see :func:`sibling_part`)."""
+    _recording.record = record
     try:
-        yield parts
+        yield
     finally:
-        _recording.parts = None
+        _recording.record = None
+
+
+def sibling_part(part: Mapping[str, Any], index: int) -> dict[str, Any]:
+    """The chord membership of the header's ``index``-th child, from another child's of the same chord."""
+    return {"group_id": part.get("group_id"), "group_index": index, "chord": part.get("chord")}
 
 
 def job_list(reports: list[Any] | None,

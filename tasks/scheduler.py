@@ -113,6 +113,9 @@ class Scheduler:
 
     def _lead(self, lease: SchedulerLease, stop: threading.Event) -> None:
         last = schedule.last_event(self.client)
+        # the scheduler before this one may have died between assigning devices and publishing: what it
+        # assigned and no device started is sent again now (a duplicate is ignored by its device's worker)
+        self.repair(device_summaries(self.client), {}, stale_before=time.time())
         self.decide()
         while not stop.is_set():
             deadline = timers.next_due(self.client)
@@ -202,17 +205,21 @@ class Scheduler:
             return False
         self.store.start_phase(job_id, Phase.PROVISION)
         try:
-            with canvas.chord_parts() as parts:
-                canvas.multi_job(self.app, job_id, devices, self.settings).apply_async()
+            self._publish_chord(job_id, devices)
         except PUBLISH_ERRORS as exc:
             self._unassign(devices)
             abort_allocation(self.store, job_id, f"could not queue job: {exc}", self.settings)
             return False
-        with self.store.pipeline(transaction=False) as pipe:  # for a replacement, should a device go offline
-            for child_id, part in parts.items():
-                self.store.set_fields(child_id, pipe, chord_part=part)
-            pipe.execute()
         return True
+
+    def _publish_chord(self, parent_id: str, devices: dict[str, str]) -> None:
+        """Publish a multi job's chord; each child's chord membership is recorded before its message is
+        sent (a replacement or a resend keeps the child in its chord)."""
+        def record(child_id: str, part: dict[str, Any]) -> None:
+            self.store.set_fields(child_id, chord_part=part)
+
+        with canvas.chord_parts(record):
+            canvas.multi_job(self.app, parent_id, devices, self.settings).apply_async()
 
     def _unassign(self, devices: dict[str, str]) -> None:
         for member, name in devices.items():
@@ -236,8 +243,11 @@ class Scheduler:
                 stop_overdue_test(self.store, job_id)
 
     # --- repairs -------------------------------------------------------------------
-    def repair(self, summaries: list[DeviceSummary], plans: dict[str, Planned]) -> None:
-        """Release assignments of ended jobs; move members off assigned devices that went offline."""
+    def repair(self, summaries: list[DeviceSummary], plans: dict[str, Planned],
+               stale_before: float | None = None) -> None:
+        """Release assignments of ended jobs; move members off assigned devices that went offline; send
+        again what was assigned before ``stale_before`` (default: :data:`STALE_SECONDS` ago) and not started."""
+        stale_before = time.time() - STALE_SECONDS if stale_before is None else stale_before
         assigned = [(s, s.job_id) for s in summaries if s.job_id and s.occupancy == Health.ASSIGNED]
         records = self.store.fields([member for _, member in assigned], "state", "assigned_device")
         for (summary, member), record in zip(assigned, records, strict=True):
@@ -247,7 +257,7 @@ class Scheduler:
                 continue
             elif summary.health == Health.OFFLINE:
                 self.replace(summary, self.store.get(member), summaries, plans)
-            elif time.time() - summary.since > STALE_SECONDS:
+            elif summary.since < stale_before:
                 self.resend(summary.name, member, self.store.get(member))
 
     def end_orphans(self, summaries: list[DeviceSummary]) -> list[str]:
@@ -275,13 +285,38 @@ class Scheduler:
         is harmless: the task starts a job only from ``waiting``, on its assigned device.
         """
         if record.get("parent_job_id"):
-            if not record.get("chord_part"):
-                return  # published by no one, or its chord membership never recorded: its deadline ends it
-            canvas.child_again(self.app, member, device, record["chord_part"]).apply_async()
+            part = self.chord_part(record)
+            if part is None:  # no child of its chord was ever sent: the chord was never published
+                self.publish_chord_again(record["parent_job_id"])
+                return
+            canvas.child_again(self.app, member, device, part).apply_async()
         else:
             canvas.single_job(self.app, member, device).apply_async()
-        log.warning("scheduler: job %s, assigned to %s %.0fs ago, never started; sent it again", member, device,
-                    STALE_SECONDS)
+        log.warning("scheduler: job %s, assigned to %s, never started; sent it again", member, device)
+
+    def chord_part(self, record: dict[str, Any]) -> dict[str, Any] | None:
+        """A child's chord membership: its own, or derived from a sibling's (its publisher died before it)."""
+        if record.get("chord_part"):
+            return dict(record["chord_part"])
+        parent = self.store.fields([record["parent_job_id"]], "device_children")[0]
+        siblings = parent["device_children"] or []
+        for row in self.store.fields(siblings, "chord_part"):
+            if row["chord_part"] and record["job_id"] in siblings:
+                part = canvas.sibling_part(row["chord_part"], siblings.index(record["job_id"]))
+                self.store.set_fields(record["job_id"], chord_part=part)
+                return part
+        return None
+
+    def publish_chord_again(self, parent_id: str) -> None:
+        """Publish the chord of a multi job whose scheduler died after assigning its devices, before any send."""
+        children = self.store.fields([parent_id], "device_children")[0]["device_children"] or []
+        assigned = self.store.fields(children, "state", "assigned_device")
+        if any(row["state"] != JobState.WAITING or not row["assigned_device"] for row in assigned) or \
+                not self.store.once(parent_id, "chord-again"):
+            return
+        log.warning("scheduler: multi job %s was assigned its devices but never published; publishing it", parent_id)
+        devices = {c: str(row["assigned_device"]) for c, row in zip(children, assigned, strict=True)}
+        self._publish_chord(parent_id, devices)
 
     def replace(self, gone: DeviceSummary, record: dict[str, Any], summaries: list[DeviceSummary],
                 plans: dict[str, Planned]) -> bool:
@@ -303,7 +338,7 @@ class Scheduler:
         if not schedule.reassign(self.client, member, gone.name, new, now_iso()):
             return False
         if record.get("parent_job_id"):
-            canvas.child_again(self.app, member, new, record.get("chord_part") or {}).apply_async()
+            canvas.child_again(self.app, member, new, self.chord_part(record) or {}).apply_async()
         else:
             canvas.single_job(self.app, member, new).apply_async()
         log.warning("scheduler: device %s went offline before job %s started on it; moved it to %s",

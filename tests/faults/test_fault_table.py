@@ -156,11 +156,17 @@ def died(device: str, state: str) -> str:
     return f"device worker for {device} died during {state}"
 
 
+def kill_device_worker(lab: Lab, child: str) -> str:
+    """SIGKILL the Celery worker of the child's device (``convoy worker`` restarts it); the device's name."""
+    device = device_of(lab, child)
+    lab.kill(lab.device_worker_pid(device))
+    return device
+
+
 def test_device_worker_killed_during_provision_fails_the_allocation(lab, fresh):
     parent, (_, victim) = job(lab, fresh, test_data={"test_cmds": "true"})
     lab.wait_job(victim, lambda: lab.store.state(victim) == "provision", what="provisioning")
-    device = device_of(lab, victim)
-    lab.kill(lab.device_worker_pid(device))
+    device = kill_device_worker(lab, victim)
     results = ended(lab, parent)
     assert results["outcome"] == "fail" and results["message"] == "Unable to allocate all devices"
     assert died(device, "provision") in lab.store.get(victim)["message"]
@@ -169,8 +175,7 @@ def test_device_worker_killed_during_provision_fails_the_allocation(lab, fresh):
 def test_device_worker_killed_during_a_reservation_fails_the_job_naming_it(lab, fresh):
     parent, (_, victim) = job(lab, fresh, reserve_data={"ssh_keys": ["gh:alice"], "timeout": "600"})
     lab.wait_job(parent, lambda: bool(lab.field(parent, "reserve_until")), what="the reservation")
-    device = device_of(lab, victim)
-    lab.kill(lab.device_worker_pid(device))
+    device = kill_device_worker(lab, victim)
     lab.wait_job(victim, lambda: lab.store.state(victim) == "cancelled", what="the victim's end")
     subprocess.run([CONVOY, "release", parent], check=True, capture_output=True)  # the user is done early
     results = ended(lab, parent)
@@ -181,8 +186,7 @@ def test_device_worker_killed_during_the_parents_test_fails_the_job_naming_it(la
     go = tmp_path / "go"
     parent, (_, victim) = job(lab, fresh, test_data={"test_cmds": WAIT_FOR.format(go=go)})
     lab.wait_job(parent, lambda: bool(lab.field(parent, "script_pgid")), what="the parent's test_cmds")
-    device = device_of(lab, victim)
-    lab.kill(lab.device_worker_pid(device))
+    device = kill_device_worker(lab, victim)
     lab.wait_job(victim, lambda: lab.store.state(victim) == "cancelled", what="the victim's end")
     go.touch()
     results = ended(lab, parent)
@@ -193,8 +197,7 @@ def test_device_worker_killed_during_the_parents_test_fails_the_job_naming_it(la
 def test_device_worker_killed_during_a_childs_test_fails_the_job_naming_it(lab, fresh):
     parent, (_, victim) = job(lab, fresh, children={"test_data": {"test_cmds": "echo testing; sleep 600"}})
     lab.wait_job(victim, lambda: "testing" in lab.store.output(victim, "test"), what="the child's test")
-    device = device_of(lab, victim)
-    lab.kill(lab.device_worker_pid(device))
+    device = kill_device_worker(lab, victim)
     results = ended(lab, parent)
     assert results["outcome"] == "fail" and died(device, "test") in results["message"]
 
@@ -202,11 +205,12 @@ def test_device_worker_killed_during_a_childs_test_fails_the_job_naming_it(lab, 
 def test_device_worker_killed_during_cleanup_the_rest_finishes(lab, fresh):
     parent, (_, victim) = job(lab, fresh, test_data={"test_cmds": "true"})
     lab.wait_job(victim, lambda: lab.store.state(victim) == "cleanup", what="the victim's cleanup")
-    device = device_of(lab, victim)
-    lab.kill(lab.device_worker_pid(device))
+    device = kill_device_worker(lab, victim)
     results = ended(lab, parent)
     assert results["job_state"] == "complete"
     assert "released 2 device(s)" in results["cleanup_output"]
+    # its restarted worker says what happened and cleans the device again (the fixture sees it idle)
+    assert died(device, "cleanup") in lab.store.output(victim, "cleanup")
 
 
 # --- the convoy worker supervisor: every device worker of the host dies with it ---------------------

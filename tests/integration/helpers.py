@@ -2,13 +2,13 @@
 from __future__ import annotations
 
 import sys
-import time
 import uuid
 from pathlib import Path
 from typing import Callable
 
 from convoy.coordinator.state import keys
 from convoy.coordinator.state.connection import get_store
+from convoy.workers.embedded.lab import wait_until
 
 CONVOY = str(Path(sys.executable).parent / "convoy")
 REPO = Path(__file__).resolve().parents[2]
@@ -28,20 +28,6 @@ def wait_for_state(job_id: str, state: str, timeout: float = 60) -> None:
     store = get_store()
     assert store.wait_until([job_id], lambda: store.state(job_id) == state, timeout), \
         f"job {job_id} never reached {state}; it is {store.state(job_id)}"
-
-
-def wait_until(condition: Callable[[], object], timeout: float, interval: float = 0.1) -> object:
-    """For conditions no event announces (a process starting): re-check until a deadline.
-
-    Returns the condition's first true value, or False at the deadline.
-    """
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = condition()
-        if value:
-            return value
-        time.sleep(interval)
-    return False
 
 
 def wait_for(condition: Callable[[], object], timeout: float = 15.0, what: str = "condition") -> object:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import signal
 
+import psutil
 import pytest
 
 from convoy.coordinator.api import job_results, submit_job, wait_for_job
@@ -82,3 +83,48 @@ def test_an_assignment_whose_message_was_never_sent_is_sent_again(start_cluster)
     results = job_results(job_id)
     assert results["outcome"] == "pass" and results["test_output"].count("ran once") == 1
     wait_for(lambda: health(device) == "idle", 30, "the device idle again")
+
+
+class SchedulerDied(BaseException):
+    """Stands for the scheduler's process dying between two sends of one chord."""
+
+
+def test_a_chord_half_sent_by_a_dying_scheduler_is_completed_by_the_next_one(start_cluster, coordinator_process,
+                                                                             monkeypatch):
+    from convoy.tasks.celery import app
+    from convoy.tasks.scheduler import Scheduler
+
+    a, b = unique_queue("half-a"), unique_queue("half-b")
+    start_cluster({a: 1, b: 1}, coordinator=False)
+    store = get_store()
+    # the lab's coordinator (its Celery worker, whose scheduler holds the lease) is frozen meanwhile ...
+    coordinator = [p.pid for p in psutil.Process(coordinator_process.pid).children(recursive=True)]
+    for pid in coordinator:
+        os.kill(pid, signal.SIGSTOP)
+    try:
+        parent = submit_job({"job_queue": "multi", "provision_data": {"jobs": [{"job_queue": a}, {"job_queue": b}]},
+                             "test_data": {"test_cmds": "test -s job_list.json"}})
+        first, second = store.children(parent)
+        send = app.amqp.send_task_message
+        sent: list[str] = []
+
+        def dies_before_the_second_child(producer, name, message, **kwargs):
+            if name == "convoy.device.child_job":
+                sent.append(message.headers["id"])
+                if len(sent) == 2:
+                    raise SchedulerDied()
+            return send(producer, name, message, **kwargs)
+
+        monkeypatch.setattr(app.amqp, "send_task_message", dies_before_the_second_child)
+        with pytest.raises(SchedulerDied):
+            Scheduler(store, app).decide()
+        monkeypatch.undo()
+        assert sent == [first, second] and store.get(second)["state"] == "waiting"
+        assert store.get(first).get("chord_part") and not store.get(second).get("chord_part")
+    finally:
+        for pid in coordinator:  # ... and dies: its supervisor starts another, whose scheduler leads next
+            os.kill(pid, signal.SIGKILL)
+    # the new scheduler sends the second child again at once, in its chord, and the job goes on
+    assert wait_for_job(parent, timeout=JOB_TIMEOUT) == "complete"
+    assert job_results(parent)["outcome"] == "pass", job_results(parent).get("message")
+    assert store.get(second)["chord_part"]["group_index"] == 1
