@@ -31,7 +31,8 @@ this process holds each device's worker lease and alive mark and renews them eve
 with convoy's own state functions.  Then one real ``convoy coordinator --concurrency 2`` is
 started; after its alive mark and 12 s (two scheduler passes at least) the bench reads its Celery
 worker process's thread count and TCP connections to the Redis port (psutil), its CPU time and
-the Redis commands it sent over the next 10 s (``INFO commandstats`` minus this process's own),
+the Redis commands it sent over the next 10 s (``INFO commandstats`` minus this process's own; passes
+counted by ``ZRANGEBYSCORE`` of the timer set, which only a pass sends),
 and then the wall time of its scheduler passes by ``MONITOR`` for 11 s (first command of a pass,
 ``ZRANGEBYSCORE`` of the timer set, to the ``ZRANGE`` that precedes its sleep; MONITOR itself
 slows Redis a little).  Target: threads and connections flat in N.
@@ -282,7 +283,8 @@ class Keeper:
                 for lock in self.locks:
                     AliveMark.of_device(lock.device).set(pipe)
                 pipe.execute()
-            self.commands += 2 * len(self.locks)
+            # EVALSHA, the GET and PEXPIRE inside it (commandstats counts a script's commands), the mark's SET
+            self.commands += 4 * len(self.locks)
 
     def stop(self) -> None:
         self._stop.set()

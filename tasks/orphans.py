@@ -51,8 +51,9 @@ def end_orphaned_job(store: JobStore, job_id: str, record: dict[str, Any], devic
     interrupted.end(1)
     cleanup = PhaseRun(store, job_id, Phase.CLEANUP)
     cleanup.start()
-    if clean is not None:
+    if clean is not None:  # cleaned and released before the job ends, as a live worker does
         _clean(cleanup, clean)
+        release_device(store.client, device, job_id)
     else:
         cleanup.out(f"device {device} is cleaned when its worker is back")
         cleanup.end(1)
@@ -66,8 +67,6 @@ def end_orphaned_job(store: JobStore, job_id: str, record: dict[str, Any], devic
             from convoy.coordinator.multinode.group import fail_member
 
             fail_member(store.client, parent_id, job_id, message)
-    if clean is not None:
-        release_device(store.client, device, job_id)
     log.warning("%s; job %s ended", message, job_id)
     return True
 

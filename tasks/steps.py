@@ -23,6 +23,7 @@ from convoy.config.steps import STEPS, ParentFacts, ParentStep, owed_step
 from convoy.coordinator.state.connection import get_store
 from convoy.coordinator.state.jobs import JobStore
 from convoy.coordinator.state.leases import StepLease
+from convoy.errors import JobNotFound
 from convoy.tasks import canvas
 from convoy.tasks.celery import app
 
@@ -78,14 +79,30 @@ def run_step(parent_id: str, step: ParentStep, body: Callable[[JobStore], bool])
     lease = StepLease(store.client, parent_id)
     if lease.try_acquire() is not None:
         return  # another coordinator runs a step of this job; it sends what is owed when it ends
-    with lease:
-        facts, _ = read_facts(store, parent_id)
-        if owed_step(facts) != step:
-            log.info("parent %s: %s is not owed now (state %s, done %s)", parent_id, step, facts.state,
-                     ",".join(sorted(facts.done)) or "-")
-        elif body(store):
-            store.mark_done(parent_id, step)
+    try:
+        with lease:
+            facts, _ = read_facts(store, parent_id)
+            if owed_step(facts) != step:
+                log.info("parent %s: %s is not owed now (state %s, done %s)", parent_id, step, facts.state,
+                         ",".join(sorted(facts.done)) or "-")
+            elif body(store):
+                store.mark_done(parent_id, step)
+    except JobNotFound as exc:
+        if store.exists(parent_id):
+            raise
+        report_lost(parent_id, step, exc)
+        return
     advance(store, parent_id)
+
+
+def report_lost(parent_id: str, step: ParentStep, exc: JobNotFound) -> None:
+    """Redis forgot the job while its step ran: say so where it is still known (this log, its directory)."""
+    from convoy.tasks.run.env import parent_dir
+
+    report = (f"multi job {parent_id} was lost during its {step} step: Redis no longer knows it "
+              f"(restarted without its data, or replaced; {exc})")
+    log.error(report)
+    (parent_dir(parent_id) / "LOST").write_text(report + "\n")
 
 
 def repair(store: JobStore, now: float | None = None) -> list[str]:

@@ -25,6 +25,20 @@ log = logging.getLogger(__name__)
 
 SIGNALS: tuple[Signal, ...] = tuple(Signal)
 
+#: the watchers running in this process, by job: a signal can be delivered here without Redis
+_watching: dict[str, set["ControlWatcher"]] = {}
+_watching_lock = threading.Lock()
+
+
+def deliver_here(job_id: str, name: str) -> int:
+    """Deliver ``name`` to every watcher of ``job_id`` in this process (Redis forgot the job: stop it
+    anyway); how many got it."""
+    with _watching_lock:
+        watchers = list(_watching.get(job_id, ()))
+    for watcher in watchers:
+        watcher.deliver(name)
+    return len(watchers)
+
 
 class ControlWatcher:
     """Collects a job's control signals in a background thread."""
@@ -45,11 +59,17 @@ class ControlWatcher:
         self._stop_test = threading.Event()
 
     def __enter__(self) -> "ControlWatcher":
+        with _watching_lock:
+            _watching.setdefault(self.job_id, set()).add(self)
         self._thread.start()
         self._started.wait(5)
         return self
 
     def __exit__(self, *exc: object) -> None:
+        with _watching_lock:
+            _watching.get(self.job_id, set()).discard(self)
+            if not _watching.get(self.job_id):
+                _watching.pop(self.job_id, None)
         self._stop.set()
         for _ in range(3):  # the reader may enter a new read just after an unblock: unblock again
             if self._connection_id is not None:

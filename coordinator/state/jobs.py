@@ -106,7 +106,9 @@ class JobStore:
         return record
 
     def exists(self, job_id: str) -> bool:
-        return bool(self._r.exists(keys.job(job_id)))
+        """Whether the store knows the job (a record with a state: a late write to a forgotten job's
+        record, after Redis lost its data, makes a hash without one)."""
+        return bool(self._r.hexists(keys.job(job_id), "state"))
 
     def state(self, job_id: str) -> str:
         state = self._r.hget(keys.job(job_id), "state")

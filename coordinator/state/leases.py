@@ -24,6 +24,7 @@ from typing import Callable
 import psutil
 import redis
 
+from convoy.config.lifecycle import Signal
 from convoy.coordinator.state import keys
 
 log = logging.getLogger(__name__)
@@ -220,9 +221,20 @@ class StepLease(Lease):
 
 
 def renew_held() -> None:
-    """Renew every step lease this process holds (the heartbeat calls it each beat)."""
+    """Renew every step lease this process holds (the heartbeat calls it each beat).
+
+    A lease whose key was gone and whose job Redis no longer knows (emptied, replaced) stops the step:
+    its signal watchers here are told ``cancel``, and the step reports the job lost.
+    """
+    from convoy.coordinator.state.control import deliver_here
+
     with _held_lock:
         held = list(_held)
     for lease in held:
-        if not lease.renew():
+        renewed = lease._renew(keys=[lease.key], args=[lease.token, lease.lease_ms])
+        if renewed == 0:
             log.error("parent %s: another coordinator took over its step lease", lease.parent_id)
+        elif renewed == 2 and not lease.client.hexists(keys.job(lease.parent_id), "state"):
+            log.error("parent %s: Redis no longer knows the job (restarted without its data, or replaced); "
+                      "stopping its step", lease.parent_id)
+            deliver_here(lease.parent_id, Signal.CANCEL)

@@ -32,7 +32,7 @@ def lab_on_own_redis(tmp_path):
         server.stop()
 
 
-def submit(lab: Lab, test_cmds: str) -> str:
+def submit(lab: Lab, test_cmds: str, parent_cmds: str | None = None) -> str:
     """A two-device job through the real CLI (this process's own Celery app is bound to the session's Redis)."""
     import subprocess
 
@@ -42,7 +42,8 @@ def submit(lab: Lab, test_cmds: str) -> str:
 
     path = lab.root / f"job-{len(list(lab.root.glob('job-*')))}.yaml"
     path.write_text(yaml.safe_dump({"job_queue": "multi", "provision_data": {"jobs": [
-        {"job_queue": q, "test_data": {"test_cmds": test_cmds}} for q in lab.queues]}}))
+        {"job_queue": q, "test_data": {"test_cmds": test_cmds}} for q in lab.queues]},
+        **({"test_data": {"test_cmds": parent_cmds}} if parent_cmds else {})}))
     done = subprocess.run([CONVOY, "submit", str(path)], env=lab.env, capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
     return done.stdout.strip()
@@ -70,7 +71,7 @@ def test_redis_restarted_with_its_append_only_file_mid_job_the_job_completes(lab
 
 def test_redis_replaced_by_an_empty_one_devices_come_back_and_the_lost_job_is_reported(lab_on_own_redis):
     server, lab = lab_on_own_redis
-    parent = submit(lab, "echo testing; sleep 600")
+    parent = submit(lab, "echo testing; sleep 600", parent_cmds="sleep 600")
     children = lab.store.children(parent)
     for child in children:
         lab.wait_job(child, lambda c=child: "testing" in lab.store.output(c, "test"), what="the child's test")
@@ -89,6 +90,11 @@ def test_redis_replaced_by_an_empty_one_devices_come_back_and_the_lost_job_is_re
         assert f"job {child} on device" in lost.read_text() and "was lost" in lost.read_text()
     log = "".join(p.read_text(errors="replace") for p in (lab.root / "state" / "logs").glob("*.log"))
     assert all(f"job {child} on device" in log for child in children)
+    # and the coordinator stops the parent's own test commands and reports the multi job lost (were they
+    # left running, its test step would still be in them: no report for ten minutes)
+    parent_lost = lab.root / "state" / "jobs" / parent / "LOST"
+    wait_for(parent_lost.exists, timeout=30, what=f"{parent_lost} written")
+    assert f"multi job {parent} was lost during its test step" in parent_lost.read_text()
     # the devices were cleaned (the lost job's processes ended) and a new job runs on them
     wait_for(lab.all_idle, timeout=60, what="every device cleaned and idle")
     again = submit(lab, "true")

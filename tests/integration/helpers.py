@@ -46,4 +46,6 @@ def assert_all_released(parent_id: str) -> None:
         assert record["state"] == "cancelled", f"child {child_id} is {record['state']}"
         if record.get("device"):
             assert "cleanup" in store.phases(child_id), f"child {child_id} held a device but never cleaned it"
-            assert store.client.hget(keys.device(record["device"]), "state") == "idle"
+            # a device whose worker died is cleaned by its restarted worker: that may come a moment later
+            wait_for(lambda d=record["device"]: store.client.hget(keys.device(d), "state") == "idle", 60,
+                     f"device {record['device']} idle")
