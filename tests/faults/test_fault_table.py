@@ -13,6 +13,10 @@ afterwards and no device phase ran twice.  The rows:
 * the ``convoy worker`` supervisor (its device workers die with it): the
   scheduler ends the job naming the devices; they are cleaned once the host
   is started again.
+
+Also: a waiting job's ``allocation_timeout`` fires though the coordinator
+that was running when it was submitted died, and a job cancelled while no
+coordinator runs at all ends ``cancelled``, cleaned, once one runs again.
 """
 from __future__ import annotations
 
@@ -99,6 +103,18 @@ def running_in_group(pgid: int) -> list[psutil.Process]:
 
 
 # --- the coordinator's Celery worker --------------------------------------------------------------
+
+def test_coordinator_killed_while_a_job_waits_its_allocation_timeout_still_fires(lab, fresh, tmp_path):
+    go = tmp_path / "go"
+    blocker = submit_job({"job_queue": lab.queues[0], "test_data": {"test_cmds": WAIT_FOR.format(go=go)}})
+    lab.wait_job(blocker, lambda: lab.store.state(blocker) == "test", what="the blocker's test")
+    parent, _ = job(lab, fresh, allocation_timeout=8, test_data={"test_cmds": "true"})
+    lab.kill(lab.coordinator_pid())  # the deadline lives in Redis, not in a countdown message of this process
+    results = ended(lab, parent)
+    assert results["outcome"] == "fail" and results["message"] == "Timed out waiting for devices to allocate"
+    go.touch()
+    lab.wait_job(blocker, lambda: lab.store.state(blocker) == "complete", what="the blocker's end")
+
 
 def test_coordinator_killed_while_children_provision_the_job_completes(lab, fresh):
     parent, children = job(lab, fresh, test_data={"test_cmds": "true"})
