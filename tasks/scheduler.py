@@ -40,7 +40,7 @@ from convoy.coordinator.scheduling.requirements import requirement, requirements
 from convoy.coordinator.state import schedule, timers
 from convoy.coordinator.state.devices import DeviceSummary, device_summaries, unassign_device
 from convoy.coordinator.state.jobs import JobStore, now_iso
-from convoy.coordinator.state.leases import DeviceLock, SchedulerLease
+from convoy.coordinator.state.leases import SchedulerLease, lapsed_leases
 from convoy.errors import JobNotFound
 from convoy.tasks import canvas, steps
 from convoy.tasks.cancel import ALLOCATING, ALLOCATION_TIMED_OUT, abort_allocation
@@ -268,12 +268,13 @@ class Scheduler:
         device stays held by it until its worker is back to clean it.
         """
         busy = [s for s in summaries if s.job_id and s.occupancy == Health.BUSY]
-        records = self.store.fields([s.job_id for s in busy if s.job_id], "state")
+        states = self.store.states(s.job_id for s in busy if s.job_id)
+        running = [s for s in busy if states.get(s.job_id or "") not in (None, *FINAL_STATES)]
         ended = []
-        for summary, row in zip(busy, records, strict=True):
-            if row["state"] in (None, *FINAL_STATES) or DeviceLock(self.client, summary.name).lapsed() is None:
-                continue
-            assert summary.job_id is not None
+        for summary, holder in zip(running, lapsed_leases(self.client, "device", [s.name for s in running]),
+                                   strict=True):
+            if holder is None or summary.job_id is None:
+                continue  # its worker lives
             if end_orphaned_job(self.store, summary.job_id, self.store.get(summary.job_id), summary.name, None):
                 ended.append(summary.job_id)
         return ended

@@ -22,7 +22,7 @@ from convoy.config.settings import Settings, load_settings
 from convoy.config.steps import STEPS, ParentFacts, ParentStep, owed_step
 from convoy.coordinator.state.connection import get_store
 from convoy.coordinator.state.jobs import JobStore
-from convoy.coordinator.state.leases import StepLease
+from convoy.coordinator.state.leases import StepLease, lapsed_leases
 from convoy.errors import JobNotFound
 from convoy.tasks import canvas
 from convoy.tasks.celery import app
@@ -36,34 +36,45 @@ _FIELDS = ("state", "cancel_requested", "device_children", "has_reserve", "reser
            *(f"step_{s}" for s in STEPS))
 
 
-def read_facts(store: JobStore, parent_id: str) -> tuple[ParentFacts, dict[str, Any]]:
-    """The parent's facts for :func:`owed_step`, and the record fields they came from."""
-    row = store.fields([parent_id], *_FIELDS)[0]
-    children = row["device_children"] or []
-    states = store.states(children) if children else {}
-    facts = ParentFacts(
-        state=row["state"] or "",
-        done=frozenset(s for s in STEPS if row[f"step_{s}"]),
-        stopping=bool(row["cancel_requested"]) or store.happened(parent_id, "abort"),
-        children_allocated=all(states.get(c) == JobState.ALLOCATED for c in children),
-        reserve=bool(row["has_reserve"]),
-        holding=bool(row["reserve_until"]),
-    )
-    return facts, row
+def read_facts(store: JobStore, parent_ids: list[str]) -> dict[str, tuple[ParentFacts, dict[str, Any]]]:
+    """Each parent's facts for :func:`owed_step`, and the record fields they came from (three round
+    trips for any number of parents: the scheduler reads every moving parent each pass)."""
+    rows = dict(zip(parent_ids, store.fields(parent_ids, *_FIELDS), strict=True))
+    aborted = store.happened_to(parent_ids, "abort")
+    states = store.states(c for row in rows.values() for c in row["device_children"] or [])
+    out = {}
+    for parent_id, row in rows.items():
+        children = row["device_children"] or []
+        out[parent_id] = (ParentFacts(
+            state=row["state"] or "",
+            done=frozenset(s for s in STEPS if row[f"step_{s}"]),
+            stopping=bool(row["cancel_requested"]) or aborted[parent_id],
+            children_allocated=all(states.get(c) == JobState.ALLOCATED for c in children),
+            reserve=bool(row["has_reserve"]),
+            holding=bool(row["reserve_until"]),
+        ), row)
+    return out
+
+
+def _owed(store: JobStore, parent_id: str) -> ParentStep | None:
+    facts, _ = read_facts(store, [parent_id])[parent_id]
+    return owed_step(facts) if facts.state else None
+
+
+def note_sent(store: JobStore, parent_id: str, step: ParentStep) -> None:
+    """Note that ``step`` is being sent now: :func:`repair` leaves it alone for :data:`GRACE_SECONDS`."""
+    store.set_fields(parent_id, step_sent=f"{step} {time.time():.3f}")
 
 
 def send(store: JobStore, parent_id: str, step: ParentStep, settings: Settings | None = None) -> None:
-    """Queue ``step`` of the parent on the coordinator queue, and note when (for :func:`repair`)."""
+    """Queue ``step`` of the parent on the coordinator queue, noted first (for :func:`repair`)."""
+    note_sent(store, parent_id, step)
     canvas.parent_step(app, parent_id, step, settings or load_settings()).apply_async()
-    store.set_fields(parent_id, step_sent=f"{step} {time.time():.3f}")
 
 
 def advance(store: JobStore, parent_id: str, settings: Settings | None = None) -> ParentStep | None:
     """Send the step the parent owes now, if any (a step already running finds it so and returns)."""
-    facts, _ = read_facts(store, parent_id)
-    if not facts.state:
-        return None
-    step = owed_step(facts)
+    step = _owed(store, parent_id)
     if step is not None:
         send(store, parent_id, step, settings)
     return step
@@ -81,12 +92,14 @@ def run_step(parent_id: str, step: ParentStep, body: Callable[[JobStore], bool])
         return  # another coordinator runs a step of this job; it sends what is owed when it ends
     try:
         with lease:
-            facts, _ = read_facts(store, parent_id)
-            if owed_step(facts) != step:
-                log.info("parent %s: %s is not owed now (state %s, done %s)", parent_id, step, facts.state,
-                         ",".join(sorted(facts.done)) or "-")
+            owed = _owed(store, parent_id)
+            if owed != step:
+                log.info("parent %s: %s is not owed now (%s is)", parent_id, step, owed or "nothing")
             elif body(store):
                 store.mark_done(parent_id, step)
+            following = _owed(store, parent_id)
+            if following is not None:  # noted while the lease still holds, so no repair sends it meanwhile
+                note_sent(store, parent_id, following)
     except JobNotFound as exc:
         if store.exists(parent_id):
             raise
@@ -112,18 +125,17 @@ def repair(store: JobStore, now: float | None = None) -> list[str]:
     coordinator is noticed when its lease runs out.  Returns the parents repaired.
     """
     now = time.time() if now is None else now
-    repaired = []
-    for parent_id in store.active_parents():
-        facts, row = read_facts(store, parent_id)
+    owed: dict[str, tuple[ParentStep, dict[str, Any]]] = {}
+    for parent_id, (facts, row) in read_facts(store, store.active_parents()).items():
         if not facts.state or facts.state in FINAL_STATES:
             store.parent_ended(parent_id)
-            continue
-        step = owed_step(facts)
-        if step is None:
-            continue
-        holder = StepLease(store.client, parent_id).lapsed()
+        elif (step := owed_step(facts)) is not None:
+            owed[parent_id] = (step, row)
+    repaired = []
+    for parent_id, holder in zip(owed, lapsed_leases(store.client, "step", list(owed)), strict=True):
         if holder is None:
             continue  # a live coordinator runs a step of it
+        step, row = owed[parent_id]
         sent, _, sent_at = (row["step_sent"] or "").partition(" ")
         if not holder.pid and sent == step and now - float(sent_at or 0) < GRACE_SECONDS:
             continue  # sent a moment ago: on its way to a coordinator

@@ -253,6 +253,14 @@ class JobStore:
         """Whether :meth:`once` was already called for (job, what)."""
         return bool(self._r.exists(keys.job_once(job_id, what)))
 
+    def happened_to(self, job_ids: Iterable[str], what: str) -> dict[str, bool]:
+        """:meth:`happened` for many jobs in one round trip."""
+        ids = list(job_ids)
+        pipe = self._r.pipeline(transaction=False)
+        for job_id in ids:
+            pipe.exists(keys.job_once(job_id, what))
+        return {job_id: bool(n) for job_id, n in zip(ids, pipe.execute(), strict=True)}
+
     # --- watching -----------------------------------------------------------------
     def last_event_ids(self, job_ids: Iterable[str]) -> dict[str, str]:
         pipe = self._r.pipeline(transaction=False)

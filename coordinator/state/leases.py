@@ -159,19 +159,8 @@ class Lease:
         return Holder.parse(current) if current else None
 
     def lapsed(self) -> Holder | None:
-        """The holder, if this lease no longer guards anything: run out, or its process gone from this host.
-
-        None while the lease is alive.  A dead holder's key is deleted (only if still its own), so the
-        next holder takes it at once.  A lease that ran out gives a holder with pid 0.
-        """
-        current = self.client.get(self.key)
-        if current is None:
-            return Holder(host="?", pid=0, started=0.0, nonce="lease expired")
-        holder = Holder.parse(current) or Holder(host="?", pid=0, started=0.0, nonce="")
-        if holder_is_gone(holder, self.me.host):
-            self._release(keys=[self.key], args=[current])
-            return holder
-        return None
+        """The holder, if this lease no longer guards anything (see :func:`lapsed_leases`); None while alive."""
+        return _lapsed(self.client, [self.key], self.me.host)[0]
 
 
 class DeviceLock(Lease):
@@ -218,6 +207,37 @@ class StepLease(Lease):
             self.release()
         except redis.RedisError:  # it runs out by itself
             pass
+
+
+#: the holder a lease that ran out (no key) is reported as
+EXPIRED = Holder(host="?", pid=0, started=0.0, nonce="lease expired")
+
+
+def _lapsed(client: redis.Redis, lease_keys: list[str], host: str) -> list[Holder | None]:
+    values = client.mget(lease_keys) if lease_keys else []
+    out: list[Holder | None] = []
+    for key, current in zip(lease_keys, values, strict=True):
+        if current is None:
+            out.append(EXPIRED)
+            continue
+        holder = Holder.parse(current) or Holder(host="?", pid=0, started=0.0, nonce="")
+        if holder_is_gone(holder, host):
+            client.eval(_RELEASE, 1, key, current)  # only if still its own
+            out.append(holder)
+        else:
+            out.append(None)
+    return out
+
+
+def lapsed_leases(client: redis.Redis, kind: str, names: list[str]) -> list[Holder | None]:
+    """For each of ``names`` (devices for ``kind="device"``, parents for ``kind="step"``): the holder of its
+    lease if that lease no longer guards anything — run out (:data:`EXPIRED`, pid 0) or held by a process
+    gone from this host (its key is then deleted, so the next holder takes it at once) — else None.
+
+    One round trip for all of them: the scheduler checks every busy device and moving parent each pass.
+    """
+    key_of = {"device": keys.device_worker, "step": keys.job_step_lease}[kind]
+    return _lapsed(client, [key_of(name) for name in names], socket.gethostname())
 
 
 def renew_held() -> None:
