@@ -58,15 +58,16 @@ def end_orphaned_job(store: JobStore, job_id: str, record: dict[str, Any], devic
         cleanup.out(f"device {device} is cleaned when its worker is back")
         cleanup.end(1)
     parent_id = record.get("parent_job_id")
+    if parent_id and store.state(parent_id) not in ALLOCATING:
+        from convoy.coordinator.multinode.group import fail_member
+
+        # the group first: its members' MultiNode waits fail now, naming this member, before anything
+        # watching for the job's end (the parent's test) reacts to it
+        fail_member(store.client, parent_id, job_id, message)
     # a child always ends cancelled (how Testflinger releases a device), a single job complete
     cleanup.conclude(JobState.CANCELLED if parent_id else JobState.COMPLETE, outcome=Outcome.FAIL, message=message)
-    if parent_id:
-        if store.state(parent_id) in ALLOCATING:
-            abort_allocation(store, parent_id, UNABLE_TO_ALLOCATE, load_settings())
-        else:
-            from convoy.coordinator.multinode.group import fail_member
-
-            fail_member(store.client, parent_id, job_id, message)
+    if parent_id and store.state(parent_id) in ALLOCATING:
+        abort_allocation(store, parent_id, UNABLE_TO_ALLOCATE, load_settings())
     log.warning("%s; job %s ended", message, job_id)
     return True
 

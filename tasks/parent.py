@@ -46,6 +46,8 @@ log = logging.getLogger(__name__)
 
 #: how long cleanup waits for every child to release its device
 CHILD_RELEASE_TIMEOUT = 600.0
+#: after a child ended mid-test (its device died), how long the others may take to end by themselves
+STOP_OTHERS_GRACE_SECONDS = 5.0
 
 
 def _phase(task: Task | None, store: JobStore, parent_id: str, phase: Phase) -> PhaseRun:
@@ -274,7 +276,10 @@ def _wait_children_tests(store: JobStore, children: list[str], deadline: float |
         return [c for c in children if store.state(c) in FINAL_STATES]
 
     store.wait_until(children, lambda: all(test_ended(c) for c in children) or bool(gone()), remaining(deadline))
-    if (ended := gone()) and not all(test_ended(c) for c in children):
+    # the others' MultiNode waits on the gone member fail by themselves (with LAVA's message): a moment for
+    # that, then whatever still runs (a test that does not wait on the group) is stopped
+    grace = min(STOP_OTHERS_GRACE_SECONDS, remaining(deadline) or STOP_OTHERS_GRACE_SECONDS)
+    if (ended := gone()) and not store.wait_until(children, lambda: all(test_ended(c) for c in children), grace):
         for cid in ended:
             out(f"child {cid} ended during the test: {store.fields([cid], 'message')[0]['message'] or 'ended'}; "
                 "stopping the other children's tests")

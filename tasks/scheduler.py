@@ -55,8 +55,9 @@ PUBLISH_ERRORS = (OperationalError, redis.RedisError)
 
 #: the longest a scheduler sleeps without an event: a device going offline sends none
 SAFETY_SECONDS = 5.0
-#: a live device assigned this long without starting its job gets the job's message again
-STALE_SECONDS = 60.0
+#: a live device assigned this long without starting its job gets the job's message again (an assigned device
+#: is idle: it starts its job within milliseconds, unless the message was lost with a dying process)
+STALE_SECONDS = 15.0
 #: how often a coordinator that is not the scheduler checks whether the scheduler's lease is free
 STANDBY_SECONDS = 1.0
 

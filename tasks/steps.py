@@ -29,8 +29,10 @@ from convoy.tasks.celery import app
 
 log = logging.getLogger(__name__)
 
-#: a step sent this long ago that no coordinator runs is sent again (its message died with a coordinator)
-GRACE_SECONDS = 15.0
+#: a step sent this long ago that no coordinator runs is sent again: its message died with a coordinator
+#: (also one sent just after a coordinator was killed: Redis may hand it to the dead one's blocked read).
+#: A step waiting for a free coordinator thread is sent again too, harmlessly: the copy finds it done.
+GRACE_SECONDS = 5.0
 
 _FIELDS = ("state", "cancel_requested", "device_children", "has_reserve", "reserve_until", "step_sent",
            *(f"step_{s}" for s in STEPS))
