@@ -134,3 +134,9 @@ def group_api_log(group_id: str) -> str:
 def group_keys(group_id: str) -> str:
     """Set: the group's message and sync keys, so expiry and deletion find them all."""
     return f"{PREFIX}:group:{group_id}:keys"
+
+
+# --- LAVA test results ------------------------------------------------------
+def job_testcases(job_id: str) -> str:
+    """List: JSON test cases of the job (``lava-test-case`` and the like), in the order reported."""
+    return f"{PREFIX}:job:{job_id}:testcases"
