@@ -114,7 +114,9 @@ def job_status(job_id: str, *, settings: Settings | None = None) -> str:
 
 
 def job_results(job_id: str, *, settings: Settings | None = None) -> dict[str, Any]:
-    """Testflinger-style results: per-phase status and output, device_info, children."""
+    """Testflinger-style results: per-phase status and output, device_info, children; LAVA's
+    ``test_results`` (suites of cases) for the job and each child (``convoy.config.testresults``
+    renders them as JUnit)."""
     return _job_results(get_store(settings), job_id)
 
 

@@ -110,11 +110,24 @@ def status(job_id: str) -> None:
 
 @cli.command()
 @click.argument("job_id")
-def results(job_id: str) -> None:
-    """Print the job's results as JSON (per-phase exit codes and output)."""
+@click.option("--junit", "junit_file", metavar="FILE", type=click.Path(dir_okay=False),
+              help="Also write the results as JUnit XML to FILE ('-': print the XML instead of the JSON).")
+def results(job_id: str, junit_file: str | None) -> None:
+    """Print the job's results as JSON (per-phase exit codes and output, LAVA test_results)."""
+    from convoy.config.testresults import junit_xml, write_junit
     from convoy.coordinator.results import job_results
 
-    _print_json(job_results(_store(), job_id))
+    data = job_results(_store(), job_id)
+    if junit_file == "-":
+        click.echo(junit_xml(data))
+        return
+    _print_json(data)
+    if junit_file:
+        try:
+            write_junit(data, junit_file)
+        except OSError as exc:
+            raise ConvoyError(f"cannot write the JUnit file {junit_file}: {exc.strerror or exc}") from None
+        click.echo(f"JUnit XML written to {junit_file}", err=True)
 
 
 @cli.command()
