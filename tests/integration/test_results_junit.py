@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import time
 import uuid
 
 import pytest
@@ -12,6 +13,7 @@ from junitparser import JUnitXml
 from convoy.config.lifecycle import Phase
 from convoy.config.testresults import TestCaseError
 from convoy.coordinator.api import job_results
+from convoy.coordinator.state import keys
 from convoy.coordinator.state.connection import get_store
 from convoy.coordinator.state.testcases import cases, cases_of, delete_cases, record_case
 from helpers import CONVOY
@@ -39,10 +41,15 @@ def test_cases_are_kept_in_the_order_reported_and_deleted_with_the_job(redis_cli
 
 
 # --- job_results and `convoy results --junit` --------------------------------
+def log_call(client, group_id: str, job_id: str, role: str, name: str) -> None:
+    """One record of the group's MultiNode API log, as the relay writes it (``group.api_calls`` reads it)."""
+    client.rpush(keys.group_api_log(group_id), json.dumps(
+        {"job_id": job_id, "role": role, "name": name, "result": "pass", "time": time.time()}))
+
+
 def make_multinode_job(store) -> tuple[str, str, str]:
     """A parent with a server and a client in a MultiNode group; the server reported cases and calls."""
     from convoy.coordinator.multinode.group import create_group
-    from convoy.coordinator.multinode.store import record_call, send
 
     parent, server, client = (f"{name}-{uuid.uuid4().hex[:8]}" for name in ("parent", "server", "client"))
     store.create(parent, {"job_queue": "multi"}, queue="multi")
@@ -56,8 +63,8 @@ def make_multinode_job(store) -> tuple[str, str, str]:
                                        "measurement": "941.5", "units": "Mbits/s"})
     record_case(store.client, server, {"suite": "0_iperf", "case": "retries", "result": "fail"})
     record_case(store.client, server, {"suite": "1_smoke", "case": "uname", "result": "skip"})
-    send(store.client, parent, server, "server-ready")
-    record_call(store.client, parent, client, "multinode-wait-server-ready", "pass")
+    log_call(store.client, parent, server, "server", "multinode-send-server-ready")
+    log_call(store.client, parent, client, "client", "multinode-wait-server-ready")
     return parent, server, client
 
 
