@@ -14,15 +14,24 @@ from typing import Any
 
 import redis
 
-from convoy.config.testresults import normalize_case
+from convoy.config.testresults import TestCaseError, normalize_case
 from convoy.coordinator.state import keys
 
-__all__ = ["cases", "cases_of", "delete_cases", "record_case"]
+__all__ = ["MAX_CASES", "cases", "cases_of", "delete_cases", "record_case"]
+
+
+#: cases kept per job: LTP-sized suites fit (a few thousand cases), a runaway loop does not fill Redis
+MAX_CASES = 50_000
 
 
 def record_case(client: redis.Redis, job_id: str, case: Mapping[str, Any]) -> None:
-    """Append one case to the job's results; raises ``TestCaseError`` (a ``ValueError``) naming a wrong field."""
-    client.rpush(keys.job_testcases(job_id), json.dumps(normalize_case(case), separators=(",", ":")))
+    """Append one case to the job's results; raises ``TestCaseError`` (a ``ValueError``) naming a wrong field,
+    or the job's ``MAX_CASES`` case being reached."""
+    key = keys.job_testcases(job_id)
+    if int(client.rpush(key, json.dumps(normalize_case(case), separators=(",", ":")))) > MAX_CASES:
+        client.rpop(key)  # one round trip more, only past the limit
+        raise TestCaseError("case", f"job {job_id} already has {MAX_CASES} test cases; {case.get('case')!r} "
+                                    "was not recorded")
 
 
 def cases(client: redis.Redis, job_id: str) -> list[dict[str, Any]]:

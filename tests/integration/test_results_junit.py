@@ -129,3 +129,14 @@ def test_a_testflinger_job_gives_a_testcase_per_phase_and_a_bad_path_a_clear_err
 
     bad = run_cli("results", job_id, "--junit", str(tmp_path / "missing" / "junit.xml"))
     assert bad.returncode != 0 and "cannot write the JUnit file" in bad.stderr and "Traceback" not in bad.stderr
+
+
+def test_a_job_keeps_at_most_max_cases(redis_client, monkeypatch):
+    from convoy.coordinator.state import testcases
+
+    monkeypatch.setattr(testcases, "MAX_CASES", 3)
+    for i in range(3):
+        record_case(redis_client, "job-big", {"suite": "0_a", "case": f"c{i}", "result": "pass"})
+    with pytest.raises(TestCaseError, match="already has 3 test cases"):
+        record_case(redis_client, "job-big", {"suite": "0_a", "case": "c3", "result": "pass"})
+    assert [c["case"] for c in cases(redis_client, "job-big")] == ["c0", "c1", "c2"]
