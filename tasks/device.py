@@ -32,10 +32,11 @@ from convoy.tasks.run.runtime import DeviceRuntime, current_device
 from convoy.coordinator.state.devices import (MAX_PROVISION_FAILURES, claim_device, provision_failed,
                                               provision_succeeded, release_device, unassign_device)
 from convoy.tasks.run.delayed_start import start_request, wait_for_start
-from convoy.tasks.run.env import command_env, multinode_files
+from convoy.tasks.run.env import command_env, multinode_files, multinode_timeout, secrets_of
 from convoy.tasks.run.global_timeout import remaining, test_deadline
 from convoy.tasks.run.output import patient_writer, patiently
 from convoy.tasks.run.phase import PhaseRun
+from convoy.tasks.run.relay import relay_env
 from convoy.tasks.run.script import STOPPED_EXIT_CODE, run_script
 from convoy.tasks.run.ssh import write_ssh_setup
 
@@ -170,12 +171,15 @@ class DeviceJob:
                 if status != 0:
                     return status
             deadline = test_deadline(self.store, self.job_id, self.job)
-            return run_script(script, cwd=self.dir, env=env, on_output=run.write,
-                              cancel=self.control.stop_test_event, timeout=remaining(deadline),
-                              timeout_limit=self.job.get("global_timeout"),
-                              output_timeout=self.job.get("output_timeout"),
-                              private_files=multinode_files(self.dir, env),
-                              on_start=lambda pid: self.store.set_fields(self.job_id, script_pgid=pid))
+            with relay_env(self.store.client, self.dir, group_id=self.parent_id, job_id=self.job_id,
+                           role=env.get("CONVOY_ROLE"), timeout=multinode_timeout(self.job),
+                           cancel=self.control.stop_test_event) as relay:
+                return run_script(script, cwd=self.dir, env={**env, **relay}, on_output=run.write,
+                                  cancel=self.control.stop_test_event, timeout=remaining(deadline),
+                                  timeout_limit=self.job.get("global_timeout"),
+                                  output_timeout=self.job.get("output_timeout"),
+                                  private_files=multinode_files(self.dir, env),
+                                  on_start=lambda pid: self.store.set_fields(self.job_id, script_pgid=pid))
 
         status = run.run(body)
         self.store.set_fields(self.job_id, script_pgid="")  # ended: nothing for a recovery to kill
@@ -192,7 +196,8 @@ class DeviceJob:
     def test_env(self) -> dict[str, str]:
         target = self.runtime.connector.ssh_target()
         return command_env(
-            os.environ, self.job, job_id=self.job_id, redis_url=self.settings.redis_url,
+            os.environ, self.job, job_id=self.job_id,
+            secrets=secrets_of(self.settings.redis_url, self.settings.broker_url),
             ssh_bin=write_ssh_setup(self.dir, self.runtime.agent_key, [target]),
             device_ip=str(self.device_info.get("device_ip", target.host)), group_id=self.parent_id,
             role=(self.record.get("role") or self.job["job_queue"]) if self.parent_id else None)

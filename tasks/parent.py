@@ -36,7 +36,8 @@ from convoy.tasks import events as states
 from convoy.coordinator.state.control import ControlWatcher
 from convoy.coordinator.state.schedule import clear_deadline
 from convoy.tasks.steps import advance, run_step
-from convoy.tasks.run.env import device_targets, multinode_files, parent_dir, parent_test_env
+from convoy.tasks.run.env import device_targets, multinode_files, multinode_timeout, parent_dir, parent_test_env
+from convoy.tasks.run.relay import relay_env
 from convoy.tasks.run.global_timeout import remaining, test_deadline
 from convoy.tasks.run.guests import start_guest
 from convoy.tasks.run.phase import PhaseRun
@@ -208,13 +209,15 @@ def _test(store: JobStore, parent_id: str, run: PhaseRun) -> None:
         guest_runs = [start_guest(store, parent_id, gid, control.cancel_event) for gid in guests]
         if test_data.get("test_cmds"):
             env = parent_test_env(store, parent_id, job)
-            status = run_script(test_data["test_cmds"], cwd=parent_dir(parent_id), env=env, on_output=run.write,
-                                cancel=control.stop_test_event, timeout=remaining(deadline),
-                                timeout_limit=job.get("global_timeout"),
-                                output_timeout=job.get("output_timeout"),
-                                private_files=multinode_files(parent_dir(parent_id), env),
-                                on_start=lambda pid: store.set_fields(parent_id, script_pgid=pid,
-                                                                      script_host=socket.gethostname()))
+            with relay_env(store.client, parent_dir(parent_id), group_id=parent_id, job_id=parent_id, role=None,
+                           timeout=multinode_timeout(job), cancel=control.stop_test_event) as relay:
+                status = run_script(test_data["test_cmds"], cwd=parent_dir(parent_id), env={**env, **relay},
+                                    on_output=run.write, cancel=control.stop_test_event,
+                                    timeout=remaining(deadline), timeout_limit=job.get("global_timeout"),
+                                    output_timeout=job.get("output_timeout"),
+                                    private_files=multinode_files(parent_dir(parent_id), env),
+                                    on_start=lambda pid: store.set_fields(parent_id, script_pgid=pid,
+                                                                          script_host=socket.gethostname()))
             store.set_fields(parent_id, script_pgid="")  # ended: nothing for a re-run to stop
         if testing:
             status = max(status, _wait_children_tests(store, testing, deadline, run.out))

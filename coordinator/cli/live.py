@@ -14,8 +14,7 @@ from collections.abc import Callable
 from typing import TextIO, TypeVar
 
 from convoy.config.lifecycle import FINAL_STATES
-from convoy.coordinator.multinode.resp import RespConn
-from convoy.coordinator.state.connection import client_url, reconnecting
+from convoy.coordinator.state.connection import reconnecting
 from convoy.coordinator.state.jobs import JobStore
 
 
@@ -42,8 +41,6 @@ class LiveView:
         self.labels = job_labels(store, job_id)
         self._partial: dict[tuple[str, str], str] = {}
         self._calls_seen = 0
-        #: one connection for the group's call log, kept for the view's life (opened on first use)
-        self._calls_conn: RespConn | None = None
 
     def _write(self, line: str) -> None:
         self.out.write(line + "\n")
@@ -81,22 +78,17 @@ class LiveView:
         def retried(call: Callable[[], T]) -> T:
             return reconnecting(call, deadline=deadline, what="live view")
 
-        try:
-            while True:
-                retried(lambda: self._read(positions, block_ms=1000))
-                if on_tick:
-                    on_tick()
-                if all(s in FINAL_STATES for s in retried(lambda: self.store.states(ids)).values()):
-                    retried(lambda: self._read(positions, block_ms=None))  # what came after the last read
-                    self._flush_partials()
-                    return retried(lambda: self.store.state(self.job_id))
-                if deadline is not None and time.monotonic() > deadline:
-                    self._flush_partials()
-                    return retried(lambda: self.store.state(self.job_id))
-        finally:
-            if self._calls_conn is not None:
-                self._calls_conn.close()
-                self._calls_conn = None
+        while True:
+            retried(lambda: self._read(positions, block_ms=1000))
+            if on_tick:
+                on_tick()
+            if all(s in FINAL_STATES for s in retried(lambda: self.store.states(ids)).values()):
+                retried(lambda: self._read(positions, block_ms=None))  # what came after the last read
+                self._flush_partials()
+                return retried(lambda: self.store.state(self.job_id))
+            if deadline is not None and time.monotonic() > deadline:
+                self._flush_partials()
+                return retried(lambda: self.store.state(self.job_id))
 
     def _read(self, positions: dict[str, str], block_ms: int | None) -> None:
         for job_id, event_id, fields in self.store.read_events(positions, block_ms=block_ms):
@@ -110,9 +102,7 @@ class LiveView:
             return
         from convoy.coordinator.multinode.group import api_calls
 
-        if self._calls_conn is None:  # not a new connection per look: the view looks every second
-            self._calls_conn = RespConn(client_url(self.store.client), name="convoy:live")
-        for call in api_calls(self._calls_conn, self.job_id, self._calls_seen):
+        for call in api_calls(self.store.client, self.job_id, self._calls_seen):  # the store's pooled client
             self._calls_seen += 1
             label = self.labels.get(call.get("job_id", ""), str(call.get("job_id", ""))[:8])
             detail = f" ({call['detail']})" if call.get("detail") else ""

@@ -1,60 +1,41 @@
 """Group lifecycle for workers and coordinators: create, fail a member, read the API log, expire.
 
 The group id is the parent job id; its members are the child jobs with their
-roles.  Like the store, these speak to Redis only through a ``RespConn``: a
-caller passes one, or the redis-py client it holds, which names the Redis to
-open a ``RespConn`` to for the call (``connect``).  Each call retries a lost
-connection until ``store.CONNECT_BUDGET`` has passed, then raises
-``ServiceUnavailable``.
+roles.  Every function takes the caller's redis-py client and talks through
+the store's sibling client to the same Redis (``store.raw``).  Each call
+retries a lost connection until ``store.CONNECT_BUDGET`` has passed, then
+raises ``ServiceUnavailable``.
 """
 from __future__ import annotations
 
 import json
 import re
 import time
-from collections.abc import Callable, Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Callable, Mapping
 from typing import Any, TypeVar
 
 import redis
 
 from convoy.coordinator.multinode import lua
-from convoy.coordinator.multinode.resp import RespConn
-from convoy.coordinator.multinode.store import CONNECT_BUDGET, Group, load_group, retrying
+from convoy.coordinator.multinode.store import CONNECT_BUDGET, Group, load_group, raw, retrying
 from convoy.coordinator.state import keys
-from convoy.coordinator.state.connection import client_url
 from convoy.errors import ConvoyError
 
-__all__ = ["api_calls", "connect", "create_group", "delete_group", "expire_group", "fail_member",
+__all__ = ["api_calls", "create_group", "delete_group", "expire_group", "fail_member",
            "failed_members", "get_group"]
 
 T = TypeVar("T")
-Client = RespConn | redis.Redis
-"""Where the group lives: a ``RespConn``, or a redis-py client whose Redis a ``RespConn`` is opened to."""
 
 _NAME = re.compile(r"^[^\s]+$")
 
 
-@contextmanager
-def connect(client: Client) -> Iterator[RespConn]:
-    """``client`` if it is a ``RespConn``, else a ``RespConn`` to the same Redis, closed on exit."""
-    if isinstance(client, RespConn):
-        yield client
-        return
-    conn = RespConn(client_url(client), name="convoy:multinode")
-    try:
-        yield conn
-    finally:
-        conn.close()
+def _run(client: redis.Redis, call: Callable[[redis.Redis], T]) -> T:
+    """``call`` on the store's client for ``client``'s Redis, retried until ``CONNECT_BUDGET`` has passed."""
+    c = raw(client)
+    return retrying(client, lambda: call(c), time.monotonic() + CONNECT_BUDGET)
 
 
-def _run(client: Client, call: Callable[[RespConn], T]) -> T:
-    """``call`` on a connection to ``client``'s Redis, reconnecting until ``CONNECT_BUDGET`` has passed."""
-    with connect(client) as conn:
-        return retrying(conn, lambda: call(conn), time.monotonic() + CONNECT_BUDGET)
-
-
-def create_group(client: Client, group_id: str, members: Mapping[str, str], *, timeout: float = 600.0) -> None:
+def create_group(client: redis.Redis, group_id: str, members: Mapping[str, str], *, timeout: float = 600.0) -> None:
     """Register the group: member job id -> role, in the order the job lists them.
 
     ``timeout`` is the default for every wait of the group (a command's
@@ -73,16 +54,15 @@ def create_group(client: Client, group_id: str, members: Mapping[str, str], *, t
     args: list[Any] = [repr(float(timeout)), json.dumps(pairs), repr(time.time())]
     for job_id, role in pairs:
         args += [job_id, role]
-    _run(client, lambda conn: lua.CREATE(conn, [keys.group_info(group_id), keys.group_members(group_id)], args))
+    _run(client, lambda c: lua.CREATE(c, [keys.group_info(group_id), keys.group_members(group_id)], args))
 
 
-def get_group(client: Client, group_id: str) -> Group:
+def get_group(client: redis.Redis, group_id: str) -> Group:
     """Members (job id, role) in job order and the default timeout."""
-    with connect(client) as conn:
-        return load_group(conn, group_id)
+    return load_group(client, group_id)
 
 
-def fail_member(client: Client, group_id: str, job_id: str, reason: str) -> None:
+def fail_member(client: redis.Redis, group_id: str, job_id: str, reason: str) -> None:
     """Record that ``job_id`` failed and wake every waiter of the group.
 
     Every pending and every later wait of the group then fails at once with
@@ -90,40 +70,44 @@ def fail_member(client: Client, group_id: str, job_id: str, reason: str) -> None
     there: ``"failed: test command exited 1"``, ``"was cancelled"``).
     """
     g = group_id
-    _run(client, lambda conn: lua.FAIL(
-        conn, [keys.group_info(g), keys.group_members(g), keys.group_failed(g), keys.group_channel(g)],
+    _run(client, lambda c: lua.FAIL(
+        c, [keys.group_info(g), keys.group_members(g), keys.group_failed(g), keys.group_channel(g)],
         [job_id, reason or "failed"]))
 
 
-def failed_members(client: Client, group_id: str) -> dict[str, str]:
+def failed_members(client: redis.Redis, group_id: str) -> dict[str, str]:
     """Failed member job id -> reason."""
-    raw = _run(client, lambda conn: conn.execute_command("HGETALL", keys.group_failed(group_id)))
-    return {str(k): str(v) for k, v in (raw or {}).items()}  # RESP3: a map
+    found = _run(client, lambda c: c.hgetall(keys.group_failed(group_id)))
+    return {_str(k): _str(v) for k, v in (found or {}).items()}
 
 
-def api_calls(client: Client, group_id: str, start: int = 0) -> list[dict[str, Any]]:
+def api_calls(client: redis.Redis, group_id: str, start: int = 0) -> list[dict[str, Any]]:
     """Every MultiNode API call of the group from index ``start``, oldest first.
 
     Each: ``{"job_id", "role", "name": "multinode-<call>-<message id>",
     "result": "pass" | "fail", "detail"?, "time"}``.
     """
-    items = _run(client, lambda conn: conn.execute_command("LRANGE", keys.group_api_log(group_id), start, -1))
+    items = _run(client, lambda c: c.lrange(keys.group_api_log(group_id), start, -1))
     return [json.loads(item) for item in items or []]
 
 
-def expire_group(client: Client, group_id: str, seconds: float) -> None:
+def expire_group(client: redis.Redis, group_id: str, seconds: float) -> None:
     """Let every key of the group expire in ``seconds`` (call when the job ends).
 
     Keys created afterwards (a late command) inherit the remaining TTL."""
     _every_key(client, group_id, str(max(1, int(seconds * 1000))))
 
 
-def delete_group(client: Client, group_id: str) -> None:
+def delete_group(client: redis.Redis, group_id: str) -> None:
     """Remove every key of the group now (tests, cleanup)."""
     _every_key(client, group_id, "del")
 
 
-def _every_key(client: Client, group_id: str, what: str) -> None:
+def _every_key(client: redis.Redis, group_id: str, what: str) -> None:
     g = group_id
-    _run(client, lambda conn: lua.EXPIRE(conn, [keys.group_info(g), keys.group_members(g), keys.group_failed(g),
+    _run(client, lambda c: lua.EXPIRE(c, [keys.group_info(g), keys.group_members(g), keys.group_failed(g),
                                                 keys.group_api_log(g), keys.group_keys(g)], [what]))
+
+
+def _str(value: Any) -> str:
+    return value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)

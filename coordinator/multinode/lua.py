@@ -12,25 +12,17 @@ Wake-up payloads on the group channel (hints only, never state):
 ``m <message-id>`` (a send), ``s <generation> <message-id>`` (a sync
 generation completed), ``f <job-id>`` (a member failed).
 
-The files are read on a script's first call (the ``lava-*`` commands start
-in milliseconds and use only a few of them).
+Each script runs through redis-py's ``register_script`` (EVALSHA, loading
+the script after a ``NOSCRIPT``), registered on first use.
 """
 from __future__ import annotations
 
 import os
+import threading
+from typing import Any
 
-try:  # the builtin module: hashlib would load OpenSSL at every command start
-    from _sha1 import sha1
-except ImportError:  # pragma: no cover - CPython always has it
-    from hashlib import sha1
-
-from convoy.coordinator.multinode.resp import RespError
-
-TYPE_CHECKING = False
-if TYPE_CHECKING:  # typing costs milliseconds at every command start
-    from typing import Any
-
-    from convoy.coordinator.multinode.resp import RespConn
+import redis
+from redis.commands.core import Script as RedisScript
 
 #: where the ``.lua`` files are installed (``[options.package_data]`` in setup.cfg)
 LUA_DIR = os.path.join(os.path.dirname(__file__), "lua")
@@ -45,33 +37,23 @@ def read_lua(name: str) -> str:
 
 
 class Script:
-    """A Lua script made of ``lua/`` files (the prelude first), run with EVALSHA (EVAL after a NOSCRIPT)."""
+    """A Lua script made of ``lua/`` files (the prelude first), callable on any client."""
 
     def __init__(self, *files: str) -> None:
         self.files = (PRELUDE, *files)
-        self._loaded: tuple[str, str] | None = None  # source and its SHA1, read on first use
-
-    def _load(self) -> tuple[str, str]:
-        if self._loaded is None:
-            src = "".join(read_lua(name) for name in self.files)
-            self._loaded = (src, sha1(src.encode("utf-8")).hexdigest())
-        return self._loaded
+        self._script: RedisScript | None = None
+        self._lock = threading.Lock()
 
     @property
     def src(self) -> str:
-        return self._load()[0]
+        return "".join(read_lua(name) for name in self.files)
 
-    @property
-    def sha(self) -> str:
-        return self._load()[1]
-
-    def __call__(self, conn: RespConn, keys: list[str], args: list[Any]) -> Any:
-        try:
-            return conn.execute_command("EVALSHA", self.sha, len(keys), *keys, *args)
-        except RespError as exc:
-            if not str(exc).startswith("NOSCRIPT"):
-                raise
-        return conn.execute_command("EVAL", self.src, len(keys), *keys, *args)
+    def __call__(self, client: redis.Redis, keys: list[str], args: list[Any]) -> Any:
+        if self._script is None:
+            with self._lock:
+                if self._script is None:
+                    self._script = client.register_script(self.src)
+        return self._script(keys=keys, args=args, client=client)
 
 
 SEND = Script("send.lua")

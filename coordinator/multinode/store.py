@@ -1,38 +1,50 @@
-"""The MultiNode message store and its waits: send, wait, wait-all, sync.
+"""The MultiNode message store and its waits: send, wait, wait-all, sync (redis-py).
 
 State lives in Redis (see ``lua/*.lua`` for the scripts); the group's pub/sub
-channel only wakes waiters.  A wait reads the state, and if it is not yet
-satisfied subscribes and reads again, then blocks on the subscription and
-re-reads on every relevant wake-up until the state satisfies it, a member
-fails, or the deadline passes.  A blocking read lasts at most ``WAKE_SLICE``
-seconds: a silent slice ends in a re-read, which also proves the connection
-alive, so a wait of any length outlives no dead socket.  A dropped or refused
-connection is reopened, re-subscribed and re-read until the wait's own
-deadline, then the wait fails with ``ServiceUnavailable``.
+channel only wakes waiters.  A wait subscribes (and waits for Redis to confirm
+it), then reads the state, then blocks on the subscription and re-reads on
+every relevant wake-up until the state satisfies it, a member fails, the
+caller stops it (``stop``) or the deadline passes.  A silent ``WAKE_SLICE``
+ends in a re-read too, so a wake-up lost with a connection costs at most that.
+A dropped or refused connection is reopened, re-subscribed and re-read until
+the call's own deadline, then the call fails with ``ServiceUnavailable``
+(naming Redis without its password).
 
 Values are bytes-safe: what is stored is JSON of text that encodes as UTF-8
-(``check_data`` refuses anything else at send, naming the key), and what is
-read is made valid text whatever is in Redis, so one member's odd bytes can
+(``args.check_data`` refuses anything else at send, naming the key), and what
+is read is made valid text whatever is in Redis, so one member's odd bytes can
 never break another member's wait.
 
-Every function speaks through one client, a
-:class:`~convoy.coordinator.multinode.resp.RespConn`: the ``lava-*``
-commands open one from ``CONVOY_REDIS_URL`` (cheap to import, one socket that
-both subscribes and reads, so the wait's ordering is Redis's own); workers and
-coordinators open one to the same Redis through ``group.connect``.  One
-client means one reply shape (text decoded with replacement, RESP3 maps as
-dicts), one set of connection errors and one reconnection loop.
+Every function takes the caller's ``redis.Redis``; the store talks through a
+sibling client to the same Redis that returns bytes (decoded here with
+replacement, whatever the caller's ``decode_responses``) and leaves reconnects
+to this module's loop (see :func:`raw`).  Only workers and coordinators use
+it: the ``lava-*`` commands reach it through their job's relay
+(``tasks/run/relay.py``).
 """
 from __future__ import annotations
 
 import json
 import os
+import threading
 import time
+import weakref
+from collections.abc import Callable, Mapping
+from typing import Any
 
-from convoy.coordinator.state import keys
+import redis
+from redis.retry import Retry
+from redis.backoff import NoBackoff
+
 from convoy.coordinator.multinode import lua
+from convoy.coordinator.multinode.args import (MAX_DATA, MAX_MESSAGE_ID, check_data, check_message_id,
+                                               check_role, is_utf8)
+from convoy.coordinator.state import keys
+from convoy.coordinator.state.connection import (CONNECT_TIMEOUT_SECONDS, SOCKET_TIMEOUT_SECONDS, client_url)
+from convoy.coordinator.state.urls import redact_url
 from convoy.errors import (
     BarrierTimeout,
+    ConvoyError,
     GroupMemberFailed,
     GroupNotFound,
     MultiNodeUsageError,
@@ -40,106 +52,89 @@ from convoy.errors import (
     ServiceUnavailable,
 )
 
-TYPE_CHECKING = False
-if TYPE_CHECKING:  # typing costs milliseconds at every command start
-    from collections.abc import Callable, Mapping
-    from typing import Any
-
-    from convoy.coordinator.multinode.resp import RespConn
+__all__ = ["CONNECT_BUDGET", "MAX_DATA", "MAX_MESSAGE_ID", "Group", "Received", "WaitStopped", "check_data",
+           "check_message_id", "check_role", "load_group", "raw", "read_message", "record_call", "retrying",
+           "send", "sync", "wait_all", "wait_any"]
 
 #: how long a call keeps reconnecting before the group's own timeout is known
 CONNECT_BUDGET = 30.0
-#: the longest one blocking read waits before the state is re-read (as ``connection.BLOCK_SLICE_SECONDS``)
+#: the longest a wait blocks on its subscription before it re-reads the state
 WAKE_SLICE = 10.0
-#: a final read after the deadline may take this much longer (the deadline's own check)
-FINAL_READ_GRACE = 1.0
-#: message ids: what LAVA's scripts use, and safe in a key, a channel payload and a cache file
-MAX_MESSAGE_ID = 256
-#: largest JSON of one member's data for one message (every waiter of the id receives it)
-MAX_DATA = 64 * 1024
-#: payload of a wake-up that means "re-read" (a (re)subscription)
-RESUBSCRIBED = ""
+#: how often a wait that can be stopped (``stop``) asks whether it should
+STOP_SLICE = 0.2
 
 Received = dict[str, dict[str, str]]
 """Message data by sender job id, in the group's member order."""
+Stop = Callable[[], "str | None"]
+
+
+class WaitStopped(ConvoyError):
+    """The caller stopped a wait (its test was stopped, or whoever asked has gone)."""
+
+    def __init__(self, message_id: str, why: str) -> None:
+        self.message_id = message_id
+        super().__init__(f"stopped waiting for {message_id!r}: {why}")
+
+
+# --- the store's own client -------------------------------------------------
+_RAW: weakref.WeakKeyDictionary[redis.Redis, redis.Redis] = weakref.WeakKeyDictionary()
+_RAW_LOCK = threading.Lock()
+
+
+def raw(client: redis.Redis) -> redis.Redis:
+    """A client to ``client``'s Redis that returns bytes and does not retry on its own (one per client).
+
+    Bytes: a decoding client raises on bytes that are not UTF-8, which a
+    script writing around ``send`` may have stored; here they are replaced.
+    No retries: this module's loop retries until the call's own deadline.
+    Its connections carry ``client``'s name (else ``convoy:multinode``)."""
+    with _RAW_LOCK:
+        made = _RAW.get(client)
+        if made is None:
+            name = client.connection_pool.connection_kwargs.get("client_name") or "convoy:multinode"
+            made = redis.Redis.from_url(
+                client_url(client), decode_responses=False, client_name=name,
+                socket_timeout=SOCKET_TIMEOUT_SECONDS, socket_connect_timeout=CONNECT_TIMEOUT_SECONDS,
+                socket_keepalive=True, retry=Retry(NoBackoff(), 0))
+            _RAW[client] = made
+        return made
+
+
+def safe_url(client: redis.Redis) -> str:
+    return redact_url(client_url(client))
 
 
 def _s(value: Any) -> str:
+    if isinstance(value, bytes):
+        return value.decode("utf-8", "replace")
     return str(value)
 
 
 def _text(value: Any) -> str:
     """``value`` as text that always encodes as UTF-8 (lone surrogates become U+FFFD)."""
     text = _s(value)
-    if _is_utf8(text):
+    if is_utf8(text):
         return text
     return "".join("\ufffd" if "\ud800" <= c <= "\udfff" else c for c in text)
 
 
-def _is_utf8(text: str) -> bool:
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        return False
-    return True
-
-
-def _bad_name(text: str) -> bool:
-    """Empty, or holds a space, a control character or a byte that is not UTF-8."""
-    return not text or any(c.isspace() or not c.isprintable() for c in text)
-
-
-def check_message_id(message_id: Any) -> str:
-    """``message_id`` if usable, else ``MultiNodeUsageError`` saying why (exit 2 in the commands)."""
-    if not isinstance(message_id, str) or _bad_name(message_id) or "=" in message_id \
-            or len(message_id) > MAX_MESSAGE_ID:
-        raise MultiNodeUsageError(f"bad message id {message_id!r}: 1-{MAX_MESSAGE_ID} printable characters "
-                                  "(UTF-8), no spaces, no '='")
-    return message_id
-
-
-def check_role(role: Any) -> str:
-    if not isinstance(role, str) or _bad_name(role):
-        raise MultiNodeUsageError(f"bad role {role!r}: printable characters (UTF-8), no spaces")
-    return role
-
-
-def check_data(data: Mapping[str, str]) -> dict[str, str]:
-    """``data`` if every key and value can be stored and handed to every waiter, else a usage error.
-
-    Keys: printable UTF-8 text without spaces or ``=``; values: one line of
-    UTF-8 text.  Non-UTF-8 bytes (``lava-send id k=$'\\xff'``) are refused
-    here, naming the key, rather than stored for other members to trip on."""
-    out: dict[str, str] = {}
-    for key, value in data.items():
-        if not isinstance(key, str) or _bad_name(key) or "=" in key:
-            raise MultiNodeUsageError(f"bad key {key!r}: printable characters (UTF-8), no spaces, no '='")
-        if not isinstance(value, str):
-            raise MultiNodeUsageError(f"bad value for {key!r}: text, not {type(value).__name__}")
-        if not _is_utf8(value):
-            raise MultiNodeUsageError(f"bad value for {key!r}: not valid UTF-8 (send text; encode binary data, "
-                                      "e.g. base64)")
-        if "\n" in value or "\r" in value or "\0" in value:
-            raise MultiNodeUsageError(f"bad value for {key!r}: values are one line")
-        out[key] = value
-    return out
-
-
 def _pairs(flat: Any) -> dict[str, str]:
     flat = flat or []
+    if isinstance(flat, dict):
+        return {_text(k): _text(v) for k, v in flat.items()}
     return {_text(flat[i]): _text(flat[i + 1]) for i in range(0, len(flat), 2)}
 
 
+CONNECTION_ERRORS = (redis.ConnectionError, redis.TimeoutError, ConnectionError, TimeoutError)
+
+
 def is_connection_error(exc: BaseException) -> bool:
-    """True for a lost or refused connection (``RespConn`` raises the builtin kinds)."""
-    return isinstance(exc, (ConnectionError, TimeoutError, OSError))
+    """True for a lost or refused connection."""
+    return isinstance(exc, CONNECTION_ERRORS)
 
 
 class Backoff:
-    """Pauses between reconnection attempts: 0.05 s doubling to 1 s, never past the deadline.
-
-    The stdlib counterpart of ``connection.reconnecting`` (tenacity costs the
-    ``lava-*`` commands ~70 ms at start)."""
+    """Pauses between reconnection attempts: 0.05 s doubling to 1 s, never past the deadline."""
 
     def __init__(self) -> None:
         self.delay = 0.05
@@ -147,27 +142,25 @@ class Backoff:
     def reset(self) -> None:
         self.delay = 0.05
 
-    def pause(self, deadline: float) -> None:
-        time.sleep(max(0.0, min(self.delay, deadline - time.monotonic())))
+    def pause(self, deadline: float, stop: Stop | None = None) -> None:
+        end = time.monotonic() + max(0.0, min(self.delay, deadline - time.monotonic()))
+        while True:
+            left = end - time.monotonic()
+            if left <= 0 or (stop is not None and stop()):
+                break
+            time.sleep(min(left, STOP_SLICE))
         self.delay = min(self.delay * 2, 1.0)
 
 
-def retrying(conn: RespConn, call: Callable[[], Any], deadline: float, what: str = "") -> Any:
-    """Run ``call``, reconnecting with back-off after connection errors until ``deadline``.
-
-    Every connect and read of ``conn`` is capped at the deadline, so this
-    returns or raises ``ServiceUnavailable`` by then (not a fixed time later)."""
+def retrying(client: redis.Redis, call: Callable[[], Any], deadline: float, what: str = "") -> Any:
+    """Run ``call``, again after connection errors (with back-off) until ``deadline``, then ``ServiceUnavailable``."""
     backoff = Backoff()
-    conn.limit(deadline + FINAL_READ_GRACE)
     while True:
         try:
             return call()
-        except Exception as exc:
-            if not is_connection_error(exc):
-                raise
-            conn.reset()
+        except CONNECTION_ERRORS as exc:
             if deadline - time.monotonic() <= 0:
-                raise ServiceUnavailable(conn.safe_url, f"{_reason(exc)}{what}") from exc
+                raise ServiceUnavailable(safe_url(client), f"{_reason(exc)}{what}") from exc
             backoff.pause(deadline)
 
 
@@ -192,40 +185,43 @@ class Group:
         return next((role for job, role in self.members if job == job_id), None)
 
 
-def load_group(conn: RespConn, group_id: str, *, deadline: float | None = None) -> Group:
+def _deadline(deadline: float | None) -> float:
+    return time.monotonic() + CONNECT_BUDGET if deadline is None else deadline
+
+
+def load_group(client: redis.Redis, group_id: str, *, deadline: float | None = None) -> Group:
     """The group's members (in job order) and timeout; ``GroupNotFound`` if absent."""
-    deadline = time.monotonic() + CONNECT_BUDGET if deadline is None else deadline
-    reply = retrying(conn, lambda: conn.execute_command(
-        "HMGET", keys.group_info(group_id), "members", "timeout"), deadline)
+    c = raw(client)
+    reply = retrying(client, lambda: c.hmget(keys.group_info(group_id), "members", "timeout"), _deadline(deadline))
     if not reply or reply[0] is None:
         raise GroupNotFound(group_id)
     members = [(_text(j), _text(r)) for j, r in json.loads(_s(reply[0]))]
     return Group(group_id, members, float(_s(reply[1] or 600)))
 
 
-def read_message(conn: RespConn, group_id: str, message_id: str, *, deadline: float | None = None) -> Received:
+def read_message(client: redis.Redis, group_id: str, message_id: str, *,
+                 deadline: float | None = None) -> Received:
     """What has been sent for ``message_id`` so far, without waiting."""
-    deadline = time.monotonic() + CONNECT_BUDGET if deadline is None else deadline
-    group = load_group(conn, group_id, deadline=deadline)
-    raw = retrying(conn, lambda: conn.execute_command(
-        "HGETALL", keys.group_message(group_id, message_id)), deadline)
-    data = {_s(k): _s(v) for k, v in (raw or {}).items()}  # RESP3: a map
-    return _ordered(json.dumps(group.members), data)
+    deadline = _deadline(deadline)
+    group = load_group(client, group_id, deadline=deadline)
+    c = raw(client)
+    data = retrying(client, lambda: c.hgetall(keys.group_message(group_id, message_id)), deadline)
+    return _ordered(json.dumps(group.members), {_s(k): _s(v) for k, v in (data or {}).items()})
 
 
-def _ordered(members_json: Any, data: dict[str, str]) -> Received:
+def _ordered(members_json: Any, data: Mapping[str, str]) -> Received:
     order = [job for job, _ in json.loads(_s(members_json))] if members_json else []
     senders = [j for j in order if j in data] + sorted(j for j in data if j not in order)
     return {_text(job): _received(data[job]) for job in senders}
 
 
-def _received(raw: Any) -> dict[str, str]:
+def _received(stored: Any) -> dict[str, str]:
     """One sender's stored data as text, whatever is in Redis (never an error for the reader).
 
     ``send`` stores a JSON object of UTF-8 text; anything else (written
     around ``send``) is read as no data, and undecodable text is replaced."""
     try:
-        data = json.loads(_s(raw))
+        data = json.loads(_s(stored))
     except ValueError:
         return {}
     if not isinstance(data, dict):
@@ -242,7 +238,7 @@ def call_record(job_id: str, name: str, result: str, detail: str | None = None) 
     return json.dumps(record)
 
 
-def send(conn: RespConn, group_id: str, job_id: str, message_id: str,
+def send(client: redis.Redis, group_id: str, job_id: str, message_id: str,
          data: Mapping[str, str] | None = None, *, record: bool = True,
          deadline: float | None = None) -> None:
     """Store ``job_id``'s data for ``message_id`` (replacing its earlier data) and wake waiters.
@@ -259,20 +255,19 @@ def send(conn: RespConn, group_id: str, job_id: str, message_id: str,
         raise MultiNodeUsageError(f"message data of {len(payload)} bytes is over the {MAX_DATA}-byte limit: "
                                   "the MultiNode API is for small messages, transfer files yourself")
     rec = call_record(job_id, f"multinode-send-{message_id}", "pass") if record else ""
-    args = [job_id, message_id, payload, rec]
-    deadline = time.monotonic() + CONNECT_BUDGET if deadline is None else deadline
-    status = retrying(conn, lambda: lua.SEND(conn, keys_, args), deadline,
+    c = raw(client)
+    status = retrying(client, lambda: lua.SEND(c, keys_, [job_id, message_id, payload, rec]), _deadline(deadline),
                       f" (gave up sending {message_id!r})")
     _refuse(int(status), group_id, job_id)
 
 
-def record_call(conn: RespConn, group_id: str, job_id: str, name: str, result: str,
+def record_call(client: redis.Redis, group_id: str, job_id: str, name: str, result: str,
                 detail: str | None = None, *, deadline: float | None = None) -> None:
     """Append one API-call record to the group's log (``group.api_calls`` reads it)."""
     g = group_id
-    deadline = time.monotonic() + CONNECT_BUDGET if deadline is None else deadline
-    retrying(conn, lambda: lua.LOG(conn, [keys.group_info(g), keys.group_members(g), keys.group_api_log(g)],
-                                   [job_id, call_record(job_id, name, result, detail)]), deadline)
+    c = raw(client)
+    retrying(client, lambda: lua.LOG(c, [keys.group_info(g), keys.group_members(g), keys.group_api_log(g)],
+                                     [job_id, call_record(job_id, name, result, detail)]), _deadline(deadline))
 
 
 def _refuse(status: int, group_id: str, job_id: str) -> None:
@@ -290,7 +285,7 @@ class _Check:
         reply = list(reply or [-1])
         self.status = int(reply[0])
         self.timeout = float(_s(reply[1])) if len(reply) > 1 and reply[1] is not None else 600.0
-        self.members_json = reply[2] if len(reply) > 2 else None
+        self.members_json = reply[2] if len(reply) > 2 and reply[2] is not None else None
         self.data = _pairs(reply[3]) if len(reply) > 3 else {}
 
 
@@ -300,33 +295,56 @@ def _first_failed(check: _Check) -> tuple[str, str]:
     return job, check.data[job]
 
 
-def _await(link: RespConn, group_id: str, message_id: str, check: Callable[[RespConn], _Check],
-           relevant: Callable[[str], bool], timeout: float | None, started: float,
-           *, subscribed: bool = False, role: str | None = None) -> _Check:
-    """Block until ``check`` reports done; raise on failure, timeout or lost Redis.
+def _subscribe(c: redis.Redis, channel: str) -> Any:
+    """A subscription to ``channel`` that Redis has confirmed: anything published from now on reaches it."""
+    sub = c.pubsub()
+    try:
+        sub.subscribe(channel)
+        limit = time.monotonic() + CONNECT_TIMEOUT_SECONDS
+        while True:
+            msg = sub.get_message(timeout=max(0.01, limit - time.monotonic()))
+            if msg is not None and msg.get("type") in ("subscribe", b"subscribe"):
+                return sub
+            if time.monotonic() >= limit:
+                raise redis.TimeoutError("Redis did not confirm the subscription")
+    except BaseException:
+        _close(sub)
+        raise
 
-    ``subscribed``: the caller already subscribed and read the state.  A
-    SUBSCRIBE is queued and goes out with the next read on the same socket,
-    so the read is ordered after it and costs no extra round trip."""
+
+def _close(sub: Any) -> None:
+    try:
+        sub.close()
+    except Exception:  # noqa: BLE001 - the wait's outcome matters, not the cleanup
+        pass
+
+
+def _await(client: redis.Redis, group_id: str, message_id: str, check: Callable[[], _Check],
+           relevant: Callable[[str], bool], timeout: float | None, started: float, *,
+           sub: Any = None, role: str | None = None, stop: Callable[[], str | None] | None = None) -> _Check:
+    """Block until ``check`` reports done; raise on failure, timeout, a stop or lost Redis.
+
+    ``sub``: the caller already subscribed and read the state."""
+    c = raw(client)
     channel = keys.group_channel(group_id)
     deadline = started + (timeout if timeout is not None else CONNECT_BUDGET)
     effective = timeout
-    link.limit(deadline + FINAL_READ_GRACE)
-    need_check, final, backoff = not subscribed, False, Backoff()
+    need_check, final, backoff = sub is None, False, Backoff()
+    last_read = time.monotonic()
     try:
         while True:
             try:
-                if not subscribed:
-                    link.subscribe(channel)
-                    subscribed, need_check = True, True
+                if sub is None:
+                    sub = _subscribe(c, channel)
+                    need_check = True
                 if need_check:
                     need_check = False
-                    res = check(link)
+                    res = check()
+                    last_read = time.monotonic()
                     backoff.reset()
                     if effective is None:
                         effective = res.timeout
                         deadline = started + effective
-                        link.limit(deadline + FINAL_READ_GRACE)
                     if res.status == 2:
                         return res
                     if res.status == 0:
@@ -337,31 +355,32 @@ def _await(link: RespConn, group_id: str, message_id: str, check: Callable[[Resp
                         raise MultiNodeUsageError(f"no role {role!r} in this group")
                     if final:
                         raise BarrierTimeout(message_id, effective)
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
+                why = stop() if stop is not None else None
+                if why:
+                    raise WaitStopped(message_id, why)
+                now = time.monotonic()
+                if deadline - now <= 0:
                     final = need_check = True  # one last read before giving up
                     continue
-                # a silent slice ends in a re-read: it proves the link alive (a dead one
-                # raises and is reopened) and catches a wake-up lost with a connection
-                payload = link.wake(min(remaining, WAKE_SLICE))
-                if payload is None or payload == RESUBSCRIBED or relevant(payload):
+                block = min(deadline - now, last_read + WAKE_SLICE - now, STOP_SLICE if stop else WAKE_SLICE)
+                msg = sub.get_message(timeout=max(block, 0.0)) if block > 0 else None
+                if msg is None:
+                    # a silent slice ends in a re-read: it catches a wake-up lost with a connection
+                    need_check = time.monotonic() - last_read >= WAKE_SLICE
+                elif msg.get("type") in ("subscribe", b"subscribe") or relevant(_s(msg.get("data", b""))):
                     need_check = True
-            except Exception as exc:
-                if not is_connection_error(exc):
-                    raise
-                link.reset()
-                subscribed, need_check = False, True
+            except CONNECTION_ERRORS as exc:
+                if sub is not None:
+                    _close(sub)
+                sub, need_check = None, True
                 if deadline - time.monotonic() <= 0:
                     raise ServiceUnavailable(
-                        link.safe_url, f"{_reason(exc)} (gave up waiting for {message_id!r} after "
-                                    f"{deadline - started:g}s)") from exc
-                backoff.pause(deadline)
+                        safe_url(client), f"{_reason(exc)} (gave up waiting for {message_id!r} after "
+                                          f"{deadline - started:g}s)") from exc
+                backoff.pause(deadline, stop)
     finally:
-        if subscribed:
-            try:
-                link.unsubscribe(channel)
-            except Exception:  # noqa: BLE001 - the wait's outcome matters, not the cleanup
-                link.reset()
+        if sub is not None:
+            _close(sub)
 
 
 def _pass_record(record: tuple[str, str] | None) -> list[str]:
@@ -369,42 +388,48 @@ def _pass_record(record: tuple[str, str] | None) -> list[str]:
     return [record[0], call_record(record[0], record[1], "pass")] if record else ["", ""]
 
 
-def _message_wait(conn: RespConn, group_id: str, message_id: str, mode: str, role: str | None,
-                  timeout: float | None, record: tuple[str, str] | None) -> Received:
+def _message_wait(client: redis.Redis, group_id: str, message_id: str, mode: str, role: str | None,
+                  timeout: float | None, record: tuple[str, str] | None,
+                  stop: Callable[[], str | None] | None) -> Received:
     started = time.monotonic()
     check_message_id(message_id)
     if role is not None:
         check_role(role)
     g = group_id
+    c = raw(client)
     keys_ = [keys.group_info(g), keys.group_members(g), keys.group_failed(g),
              keys.group_message(g, message_id), keys.group_api_log(g)]
+    args_ = [mode, role or "", *_pass_record(record)]
     wanted = "m " + message_id
-    res = _await(conn, group_id, message_id,
-                 lambda link: _Check(lua.WAIT_CHECK(link, keys_, [mode, role or "", *_pass_record(record)])),
-                 lambda p: p == wanted or p.startswith("f "), timeout, started, role=role)
+    res = _await(client, group_id, message_id, lambda: _Check(lua.WAIT_CHECK(c, keys_, args_)),
+                 lambda p: p == wanted or p.startswith("f "), timeout, started, role=role, stop=stop)
     return _ordered(res.members_json, res.data)
 
 
-def wait_any(conn: RespConn, group_id: str, message_id: str, *, role: str | None = None,
-             timeout: float | None = None, record: tuple[str, str] | None = None) -> Received:
+def wait_any(client: redis.Redis, group_id: str, message_id: str, *, role: str | None = None,
+             timeout: float | None = None, record: tuple[str, str] | None = None,
+             stop: Callable[[], str | None] | None = None) -> Received:
     """``lava-wait``: until any member (the caller too) - or any member of ``role`` - has sent it.
 
     The role form is for the runner's delayed start (``expect_role`` waits
     for ``lava_start``).  ``record=(job_id, call name)`` appends the pass
-    record in the same step as the release."""
-    return _message_wait(conn, group_id, message_id, "role-any" if role else "any", role, timeout, record)
+    record in the same step as the release.  ``stop()`` returning a reason
+    ends the wait with ``WaitStopped`` (asked every ``STOP_SLICE``)."""
+    return _message_wait(client, group_id, message_id, "role-any" if role else "any", role, timeout, record, stop)
 
 
-def wait_all(conn: RespConn, group_id: str, message_id: str, role: str | None = None, *,
-             timeout: float | None = None, record: tuple[str, str] | None = None) -> Received:
+def wait_all(client: redis.Redis, group_id: str, message_id: str, role: str | None = None, *,
+             timeout: float | None = None, record: tuple[str, str] | None = None,
+             stop: Callable[[], str | None] | None = None) -> Received:
     """``lava-wait-all``: until every member (of ``role``) has sent ``message_id``.
 
     The result holds every sender's data, of any role (as LAVA documents)."""
-    return _message_wait(conn, group_id, message_id, "role" if role else "all", role, timeout, record)
+    return _message_wait(client, group_id, message_id, "role" if role else "all", role, timeout, record, stop)
 
 
-def sync(link: RespConn, group_id: str, job_id: str, message_id: str, *,
-         timeout: float | None = None, record: str | None = None) -> Received:
+def sync(client: redis.Redis, group_id: str, job_id: str, message_id: str, *,
+         timeout: float | None = None, record: str | None = None,
+         stop: Callable[[], str | None] | None = None) -> Received:
     """``lava-sync``: a reusable barrier; the k-th sync of an id by each member meets the others' k-th.
 
     Returns only the senders of ``message_id`` that sent data (usually none);
@@ -412,24 +437,31 @@ def sync(link: RespConn, group_id: str, job_id: str, message_id: str, *,
     started = time.monotonic()
     check_message_id(message_id)
     g = group_id
+    c = raw(client)
     channel = keys.group_channel(g)
     sync_keys = [keys.group_info(g), keys.group_members(g), keys.group_failed(g), keys.group_sync(g, message_id),
                  keys.group_message(g, message_id), keys.group_api_log(g)]
     enter_keys = [*sync_keys, keys.group_keys(g), channel]
     token = os.urandom(8).hex()  # makes a retried arrival count once
     passed = (job_id, record) if record else None
+    sub: Any = None
 
     def enter() -> list[Any]:
-        # Subscribed before arriving: the release published by the last arrival reaches us
-        # (both go out in one write, ordered on one connection).
-        link.subscribe(channel)
-        return list(lua.SYNC_ENTER(link, enter_keys, [job_id, message_id, token, *_pass_record(passed)[1:]]))
+        # Subscribed (and confirmed) before arriving: the release published by the last arrival reaches us.
+        nonlocal sub
+        if sub is None:
+            sub = _subscribe(c, channel)
+        try:
+            return list(lua.SYNC_ENTER(c, enter_keys, [job_id, message_id, token, *_pass_record(passed)[1:]]))
+        except CONNECTION_ERRORS:
+            _close(sub)
+            sub = None
+            raise
 
     waiting = False
     try:
         budget = timeout if timeout is not None else CONNECT_BUDGET
-        reply = retrying(link, enter, started + budget,
-                         f" (gave up syncing on {message_id!r} after {budget:g}s)")
+        reply = retrying(client, enter, started + budget, f" (gave up syncing on {message_id!r} after {budget:g}s)")
         res = _Check(reply)
         _refuse(res.status, group_id, job_id)
         if res.status == 0:
@@ -438,8 +470,8 @@ def sync(link: RespConn, group_id: str, job_id: str, message_id: str, *,
             return _ordered(res.members_json, res.data)
         waiting = True
     finally:
-        if not waiting:
-            link.unsubscribe(channel)
+        if not waiting and sub is not None:
+            _close(sub)
     gen = int(reply[4])
 
     def relevant(payload: str) -> bool:
@@ -450,7 +482,7 @@ def sync(link: RespConn, group_id: str, job_id: str, message_id: str, *,
             return False
         return not parts[1].isdigit() or int(parts[1]) >= gen  # a garbled hint: re-read to be sure
 
-    res = _await(link, group_id, message_id,
-                 lambda lk: _Check(lua.SYNC_CHECK(lk, sync_keys, [gen, *_pass_record(passed)])),
-                 relevant, timeout if timeout is not None else res.timeout, started, subscribed=True)
+    res = _await(client, group_id, message_id,
+                 lambda: _Check(lua.SYNC_CHECK(c, sync_keys, [gen, *_pass_record(passed)])),
+                 relevant, timeout if timeout is not None else res.timeout, started, sub=sub, stop=stop)
     return _ordered(res.members_json, res.data)

@@ -19,8 +19,8 @@ is wrong.  So here:
   :func:`reconnecting`, the one retry helper for blocking calls, until the
   wait's own deadline.
 
-The ``lava-*`` commands do not use redis-py (see ``multinode/resp.py``); they
-follow the same rules with their own small client.
+The ``lava-*`` commands do not use Redis at all: they ask their job's relay
+(``tasks/run/relay.py``), which uses the MultiNode store on redis-py.
 """
 from __future__ import annotations
 

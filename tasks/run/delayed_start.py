@@ -25,15 +25,13 @@ def start_request(job: Mapping[str, Any]) -> dict[str, Any] | None:
 def wait_for_start(client: Any, group_id: str, spec: Mapping[str, Any], out: Callable[[str], None],
                    default_timeout: float | None = None) -> int:
     """Block until the expected role sent ``lava_start``; 0 then, 1 on timeout or group failure."""
-    from convoy.coordinator.multinode.group import connect
     from convoy.coordinator.multinode.store import wait_all
 
     role = spec["expect_role"]
     timeout = spec.get("timeout") or default_timeout
     out(f"delayed start: waiting for {START_MESSAGE} from role {role}")
     try:
-        with connect(client) as conn:
-            wait_all(conn, group_id, START_MESSAGE, role=role, timeout=timeout)
+        wait_all(client, group_id, START_MESSAGE, role=role, timeout=timeout)
     except BarrierTimeout as exc:
         out(f"delayed start: timed out after {exc.timeout:g}s waiting for {START_MESSAGE} from role {role}")
         return 1

@@ -23,8 +23,35 @@ from convoy.tasks.run.ssh import write_ssh_setup
 #: where LAVA's MultiNode helpers keep their caches (each job gets its own file there)
 CACHE_FILE = "/tmp/lava_multi_node_cache.txt"
 NETWORK_CACHE_FILE = "/tmp/lava_multi_node_network_cache.txt"
-#: never passed on to test commands: the worker's own device configuration
-WORKER_ONLY = ("CONVOY_DEVICE_JSON",)
+#: never passed on to test commands: the worker's own device configuration and where its Redis is
+WORKER_ONLY = ("CONVOY_DEVICE_JSON", "CONVOY_REDIS_URL", "CONVOY_BROKER_URL")
+
+
+def secrets_of(*urls: str | None) -> list[str]:
+    """What no test command's environment may show: these URLs and their passwords.
+
+    A password under 4 characters is not looked for in values (it would match
+    half of any environment); the URLs holding it are."""
+    from urllib.parse import unquote, urlsplit
+
+    found: list[str] = []
+    for url in urls:
+        if not url:
+            continue
+        found.append(url)
+        try:
+            password = urlsplit(url).password
+        except ValueError:
+            password = None
+        if password and len(password) >= 4:
+            found += [password, unquote(password)]
+    return found
+
+
+def multinode_timeout(job: Mapping[str, Any]) -> float | None:
+    """The member's default MultiNode wait (``timeouts: multinode``), if it sets one."""
+    timeout = (job.get("timeouts") or {}).get("multinode")
+    return float(timeout) if timeout else None
 
 
 def multinode_env(job: Mapping[str, Any]) -> dict[str, str]:
@@ -47,26 +74,32 @@ def multinode_files(job_dir: Path, env: Mapping[str, str]) -> dict[str, Path]:
             NETWORK_CACHE_FILE: job_dir / "multinode" / "network-cache.txt"}
 
 
-def command_env(base: Mapping[str, str], job: Mapping[str, Any], *, job_id: str, redis_url: str,
+def command_env(base: Mapping[str, str], job: Mapping[str, Any], *, job_id: str,
                 ssh_bin: Path, device_ip: str | None = None, device_ips: Sequence[str] = (),
-                group_id: str | None = None, role: str | None = None,
+                group_id: str | None = None, role: str | None = None, secrets: Sequence[str] = (),
                 python_bin: Path = Path(sys.executable).parent) -> dict[str, str]:
     """The environment a job's test commands run in (plain data in, plain data out).
 
-    ``base`` (the process's environment) without :data:`WORKER_ONLY`, then the
-    job's ``test_data.env``, then convoy's own variables, which win: ``PATH``
+    ``base`` (the process's environment) without :data:`WORKER_ONLY` and
+    without any variable whose value holds one of ``secrets`` (the Redis and
+    broker URLs and passwords: a test command never reaches Redis, its
+    ``lava-*`` commands ask the job's relay), then the job's
+    ``test_data.env``, then convoy's own variables, which win: ``PATH``
     with the SSH wrappers in ``ssh_bin`` and convoy's commands first,
-    ``CONVOY_JOB_ID``, ``CONVOY_REDIS_URL``, ``TEST_USERNAME``, ``DEVICE_IP``
+    ``CONVOY_JOB_ID``, ``TEST_USERNAME``, ``DEVICE_IP``
     (a device's commands) or ``DEVICE_IP_1..N`` (the parent's, in
     ``provision_data.jobs`` order); for a member of a group (or the parent)
-    ``CONVOY_GROUP_ID``, ``CONVOY_ROLE`` and the MultiNode settings.
+    ``CONVOY_GROUP_ID``, ``CONVOY_ROLE`` and the MultiNode settings (the
+    runner adds ``CONVOY_MULTINODE_SOCKET`` while it serves the job's relay:
+    ``relay.relay_env``).
     """
-    env = {key: value for key, value in base.items() if key not in WORKER_ONLY}
+    hidden = [s for s in secrets if s]
+    env = {key: value for key, value in base.items()
+           if key not in WORKER_ONLY and not any(s in value for s in hidden)}
     test_data = job.get("test_data") or {}
     env.update({str(k): str(v) for k, v in (test_data.get("env") or {}).items()})
     env["PATH"] = os.pathsep.join([str(ssh_bin), str(python_bin), env.get("PATH", "")])
     env["CONVOY_JOB_ID"] = job_id
-    env["CONVOY_REDIS_URL"] = redis_url
     env["TEST_USERNAME"] = test_data.get("test_username", DEFAULT_TEST_USERNAME)
     if device_ip is not None:
         env["DEVICE_IP"] = device_ip
@@ -114,5 +147,6 @@ def parent_test_env(store: JobStore, parent_id: str, job: dict[str, Any],
     key = ensure_agent_key(settings.keys_dir)
     bin_dir = write_ssh_setup(work_dir or parent_dir(parent_id), key,
                               [ssh_target(i, username) for i in infos if i.get("device_ip")])
-    return command_env(os.environ, job, job_id=parent_id, redis_url=settings.redis_url, ssh_bin=bin_dir,
-                       device_ips=[str(info.get("device_ip", "")) for info in infos], group_id=parent_id)
+    return command_env(os.environ, job, job_id=parent_id, ssh_bin=bin_dir,
+                       device_ips=[str(info.get("device_ip", "")) for info in infos], group_id=parent_id,
+                       secrets=secrets_of(settings.redis_url, settings.broker_url))

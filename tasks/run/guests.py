@@ -14,9 +14,10 @@ from typing import Any
 from convoy.config.lifecycle import JobState, Phase
 from convoy.config.outcome import phase_outcome
 from convoy.coordinator.state.jobs import JobStore
-from convoy.tasks.run.env import multinode_files, parent_dir, parent_test_env
+from convoy.tasks.run.env import multinode_files, multinode_timeout, parent_dir, parent_test_env
 from convoy.tasks.run.delayed_start import start_request, wait_for_start
 from convoy.tasks.run.phase import PhaseRun
+from convoy.tasks.run.relay import relay_env
 from convoy.tasks.run.script import run_script
 
 
@@ -51,9 +52,11 @@ def run_guest(store: JobStore, parent_id: str, guest_id: str, cancel: threading.
     if status == 0 and spec:
         status = wait_for_start(store.client, parent_id, spec, out)
     if status == 0:
-        status = run_script((job.get("test_data") or {}).get("test_cmds") or "true", cwd=work_dir, env=env,
-                            on_output=test.write, cancel=cancel, output_timeout=job.get("output_timeout"),
-                            private_files=multinode_files(work_dir, env))
+        with relay_env(store.client, work_dir, group_id=parent_id, job_id=guest_id, role=env["CONVOY_ROLE"],
+                       timeout=multinode_timeout(job), cancel=cancel) as relay:
+            status = run_script((job.get("test_data") or {}).get("test_cmds") or "true", cwd=work_dir,
+                                env={**env, **relay}, on_output=test.write, cancel=cancel,
+                                output_timeout=job.get("output_timeout"), private_files=multinode_files(work_dir, env))
     test.end(status)
     if test.failed:
         from convoy.coordinator.multinode.group import fail_member

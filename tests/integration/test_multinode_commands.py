@@ -1,10 +1,14 @@
-"""The installed ``lava-*`` console scripts as real processes against real Redis."""
+"""The installed ``lava-*`` console scripts as real processes, through their job's relay, against real Redis.
+
+Each member's commands reach the group through a real relay serving a unix
+socket (``tasks/run/relay.py``), as in a job: no command sees a Redis URL.
+"""
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
+import threading
 import uuid
 from pathlib import Path
 
@@ -12,7 +16,7 @@ import pytest
 import redis as redis_lib
 from convoy.coordinator.state import keys
 from convoy.coordinator.multinode import group as mn_group
-from convoy.coordinator.multinode.resp import RespConn
+from convoy.tasks.run.relay import MultiNodeRelay, RelayServer
 from convoy.workers.embedded.redis_server import RedisServer, free_port
 
 from helpers import wait_for
@@ -23,19 +27,37 @@ BIN = Path(sys.executable).parent
 
 
 class Group:
-    """A MultiNode group in Redis and the environment of each member's commands."""
+    """A MultiNode group in Redis, a relay serving each member, and the environment of its commands."""
 
-    def __init__(self, client, url: str, tmp: Path, roles: list[str], timeout: float = 30.0) -> None:
-        self.client, self.url, self.tmp = client, url, tmp
-        self.id = f"g{uuid.uuid4().hex[:8]}"
+    def __init__(self, client, tmp: Path, roles: list[str], timeout: float = 30.0,
+                 servers: list[RelayServer] | None = None, group_id: str | None = None) -> None:
+        self.client, self.tmp = client, tmp
+        self.id = group_id or f"g{uuid.uuid4().hex[:8]}"
         self.jobs = [f"{1000 + i}" for i in range(len(roles))]
         self.roles = dict(zip(self.jobs, roles))
+        self.servers = servers if servers is not None else []
+        self.sockets: dict[tuple[str, str, str | None], str] = {}
         mn_group.create_group(client, self.id, self.roles, timeout=timeout)
 
-    def env(self, job: str, **extra: str) -> dict[str, str]:
+    def socket(self, job: str, group_id: str | None = None, role: str | None = "") -> str:
+        """The socket of ``job``'s relay (another one for another group id or role, as a test needs)."""
+        gid = group_id or self.id
+        role = self.roles.get(job) if role == "" else role
+        key = (job, gid, role)
+        if key not in self.sockets:
+            relay = MultiNodeRelay(self.client, group_id=gid, job_id=job, role=role, timeout=None,
+                                   cancel=threading.Event())
+            server = relay.serve(self.tmp / f"r{len(self.sockets)}" / "relay.sock")
+            server.start()
+            self.servers.append(server)
+            self.sockets[key] = str(server.path)
+        return self.sockets[key]
+
+    def env(self, job: str, relay: dict | None = None, **extra: str) -> dict[str, str]:
         env = {k: v for k, v in os.environ.items() if not k.startswith(("CONVOY_", "DEVICE_IP"))}
-        env.update(PATH=f"{BIN}{os.pathsep}{env.get('PATH', '')}", CONVOY_REDIS_URL=self.url,
-                   CONVOY_GROUP_ID=self.id, CONVOY_JOB_ID=job, CONVOY_ROLE=self.roles[job],
+        env.update(PATH=f"{BIN}{os.pathsep}{env.get('PATH', '')}",
+                   CONVOY_MULTINODE_SOCKET=self.socket(job, **(relay or {})),
+                   CONVOY_GROUP_ID=self.id, CONVOY_JOB_ID=job, CONVOY_ROLE=self.roles.get(job, ""),
                    CONVOY_MULTINODE_CACHE=str(self.cache(job)),
                    CONVOY_MULTINODE_NETWORK_CACHE=str(self.tmp / f"net-{job}.txt"))
         env.update(extra)
@@ -44,8 +66,9 @@ class Group:
     def cache(self, job: str) -> Path:
         return self.tmp / f"cache-{job}.txt"
 
-    def run(self, job: str, *args: str, timeout: float = 30, **extra: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run([str(BIN / args[0]), *args[1:]], env=self.env(job, **extra),
+    def run(self, job: str, *args: str, timeout: float = 30, relay: dict | None = None,
+            **extra: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([str(BIN / args[0]), *args[1:]], env=self.env(job, relay, **extra),
                               capture_output=True, text=True, timeout=timeout, check=False)
 
     def start(self, job: str, *args: str, **extra: str) -> subprocess.Popen[str]:
@@ -57,8 +80,16 @@ class Group:
 
 
 @pytest.fixture
-def mk(redis_client, redis_url, tmp_path):
-    return lambda roles, **kw: Group(redis_client, redis_url, tmp_path, roles, **kw)
+def servers():
+    made: list[RelayServer] = []
+    yield made
+    for server in made:
+        server.stop()
+
+
+@pytest.fixture
+def mk(redis_client, tmp_path, servers):
+    return lambda roles, **kw: Group(redis_client, tmp_path, roles, servers=servers, **kw)
 
 
 def finish(proc: subprocess.Popen[str], timeout: float = 15) -> tuple[int, str, str]:
@@ -75,7 +106,7 @@ def test_group_role_self(mk):
     r = g.run(a, "lava-group", "server")
     assert (r.returncode, r.stdout) == (1, "")
     assert g.run(a, "lava-role").stdout == "client\n"
-    assert g.run(a, "lava-role", CONVOY_ROLE="").stdout == "client\n"  # looked up in the group
+    assert g.run(a, "lava-role", relay={"role": None}).stdout == "client\n"  # looked up in the group
     assert g.run(a, "lava-role", "list").stdout == "client\nloadbalancer\nbackend\n"
     assert g.run(g.jobs[2], "lava-self").stdout == "1002\n"
 
@@ -167,10 +198,9 @@ def test_waiter_reconnects_after_its_connection_is_killed(mk):
     server, client = g.jobs
     waiter = g.start(client, "lava-wait", "--timeout", "30", "after-kill")
     wait_for(lambda: g.subscribers() == 1)
-    name = f"lava-wait:{g.id}:{client}"  # the command names its connection
 
-    def ids() -> set[str]:  # this waiter's connections only: other tests' clients share the server
-        return {c["id"] for c in g.client.client_list() if c.get("name") == name}
+    def ids() -> set[str]:  # the relays' connections (the store's own client names them)
+        return {c["id"] for c in g.client.client_list() if c.get("name") == "convoy:multinode"}
 
     killed: set[str] = set()
     for _ in range(2):  # twice: the second kill hits the re-made connection
@@ -185,23 +215,20 @@ def test_waiter_reconnects_after_its_connection_is_killed(mk):
     assert g.cache(client).read_text() == "k=v\n"
 
 
-def test_redis_gone_until_the_deadline_fails_clearly(tmp_path, redis_client):
+def test_redis_gone_until_the_deadline_fails_clearly(tmp_path, servers):
     server = RedisServer(tmp_path / "redis").start()
+    client = redis_lib.Redis.from_url(server.url, decode_responses=True)
     try:
-        client = RespConn(server.url)
-        g = Group.__new__(Group)
-        g.client, g.url, g.tmp, g.id = redis_client, server.url, tmp_path, "gone"
-        g.jobs, g.roles = ["1", "2"], {"1": "a", "2": "b"}
-        mn_group.create_group(client, g.id, g.roles)
-        waiter = g.start("2", "lava-wait", "--timeout", "4", "never")
-        wait_for(lambda: client.execute_command("PUBSUB", "NUMSUB", keys.group_channel("gone"))[1] == 1)
-        client.close()
+        g = Group(client, tmp_path, ["a", "b"], servers=servers, group_id="gone")
+        waiter = g.start(g.jobs[1], "lava-wait", "--timeout", "4", "never")
+        wait_for(lambda: g.subscribers() == 1)
         server.stop()
         code, _, err = finish(waiter, timeout=20)
         assert code == 1
-        assert err.startswith(f"lava-wait: cannot reach {server.url}")
+        assert err.startswith(f"lava-wait: cannot reach {server.url}"), err
         assert "gave up waiting for 'never' after 4s" in err and "Traceback" not in err
     finally:
+        client.close()
         server.stop()
 
 
@@ -237,13 +264,18 @@ def test_malformed_calls_exit_2_with_usage(mk, args, message):
 
 def test_outside_a_group(mk, tmp_path):
     g = mk(["a"])
-    r = g.run(g.jobs[0], "lava-send", "x", CONVOY_GROUP_ID="nosuch")
+    r = g.run(g.jobs[0], "lava-send", "x", relay={"group_id": "nosuch"})
     assert (r.returncode, r.stderr) == (1, "lava-send: no MultiNode group 'nosuch' (never created, or expired)\n")
-    r = g.run(g.jobs[0], "lava-send", "x", CONVOY_JOB_ID="999")
+    r = g.run("999", "lava-send", "x")
     assert r.returncode == 1 and "not a member" in r.stderr
     env = {k: v for k, v in os.environ.items() if not k.startswith("CONVOY_")}
     r = subprocess.run([str(BIN / "lava-wait"), "x"], env=env, capture_output=True, text=True, timeout=30, check=False)
-    assert r.returncode == 1 and "CONVOY_REDIS_URL, CONVOY_GROUP_ID, CONVOY_JOB_ID not set" in r.stderr
+    assert (r.returncode, r.stderr) == (1, "lava-wait: cannot reach this job's convoy worker (CONVOY_MULTINODE_SOCKET "
+                                           "not set: MultiNode commands run inside a convoy MultiNode test job)\n")
+    r = g.run(g.jobs[0], "lava-wait", "x", CONVOY_MULTINODE_SOCKET=str(tmp_path / "none.sock"))
+    assert r.returncode == 1
+    assert r.stderr == (f"lava-wait: cannot reach this job's convoy worker (CONVOY_MULTINODE_SOCKET="
+                        f"{tmp_path / 'none.sock'}): No such file or directory\n")
     assert g.run(g.jobs[0], "lava-send", "--help").stdout.startswith("usage: lava-send")
 
 
@@ -274,17 +306,6 @@ def test_echo_ipv4_and_network(mk):
 
 
 # --- Redis down, unreachable, restarted -------------------------------------------------------
-def bare_env(url: str, **extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("CONVOY_", "DEVICE_IP"))}
-    env.update(CONVOY_REDIS_URL=url, CONVOY_GROUP_ID="g-down", CONVOY_JOB_ID="1", **extra)
-    return env
-
-
-def run_bare(url: str, *args: str, **extra: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([str(BIN / args[0]), *args[1:]], env=bare_env(url, **extra), capture_output=True,
-                          text=True, timeout=60, check=False)  # bounds a hang only
-
-
 @pytest.mark.parametrize("args, extra, gave_up", [
     (["lava-wait", "--timeout", "1.5", "x"], {}, "gave up waiting for 'x' after 1.5s"),
     (["lava-wait-all", "x"], {"CONVOY_MULTINODE_TIMEOUT": "1.5"}, "gave up waiting for 'x' after 1.5s"),
@@ -292,32 +313,29 @@ def run_bare(url: str, *args: str, **extra: str) -> subprocess.CompletedProcess[
     (["lava-send", "x", "k=v"], {"CONVOY_MULTINODE_TIMEOUT": "1.5"}, "gave up sending 'x'"),
     (["lava-group"], {"CONVOY_MULTINODE_TIMEOUT": "1.5"}, ""),
 ])
-def test_redis_refusing_fails_at_the_commands_own_timeout_without_the_password(args, extra, gave_up):
+def test_redis_refusing_fails_at_the_commands_own_timeout_without_the_password(args, extra, gave_up, tmp_path,
+                                                                               servers):
     url = f"redis://:s3cret@127.0.0.1:{free_port()}/0"  # nothing listens there
-    r = run_bare(url, *args, **extra)
+    relay = MultiNodeRelay(redis_lib.Redis.from_url(url), group_id="g-down", job_id="1", role="a", timeout=None,
+                           cancel=None)
+    server = relay.serve(tmp_path / "relay" / "relay.sock")
+    server.start()
+    servers.append(server)
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("CONVOY_", "DEVICE_IP"))}
+    env.update(CONVOY_MULTINODE_SOCKET=str(server.path), **extra)
+    r = subprocess.run([str(BIN / args[0]), *args[1:]], env=env, capture_output=True, text=True, timeout=60,
+                       check=False)  # bounds a hang only
     assert r.returncode == 1
     assert r.stderr.startswith(f"{args[0]}: cannot reach {url.replace('s3cret', '***')}: "), r.stderr
     assert "Connection refused" in r.stderr and gave_up in r.stderr
     assert "s3cret" not in r.stderr and "Traceback" not in r.stderr
 
 
-def test_a_redis_that_never_answers_is_given_up_at_the_deadline():
-    with socket.socket() as listener:  # accepts connections (the kernel does) but never replies
-        listener.bind(("127.0.0.1", 0))
-        listener.listen(16)
-        url = f"redis://127.0.0.1:{listener.getsockname()[1]}/0"
-        r = run_bare(url, "lava-wait", "--timeout", "1.5", "x")
-    assert r.returncode == 1
-    assert r.stderr == (f"lava-wait: cannot reach {url}: no reply from Redis before the deadline "
-                        "(gave up waiting for 'x' after 1.5s)\n")
-
-
-
-def test_a_waiter_rides_out_a_redis_restart(tmp_path):
+def test_a_waiter_rides_out_a_redis_restart(tmp_path, servers):
     server = RedisServer(tmp_path / "redis", port=free_port()).start()
     client = redis_lib.Redis.from_url(server.url, decode_responses=True)
     try:
-        g = Group(client, server.url, tmp_path, ["server", "client"], timeout=120)
+        g = Group(client, tmp_path, ["server", "client"], timeout=120, servers=servers)
         sender, waiter_job = g.jobs
         waiter = g.start(waiter_job, "lava-wait", "after-restart")
         wait_for(lambda: g.subscribers() == 1, what="waiter subscribed")
@@ -368,10 +386,10 @@ def test_odd_bytes_in_ids_keys_and_roles_are_usage_errors(mk, args, message):
     assert mn_group.api_calls(g.client, g.id) == []  # refused before anything reached the group
 
 
-def test_bytes_written_around_send_never_break_another_members_wait(mk):
+def test_bytes_written_around_send_never_break_another_members_wait(mk, redis_url):
     g = mk(["a", "b", "c", "d"])
     a, b, c, d = g.jobs
-    raw = redis_lib.Redis.from_url(g.url)  # as a script with redis-cli could: no send, no checks
+    raw = redis_lib.Redis.from_url(redis_url)  # as a script with redis-cli could: no send, no checks
     try:
         raw.hset(keys.group_message(g.id, "odd"), mapping={
             a: b'{"bad": "\xff\xfe", "escaped": "\\udcff", "fine": "x"}',

@@ -6,22 +6,31 @@ from pathlib import Path
 
 import pytest
 
-from convoy.tasks.run.env import CACHE_FILE, NETWORK_CACHE_FILE, command_env, multinode_env, multinode_files
+from convoy.tasks.run.env import (
+    CACHE_FILE,
+    NETWORK_CACHE_FILE,
+    command_env,
+    multinode_env,
+    multinode_files,
+    multinode_timeout,
+    secrets_of,
+)
 
 BIN, PY = Path("/job/.convoy-ssh/bin"), Path("/venv/bin")
-BASE = {"PATH": "/usr/bin:/bin", "HOME": "/home/worker", "CONVOY_DEVICE_JSON": '{"name": "d1"}'}
+BASE = {"PATH": "/usr/bin:/bin", "HOME": "/home/worker", "CONVOY_DEVICE_JSON": '{"name": "d1"}',
+        "CONVOY_REDIS_URL": "redis://:s3cret@redis.lab:6379/0", "CONVOY_BROKER_URL": "redis://:s3cret@redis.lab/1"}
 URL = "redis://:s3cret@redis.lab:6379/0"
 
 
 def build(job: dict, **kwargs) -> dict[str, str]:
-    return command_env(BASE, job, job_id=kwargs.pop("job_id", "j1"), redis_url=URL, ssh_bin=BIN, python_bin=PY,
-                       **kwargs)
+    return command_env(BASE, job, job_id=kwargs.pop("job_id", "j1"), ssh_bin=BIN, python_bin=PY,
+                       secrets=secrets_of(URL), **kwargs)
 
 
 def test_a_single_device_job_gets_its_device_and_the_ssh_wrappers_first() -> None:
     env = build({}, device_ip="127.1.2.3")
     assert env == {"PATH": f"{BIN}{os.pathsep}{PY}{os.pathsep}/usr/bin:/bin", "HOME": "/home/worker",
-                   "CONVOY_JOB_ID": "j1", "CONVOY_REDIS_URL": URL, "TEST_USERNAME": "ubuntu",
+                   "CONVOY_JOB_ID": "j1", "TEST_USERNAME": "ubuntu",
                    "DEVICE_IP": "127.1.2.3"}
 
 
@@ -64,13 +73,20 @@ def test_the_base_environment_is_not_modified() -> None:
     assert before == BASE
 
 
-def test_what_it_passes_today_includes_the_redis_url_and_the_process_environment() -> None:
-    """Today's contract (DESIGN asks for less: "a minimal environment without secrets"): the
-    MultiNode helpers still read CONVOY_REDIS_URL, password included, and the worker's own
-    environment is passed on. Asserted here so that changing it is a visible decision."""
-    env = command_env({**BASE, "AWS_SECRET_ACCESS_KEY": "k"}, {}, job_id="j", redis_url=URL, ssh_bin=BIN,
-                      device_ip="h")
-    assert env["CONVOY_REDIS_URL"] == URL and env["AWS_SECRET_ACCESS_KEY"] == "k"
+def test_no_redis_url_or_password_reaches_a_test_command() -> None:
+    """The lava-* commands ask the job's relay: nothing in a job's environment names Redis or its password."""
+    base = {**BASE, "AWS_SECRET_ACCESS_KEY": "k", "CELERY_BROKER": URL, "MY_PASS": "s3cret", "PLAIN": "1"}
+    for env in (command_env(base, {}, job_id="j", ssh_bin=BIN, device_ip="h", secrets=secrets_of(URL, None)),
+                command_env(base, {}, job_id="p", ssh_bin=BIN, device_ips=["a"], group_id="p",
+                            secrets=secrets_of(URL))):
+        assert not [k for k, v in env.items() if "s3cret" in v or "redis://" in v or k == "CONVOY_REDIS_URL"]
+        assert env["AWS_SECRET_ACCESS_KEY"] == "k" and env["PLAIN"] == "1"  # the rest of the environment stays
+    assert secrets_of("redis://:ab@h/0") == ["redis://:ab@h/0"]  # too short to look for on its own
+
+
+def test_the_member_default_multinode_timeout() -> None:
+    assert multinode_timeout({}) is None
+    assert multinode_timeout({"timeouts": {"multinode": 30}}) == 30.0
 
 
 def test_multinode_settings_and_private_cache_files(tmp_path: Path) -> None:
