@@ -1,1 +1,1 @@
-"""Emulated devices: real SSH servers on loopback addresses."""
+"""Emulated devices: real SSH servers, each a sandboxed machine of its own where the platform allows."""

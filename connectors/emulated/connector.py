@@ -1,9 +1,13 @@
 """The ``emulated`` connector: provisions a device served by the emulated farm.
 
-The connector and the farm share the host's filesystem: provisioning resets
-the device's home directly (see :mod:`convoy.connectors.emulated.image`),
-then proves the result over real SSH with the agent key, as a connector for
-a physical board would.  Test knobs (``provision_delay``, ``provision_fail``,
+The connector and the farm share the host's filesystem: provisioning
+"reboots" the device through the farm's control socket (a sandboxed
+device's processes end and its root filesystem is fresh again, see
+:mod:`convoy.connectors.emulated.control`), resets the device's home
+directly (see :mod:`convoy.connectors.emulated.image`), then proves the
+result over real SSH with the agent key, as a connector for a physical
+board would.  The device's address is the one its farm reports (a lab
+address when sandboxed), else ``config.address``.  Test knobs (``provision_delay``, ``provision_fail``,
 ``cleanup_delay``) come from the agent file, never from jobs.
 """
 from __future__ import annotations
@@ -16,6 +20,7 @@ from typing import Any, ClassVar
 from convoy.config.devices import DeviceConfig
 
 from convoy.connectors.base import Connector, Log, SSHTarget
+from convoy.connectors.emulated import control
 from convoy.connectors.emulated.processes import kill_device_processes
 from convoy.connectors.emulated.image import (CONFIG_SCHEMA, clear_home, device_paths, device_settings,
                                               image_name, reset_home)
@@ -44,10 +49,30 @@ class EmulatedConnector(Connector):
         if not self.settings.address:
             raise DeviceError(device.name, "config.address is required for an emulated device")
         self.address: str = self.settings.address
+        self.port: int = self.settings.port
+        self.sandboxed = False
         self.paths = device_paths(device, self.state_dir)
+        self._asked_farm = False
+
+    def _farm(self, command: str) -> dict[str, Any] | None:
+        """Ask the farm serving this device (``info``/``reboot``); None if none serves it here."""
+        try:
+            reply = control.call(self.paths.root / control.SOCKET_NAME, command)
+        except (OSError, ValueError) as exc:
+            raise DeviceError(self.device.name, f"its device farm did not answer {command!r}: {exc}") from None
+        if reply is None:
+            return None
+        if not reply.get("ok"):
+            raise DeviceError(self.device.name, f"{command} failed: {reply.get('error', 'no reason given')}")
+        self.address, self.port = str(reply["address"]), int(reply["port"])
+        self.sandboxed = bool(reply.get("sandboxed"))
+        self._asked_farm = True
+        return reply
 
     def ssh_target(self) -> SSHTarget:
-        return SSHTarget(host=self.address, port=self.settings.port, username=self.settings.username)
+        if not self._asked_farm:
+            self._farm("info")
+        return SSHTarget(host=self.address, port=self.port, username=self.settings.username)
 
     def provision(self, provision_data: dict[str, Any], cancel: threading.Event, log: Log) -> dict[str, Any]:
         name, image = self.device.name, image_name(provision_data)
@@ -62,25 +87,31 @@ class EmulatedConnector(Connector):
             raise DeviceError(name, "provisioning failed: the agent file sets provision_fail for this device")
         agent_pub = read_public_key(self.agent_key, name)
         distro = provision_data.get("distro")
+        if self._farm("reboot") and self.sandboxed:
+            log(f"rebooted {name}: a fresh root filesystem, no process left")
         try:
             reset_home(self.paths, name, image, [agent_pub], distro=str(distro) if distro else None)
         except OSError as exc:
             raise DeviceError(name, f"cannot reset the home {self.paths.home}: {exc}") from None
         log(f"installed {image} into {self.paths.home}; checking its SSH server at "
-            f"{self.address}:{self.settings.port}")
-        check_ssh_banner(name, self.address, self.settings.port, attempts=self.ssh_attempts,
+            f"{self.address}:{self.port}")
+        check_ssh_banner(name, self.address, self.port, attempts=self.ssh_attempts,
                          timeout=self.ssh_timeout, cancel=cancel,
                          hint=" (is the device farm serving it? see `convoy devices`)")
         log(f"{name} is ready")
-        return {"device_ip": self.address, "ssh_port": self.settings.port,
-                "ssh_username": self.settings.username, "device_name": name, "image": image}
+        return {"device_ip": self.address, "ssh_port": self.port, "ssh_username": self.settings.username,
+                "device_name": name, "image": image, "sandboxed": self.sandboxed}
 
     def cleanup(self, log: Log) -> None:
         """Wipe the home; only the agent key stays authorised (reservation keys go)."""
         if self.settings.cleanup_delay:
             log(f"emulating a {self.settings.cleanup_delay:g}s cleanup")
             time.sleep(self.settings.cleanup_delay)
-        ended = kill_device_processes(self.device.name)
+        reply = self._farm("reboot")
+        if reply is not None and self.sandboxed:
+            ended = int(reply.get("ended", 0))
+        else:
+            ended = kill_device_processes(self.device.name)
         if ended:
             log(f"ended {ended} process(es) still running on {self.device.name}")
         try:

@@ -10,6 +10,14 @@ with the SSH servers.  CLI::
 The config file (JSON or YAML) is a list of devices, or ``{"devices": [...]}``,
 each ``{"name", "queues", "connector", "config"}`` like an agent file.
 Devices whose connector is not ``emulated`` are skipped.
+
+Where the platform allows (:func:`.sandbox.sandbox_problem`), every device
+is a sandbox of its own on the farm's lab network (:mod:`.labnet`): the
+farm claims a free private /24, makes its bridge, boots one sandbox per
+device and serves each device's SSH inside it; it answers each device's
+control socket (:mod:`.control`: ``reboot``), and removes the bridge and
+claim when it stops.  Otherwise it says once why not and serves devices on
+loopback addresses, commands running on the host.
 """
 from __future__ import annotations
 
@@ -28,15 +36,36 @@ import time
 import uuid
 from pathlib import Path
 from types import TracebackType
+from typing import Any
 
 from convoy.config.devices import DeviceConfig, device_from_dict, device_to_dict
+from convoy.connectors.emulated import control, labnet
 from convoy.connectors.emulated.addresses import FARM, assign_addresses
 from convoy.connectors.emulated.image import device_paths, device_settings
+from convoy.connectors.emulated.sandbox import sandbox_problem
 from convoy.errors import ConvoyError, DeviceError
 
 __all__ = ["DeviceFarm", "device_paths", "load_devices", "serve_devices", "main"]
 
 log = logging.getLogger("convoy.connectors.emulated.farm")  # not __main__ under -m
+_told: set[str] = set()
+
+
+def use_sandbox(wanted: bool | None = None) -> bool:
+    """Whether devices get sandboxes (``wanted`` None: where possible); says once per process why not."""
+    problem = sandbox_problem() if wanted is not False else "sandbox=False"
+    if problem and problem not in _told:
+        _told.add(problem)
+        log.warning("emulated devices are not sandboxed: %s", problem)
+    return problem is None
+
+
+def _masks(state_dir: Path) -> list[Path]:
+    """What a device must not read: convoy's state (keys, other homes, Redis data), root's SSH keys."""
+    from convoy.config.settings import load_settings
+
+    paths = [state_dir.resolve(), load_settings().state_dir, Path("/root/.ssh"), Path.home() / ".ssh"]
+    return list(dict.fromkeys(Path(os.path.abspath(p)) for p in paths))
 
 
 def load_devices(path: Path) -> list[DeviceConfig]:
@@ -51,8 +80,32 @@ def load_devices(path: Path) -> list[DeviceConfig]:
     return [device_from_dict(d) for d in data]
 
 
+def _sandboxes(devices: list[DeviceConfig], state_dir: Path, lab: labnet.Lab) -> dict[str, Any]:
+    from convoy.connectors.emulated.sandbox import Sandbox
+
+    masks = _masks(state_dir)
+    found = {}
+    for index, device in enumerate(d for d in devices if d.connector == "emulated"):
+        paths = device_paths(device, state_dir)
+        found[device.name] = Sandbox(device.name, index, device.config["address"], lab, paths.home,
+                                     paths.root / "sandbox", masks)
+    return found
+
+
+async def _control(server: Any) -> control.Handler:
+    async def handle(command: str) -> dict[str, Any]:
+        reply: dict[str, Any] = {"ok": True, "address": server.address, "port": server.port,
+                                 "sandboxed": server.sandboxed}
+        if command == "reboot":
+            reply["ended"] = await server.reboot()
+        elif command != "info":
+            return {"ok": False, "error": f"unknown command {command!r}"}
+        return reply
+    return handle
+
+
 async def _serve(devices: list[DeviceConfig], state_dir: Path, ready: threading.Event | None,
-                 stop: threading.Event | None) -> None:
+                 stop: threading.Event | None, lab: labnet.Lab | None) -> None:
     from convoy.connectors.emulated.server import EmulatedDevice  # asyncssh only where served
 
     loop = asyncio.get_running_loop()
@@ -70,53 +123,108 @@ async def _serve(devices: list[DeviceConfig], state_dir: Path, ready: threading.
             except RuntimeError:  # loop already closed
                 pass
         threading.Thread(target=relay, name="farm-stop", daemon=True).start()
-    servers = [EmulatedDevice(d, state_dir) for d in devices if d.connector == "emulated"]
+    sandboxes = _sandboxes(devices, state_dir, lab) if lab is not None else {}
+    servers = [EmulatedDevice(d, state_dir, sandboxes.get(d.name)) for d in devices if d.connector == "emulated"]
     if not servers:
         log.warning("no emulated devices to serve")
-    started = []
+    started: list[Any] = []
+    controls: list[tuple[asyncio.AbstractServer, Path]] = []
     try:
-        for server in servers:
-            await server.start()
-            started.append(server)
-        log.info("serving %d emulated device(s)", len(started))
+        if lab is not None:
+            await asyncio.to_thread(labnet.create_bridge, lab)
+        results = await asyncio.gather(*(server.start() for server in servers), return_exceptions=True)
+        started = [s for s, r in zip(servers, results, strict=True) if not isinstance(r, BaseException)]
+        errors = [r for r in results if isinstance(r, BaseException)]
+        if errors:
+            raise errors[0]
+        for server in started:
+            path = server.paths.root / control.SOCKET_NAME
+            controls.append((await control.serve(path, await _control(server)), path))
+        log.info("serving %d emulated device(s)%s", len(started), f" on lab {lab}" if lab else "")
         if ready is not None:
             ready.set()
         await stopping.wait()
         log.info("stopping")
     finally:
+        for ctl, path in controls:
+            ctl.close()
+            path.unlink(missing_ok=True)
         await asyncio.gather(*(server.stop() for server in started), return_exceptions=True)
+        if lab is not None:
+            await asyncio.to_thread(labnet.release, lab)
         for sig in handled:
             loop.remove_signal_handler(sig)
 
 
 def serve_devices(devices: list[DeviceConfig], state_dir: Path, ready: threading.Event | None = None,
-                  *, stop: threading.Event | None = None) -> None:
+                  *, stop: threading.Event | None = None, sandbox: bool | None = None,
+                  lab: labnet.Lab | None = None) -> list[DeviceConfig]:
     """Serve every ``emulated`` device until SIGTERM/SIGINT (main thread) or ``stop`` is set.
 
-    ``ready`` is set once every device listens.  Raises :class:`DeviceError`
-    if a device's config is invalid or its address cannot be bound.
+    ``ready`` is set once every device listens.  With a sandbox (``sandbox``
+    None: where possible) devices get lab addresses on ``lab`` (claimed by
+    the caller) or on a lab claimed here.  Returns the devices as served.
+    Raises :class:`DeviceError` if a device's config is invalid or its
+    address cannot be bound.
     """
     ssh_log = logging.getLogger("asyncssh")
     if ssh_log.level == logging.NOTSET:
         ssh_log.setLevel(logging.WARNING)  # its INFO lines include the commands clients run
-    asyncio.run(_serve(list(devices), Path(state_dir), ready, stop))
+    devices = list(devices)
+    owned = False
+    if lab is not None:
+        labnet.add_claimant(lab, os.getpid())
+    elif sandbox is not False and use_sandbox(sandbox):
+        lab, devices = _claim_lab(devices, os.getpid())
+        owned = True
+    try:
+        asyncio.run(_serve(devices, Path(state_dir), ready, stop, lab))
+    finally:
+        if owned and lab is not None:
+            labnet.release(lab)
+    return devices
+
+
+def _claim_lab(devices: list[DeviceConfig], pid: int) -> tuple[labnet.Lab, list[DeviceConfig]]:
+    """Plan a lab for ``devices`` and claim it for ``pid`` (planning again if another farm was faster)."""
+    labnet.collect_garbage()
+    for _ in range(20):
+        lab, resolved = labnet.plan_lab(devices)
+        if labnet.claim(lab, pid):
+            return lab, resolved
+    raise DeviceError(FARM, f"cannot claim a lab network (another farm holds {lab})")
 
 
 class DeviceFarm:
     """Emulated devices served by a child process while the ``with`` block runs.
 
-    Devices without ``address`` get a free loopback address (and, without
-    ``port``, port 22 if this process may bind it, else 2222); the resolved
-    configs are in :attr:`devices`.  The child logs to ``<state_dir>/farm.log``
-    and exits by itself if this process dies.
+    Sandboxed (``sandbox`` None: where possible), devices get addresses on
+    the farm's lab network (an explicit lab address is kept), port 22; the
+    lab is claimed and the addresses final when :meth:`start` returns.
+    Otherwise devices without ``address`` get a free loopback address (and,
+    without ``port``, port 22 if this process may bind it, else 2222).  The
+    resolved configs are in :attr:`devices`.  The child logs to
+    ``<state_dir>/farm.log`` and exits by itself if this process dies.
     """
 
-    def __init__(self, devices: list[DeviceConfig], state_dir: Path, *, startup_timeout: float = 30.0) -> None:
+    def __init__(self, devices: list[DeviceConfig], state_dir: Path, *, startup_timeout: float = 30.0,
+                 sandbox: bool | None = None) -> None:
         self.state_dir = Path(state_dir)
         for device in devices:
             if device.connector == "emulated":
                 device_settings(device)  # fail here, in the caller, on a bad config
-        self.devices = assign_addresses(devices)
+        self.sandboxed = use_sandbox(sandbox)
+        self._given = list(devices)
+        self.lab: labnet.Lab | None = None
+        self._claimed = False
+        if self.sandboxed:
+            self.lab, self.devices = labnet.plan_lab(devices)
+        else:
+            for device in devices:
+                if device.connector == "emulated" and labnet.is_lab_address(str(device.config.get("address") or "")):
+                    raise DeviceError(device.name, f"config.address {device.config['address']} is a lab address, "
+                                                   "but emulated devices are not sandboxed here")
+            self.devices = assign_addresses(devices)
         self.startup_timeout = startup_timeout
         self.log_path = self.state_dir / "farm.log"
         self._proc: subprocess.Popen[bytes] | None = None
@@ -134,8 +242,13 @@ class DeviceFarm:
     def start(self) -> "DeviceFarm":
         """Start the child and wait until every device accepts TCP connections."""
         self.state_dir.mkdir(parents=True, exist_ok=True)
+        if self.sandboxed:
+            self.lab, self.devices = _claim_lab(self._given, os.getpid())
+            self._claimed = True
         self._config = config = self.state_dir / f"farm-{uuid.uuid4().hex[:8]}.json"
-        config.write_text(json.dumps([device_to_dict(d) for d in self.devices], indent=1))
+        config.write_text(json.dumps({"devices": [device_to_dict(d) for d in self.devices],
+                                      "sandbox": self.sandboxed, "lab": str(self.lab) if self.lab else None},
+                                     indent=1))
         ready_r, ready_w = os.pipe()
         watch_r, self._watch_w = os.pipe()
         cmd = [sys.executable, "-m", "convoy.connectors.emulated.farm", "--config", str(config),
@@ -201,6 +314,9 @@ class DeviceFarm:
         if self._config is not None:
             self._config.unlink(missing_ok=True)
             self._config = None
+        if self.sandboxed and self.lab is not None and self._claimed:
+            labnet.release(self.lab)  # the child's job, unless it was killed
+            self._claimed = False
 
     def __enter__(self) -> "DeviceFarm":
         return self.start()
@@ -220,6 +336,22 @@ def _watch_parent(fd: int, stop: threading.Event) -> None:
     while os.read(fd, 64):  # returns b"" once every write end is closed: the parent is gone
         pass
     stop.set()
+
+
+def _lab_of(path: Path) -> tuple[bool | None, labnet.Lab | None]:
+    """What a :class:`DeviceFarm` decided for its child: sandbox or not, and the lab it claimed.
+
+    A config file written by hand says neither: sandbox where possible.
+    """
+    import ipaddress
+
+    import yaml
+
+    data = yaml.safe_load(Path(path).read_text())
+    if not isinstance(data, dict):
+        return None, None
+    network = data.get("lab")
+    return data.get("sandbox"), labnet.Lab(ipaddress.IPv4Network(network)) if network else None
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -242,7 +374,9 @@ def main(argv: list[str] | None = None) -> int:
         threading.Thread(target=_watch_parent, args=(args.watch_fd, stop), daemon=True).start()
     try:
         devices = load_devices(args.config)
-        serve_devices(devices, args.state_dir or load_settings().state_dir, ready, stop=stop)
+        sandbox, lab = _lab_of(args.config)
+        serve_devices(devices, args.state_dir or load_settings().state_dir, ready, stop=stop,
+                      sandbox=sandbox, lab=lab)
     except ConvoyError as exc:
         print(f"convoy devices: {exc}", file=sys.stderr)
         return exc.exit_code

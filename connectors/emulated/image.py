@@ -17,6 +17,7 @@ writing ``os-release``; there is no root filesystem to flash.
 """
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
 import shutil
@@ -37,9 +38,23 @@ IMAGE_KEYS = ("distro", "url", "image", "os")
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 _DELAY = {"coerce": "nonneg_duration", "check_with": "nonneg_duration"}
 
+
+def _check_device_address(field: str, value: Any, error: Any) -> None:
+    """A loopback address (unsandboxed devices) or a private lab address (sandboxed: the farm's /24)."""
+    try:
+        address = ipaddress.IPv4Address(value)
+    except ValueError:
+        error(field, f"not an IPv4 address: {value!r}")
+        return
+    lab = address.is_private and not (address.is_loopback or address.is_link_local or address.is_multicast
+                                      or address.is_unspecified)
+    if not (address.is_loopback or lab):
+        error(field, f"an emulated device lives on a loopback address (127.0.0.0/8) or, sandboxed, on a "
+                     f"private lab address (e.g. 10.x.y.z), got {value}")
+
 #: the ``config`` of a ``connector: emulated`` device (agent files are checked against it too)
 CONFIG_SCHEMA: dict[str, Any] = {
-    "address": {"type": "string", "check_with": "loopback_ipv4"},
+    "address": {"type": "string", "check_with": _check_device_address},
     "port": {"type": "integer", "min": 1, "max": 65535},
     "username": {"type": "string", "check_with": "unix_user"},
     "home": {"type": "string", "empty": False},

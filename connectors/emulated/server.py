@@ -1,4 +1,13 @@
-"""One emulated device: a real SSH server (asyncssh) on its own loopback address.
+"""One emulated device: a real SSH server (asyncssh) on its own address.
+
+With a sandbox (:mod:`.sandbox`) the server listens on the device's lab
+address inside the device's network namespace (the farm creates the
+socket there, so one farm process still serves every device) and runs
+every command, shell and ``scp -t`` inside the device's namespaces, so
+they see its filesystem, network, hostname and process tree.  SFTP is
+served by the farm on the home itself, which the sandbox shares.
+Without a sandbox it listens on a loopback address and commands run on
+the host.
 
 Real clients (OpenSSH ``ssh``/``scp``/``ssh-copy-id``, Fabric) must work
 against it unchanged, so it behaves like sshd where they can tell:
@@ -15,8 +24,8 @@ against it unchanged, so it behaves like sshd where they can tell:
 
 Unlike sshd it kills a command's process group when the client goes away
 (SIGHUP, then SIGKILL after a grace period), so an abandoned job never keeps
-running on a device.  Commands run with the server's uid: the emulation
-separates devices by address, host key and home, not by Unix user.
+running on a device.  Commands run with the server's uid (in the sandbox, root of the device without
+the capabilities :data:`.sandbox.DROPPED_CAPS`).
 Nothing secret is logged: not commands, not environment values.
 """
 from __future__ import annotations
@@ -38,6 +47,7 @@ import asyncssh
 from convoy.config.devices import DeviceConfig
 from convoy.connectors.emulated.image import device_paths, device_settings
 from convoy.connectors.emulated.processes import MARKER
+from convoy.connectors.emulated.sandbox import Sandbox
 from convoy.errors import DeviceError
 
 log = logging.getLogger(__name__)
@@ -238,7 +248,7 @@ class _DeviceSSHServer(asyncssh.SSHServer):
 class EmulatedDevice:
     """One device's SSH server; :meth:`start` and :meth:`stop` it inside a running event loop."""
 
-    def __init__(self, device: DeviceConfig, state_dir: Path) -> None:
+    def __init__(self, device: DeviceConfig, state_dir: Path, sandbox: Sandbox | None = None) -> None:
         settings = device_settings(device)
         if not settings.address:
             raise DeviceError(device.name, "config.address is required to serve an emulated device")
@@ -251,16 +261,32 @@ class EmulatedDevice:
         self.connections: set[asyncssh.SSHServerConnection] = set()
         self._running: dict[int, asyncio.subprocess.Process] = {}  # pgid -> leader
         self._acceptor: asyncssh.SSHAcceptor | None = None
+        self.sandbox = sandbox
+        self._rebooting = asyncio.Lock()
+
+    @property
+    def sandboxed(self) -> bool:
+        return self.sandbox is not None
 
     async def start(self) -> None:
-        """Listen; raise :class:`DeviceError` if the address/port cannot be bound."""
+        """Boot the sandbox (if any) and listen; raise :class:`DeviceError` if the address/port cannot be bound."""
         self.paths.home.mkdir(parents=True, exist_ok=True)
         self.paths.ssh_dir.mkdir(mode=0o700, exist_ok=True)
+        if self.sandbox is not None:
+            await asyncio.to_thread(self.sandbox.start)
+        await self._listen()
+        log.info("%s: SSH server on %s:%d, home %s%s", self.name, self.address, self.port, self.paths.home,
+                 ", sandboxed" if self.sandbox else "")
+
+    async def _listen(self) -> None:
         host_key = ensure_host_key(self.paths.host_key)
         chroot = str(self.paths.home.resolve())
+        where: dict[str, Any] = {"host": self.address, "port": self.port}
         try:
+            if self.sandbox is not None:
+                where = {"sock": await asyncio.to_thread(self.sandbox.listen, self.port)}
             self._acceptor = await asyncssh.create_server(
-                lambda: _DeviceSSHServer(self), self.address, self.port,
+                lambda: _DeviceSSHServer(self), **where,
                 server_host_keys=[host_key], authorized_client_keys=None,
                 process_factory=self._session,
                 sftp_factory=lambda chan: _HomeSFTPServer(chan, chroot=chroot),
@@ -270,10 +296,28 @@ class EmulatedDevice:
         except OSError as exc:
             reason = os.strerror(exc.errno) if exc.errno else str(exc)
             raise DeviceError(self.name, f"cannot listen on {self.address}:{self.port}: {reason}") from None
-        log.info("%s: SSH server on %s:%d, home %s", self.name, self.address, self.port, self.paths.home)
+
+    async def reboot(self) -> int:
+        """Restart the sandbox: drop clients, end every process, fresh overlay; return how many processes ended.
+
+        Without a sandbox nothing is restarted (the connector ends the device's processes itself).
+        """
+        if self.sandbox is None:
+            return 0
+        async with self._rebooting:
+            await self._close(grace=0.0)
+            ended = await asyncio.to_thread(self.sandbox.restart)
+            await self._listen()
+        log.info("%s: rebooted (%d process(es) ended)", self.name, ended)
+        return ended
 
     async def stop(self) -> None:
-        """Stop listening, drop clients, hang up running commands (SIGKILL after a grace period)."""
+        """Stop listening, drop clients, hang up running commands (SIGKILL after a grace period), power off."""
+        await self._close()
+        if self.sandbox is not None:
+            await asyncio.to_thread(self.sandbox.stop)
+
+    async def _close(self, grace: float = KILL_GRACE) -> None:
         if self._acceptor is not None:
             self._acceptor.close()
             await self._acceptor.wait_closed()
@@ -283,8 +327,8 @@ class EmulatedDevice:
         running = dict(self._running)
         for pgid in running:
             _hang_up(pgid)
-        if running:
-            await asyncio.wait([asyncio.ensure_future(p.wait()) for p in running.values()], timeout=KILL_GRACE)
+        if running and grace:
+            await asyncio.wait([asyncio.ensure_future(p.wait()) for p in running.values()], timeout=grace)
         for pgid in running:
             _signal_group(pgid, signal.SIGKILL)
 
@@ -311,6 +355,13 @@ class EmulatedDevice:
             process.exit(1)
             return
         argv = [SHELL, "-c", process.command] if process.command is not None else [SHELL, "-l"]
+        if self.sandbox is not None:
+            try:
+                argv = self.sandbox.enter(argv, self.paths.home)
+            except DeviceError as exc:  # rebooting
+                process.stderr.write(f"{exc}\n".encode())
+                process.exit(255)
+                return
         spawn = _spawn_pty if process.term_type else _spawn_pipes
         self.paths.home.mkdir(parents=True, exist_ok=True)
         try:

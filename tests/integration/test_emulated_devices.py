@@ -1,8 +1,10 @@
 """Emulated devices against real clients: OpenSSH ssh/scp/ssh-copy-id, Fabric.
 
-One farm (a child process, two devices on random 127.x.y.z addresses) serves
-the whole module; every test starts from a cleaned device (empty home, only
-the agent key authorised).
+One farm (a child process, two devices: sandboxed on a lab network where the
+platform allows, else on random 127.x.y.z addresses) serves the whole module;
+every test starts from a cleaned device (empty home, only the agent key
+authorised).  A pid a device reports is one of its own pid namespace:
+:func:`host_pid` finds the process on the host.
 """
 from __future__ import annotations
 
@@ -16,12 +18,14 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Callable
 
+import psutil
 import pytest
 
 from convoy.config.devices import DeviceConfig
 from convoy.connectors.emulated.addresses import allocate_addresses
 from convoy.connectors.emulated.connector import EmulatedConnector
 from convoy.connectors.emulated.farm import DeviceFarm, device_paths
+from convoy.connectors.emulated.processes import MARKER
 from convoy.connectors.ssh import add_authorized_keys
 from convoy.connectors.sshkeys import ensure_agent_key, public_key_path
 from convoy.errors import DeviceError
@@ -50,6 +54,21 @@ def process_alive(pid: int) -> bool:
     except (FileNotFoundError, ProcessLookupError):  # gone before or while reading
         return False
     return stat.rsplit(")", 1)[1].split()[0] != "Z"
+
+
+def host_pid(device: str, pid: int) -> int:
+    """The host's pid of the process ``device`` knows as ``pid`` (the same one unsandboxed)."""
+    for process in psutil.process_iter():
+        try:
+            if process.environ().get(MARKER) != device:
+                continue
+            status = Path(f"/proc/{process.pid}/status").read_text()
+        except (psutil.Error, OSError):
+            continue
+        nspids = next((line.split()[1:] for line in status.splitlines() if line.startswith("NSpid:")), [])
+        if nspids and int(nspids[-1]) == pid:
+            return process.pid
+    raise AssertionError(f"no process of {device} has pid {pid} there")
 
 
 def make_key(path: Path) -> Path:
@@ -239,7 +258,7 @@ def test_provision_resets_the_home_and_installs_the_image(env: Env) -> None:
     info = connector.provision({"distro": "noble"}, threading.Event(), lines.append)
     target = connector.ssh_target()
     assert info == {"device_ip": target.host, "ssh_port": target.port, "ssh_username": "ubuntu",
-                    "device_name": "dev-a", "image": "noble"}
+                    "device_name": "dev-a", "image": "noble", "sandboxed": env.farm.sandboxed}
     assert any("noble" in line for line in lines)
     release = env.ssh("dev-a", "cat os-release; ls")
     assert "ID=convoy-emulated\nIMAGE=noble\nVERSION_CODENAME=noble\n" in release.stdout
@@ -327,7 +346,8 @@ def test_client_disconnect_kills_the_running_command(env: Env) -> None:
                               stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     pid_file = env.home("dev-a") / "sleeper.pid"
     try:
-        pid = int(wait_for(lambda: pid_file.exists() and pid_file.read_text().strip(), what="the command"))
+        pid = host_pid("dev-a", int(wait_for(lambda: pid_file.exists() and pid_file.read_text().strip(),
+                                             what="the command")))
         assert process_alive(pid)
     finally:
         client.send_signal(signal.SIGKILL)
@@ -355,7 +375,8 @@ def test_host_key_is_reused_across_restarts_and_stop_kills_commands(tmp_path: Pa
                                    f"ubuntu@{target.host}", "echo $$ > shell.pid; exec sleep 300"],
                                   stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         pid_file = connector.paths.home / "shell.pid"
-        pid = int(wait_for(lambda: pid_file.exists() and pid_file.read_text().strip(), what="the command"))
+        pid = host_pid("dev-r", int(wait_for(lambda: pid_file.exists() and pid_file.read_text().strip(),
+                                             what="the command")))
     try:
         wait_for(lambda: not process_alive(pid), timeout=10, what="the farm's stop to kill the command")
     finally:
@@ -371,7 +392,7 @@ def test_farm_reports_an_address_it_cannot_bind(tmp_path: Path) -> None:
         holder.bind((address, 2222))
         holder.listen()
         farm = DeviceFarm([DeviceConfig("dev-x", ("x",), config={"address": address, "port": 2222})],
-                          tmp_path / "state")
+                          tmp_path / "state", sandbox=False)
         with pytest.raises(DeviceError, match=f"cannot listen on {address}:2222"):
             farm.start()
 
@@ -394,7 +415,7 @@ def test_serve_devices_in_process_until_stopped(tmp_path: Path) -> None:
 
     def serve() -> None:
         try:
-            serve_devices([device], tmp_path / "state", ready, stop=stop)
+            serve_devices([device], tmp_path / "state", ready, stop=stop, sandbox=False)
         except Exception as exc:  # surfaced by the asserts below
             errors.append(exc)
 
@@ -414,7 +435,7 @@ def test_serve_devices_in_process_until_stopped(tmp_path: Path) -> None:
 def test_cleanup_ends_daemons_started_on_the_device(env: Env) -> None:
     result = env.ssh("dev-a", "setsid sleep 300 </dev/null >/dev/null 2>&1 & echo $! > daemon.pid")
     assert result.returncode == 0
-    pid = int((env.home("dev-a") / "daemon.pid").read_text())
+    pid = host_pid("dev-a", int((env.home("dev-a") / "daemon.pid").read_text()))
     assert process_alive(pid), "the daemon must outlive its ssh session"
     lines: list[str] = []
     env.connectors["dev-a"].cleanup(lines.append)

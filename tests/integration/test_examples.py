@@ -6,8 +6,10 @@ and the coordinator, and leaves the artifacts users read.
 """
 from __future__ import annotations
 
+import ipaddress
 import json
 import os
+import re
 import subprocess
 
 import pytest
@@ -40,7 +42,8 @@ def test_example_runs_to_complete_with_its_artifacts(example, tmp_path):
     job_list = json.loads((job_dir / "job_list.json").read_text())
     assert [entry["job_id"] for entry in job_list] == [child["job_id"] for child in results["children"]]
     for entry, child in zip(job_list, results["children"]):
-        assert entry["device_info"]["device_ip"].startswith("127.")
+        info = entry["device_info"]  # each device's own address: on its lab when sandboxed, else loopback
+        assert ipaddress.IPv4Address(info["device_ip"]).is_loopback != info["sandboxed"]
         assert child["job_state"] == "cancelled" and child["provision_status"] == 0
         assert child["cleanup_status"] == 0 and child["parent_job_id"] == job_dir.name
         assert (job_dir / "children" / child["job_id"] / "provision.log").is_file()
@@ -71,7 +74,7 @@ def test_reservation_example_runs_unchanged_against_a_loopback_key_server(tmp_pa
     results = json.loads((job_dir / "results.json").read_text())
     assert results["outcome"] == "pass" and results["reserve_status"] == 0
     assert "*** CONVOY SYSTEMS RESERVED ***" in results["reserve_output"]
-    assert results["reserve_output"].count("ubuntu@127.") >= 3
+    assert len(re.findall(r"ubuntu@\d+\.\d+\.\d+\.\d+", results["reserve_output"])) >= 3  # each device's address
     assert "reserving for 2s" in results["reserve_output"]
 
 

@@ -112,7 +112,8 @@ def test_assign_addresses_fills_in_only_what_is_missing() -> None:
 
 def test_farm_resolves_missing_addresses_without_starting(tmp_path: Path) -> None:
     farm = DeviceFarm([DeviceConfig("a", ("q",)), dev("b", port=2200),
-                       DeviceConfig("n", ("q",), "noprovision", {"device_ip": "10.1.1.1"})], tmp_path)
+                       DeviceConfig("n", ("q",), "noprovision", {"device_ip": "10.1.1.1"})], tmp_path, sandbox=False)
+    assert not farm.sandboxed
     a, b, n = farm.devices
     assert a.config["address"] != b.config["address"] and a.config["port"] in (22, 2222)
     assert b.config == {"address": "127.8.9.10", "port": 2200}
@@ -172,3 +173,78 @@ def test_agent_key_is_created_once_with_private_permissions(tmp_path: Path) -> N
     public_key_path(key).unlink()
     with pytest.raises(DeviceError, match="cannot read the public key"):
         read_public_key(key, "d1")
+
+
+def test_lab_plan_keeps_explicit_lab_addresses_and_replaces_loopback_ones() -> None:
+    from convoy.connectors.emulated.labnet import plan_lab
+
+    lab, (given, looped, blank, other) = plan_lab([
+        DeviceConfig("g", ("q",), config={"address": "10.231.7.9"}), dev("l", port=2200), DeviceConfig("b", ("q",)),
+        DeviceConfig("n", ("q",), "noprovision", {"device_ip": "10.1.1.1"})])
+    assert str(lab) == "10.231.7.0/24" and lab.gateway == "10.231.7.1" and lab.bridge == "cvl0ae707"
+    assert given.config == {"address": "10.231.7.9", "port": 22}
+    assert looped.config["port"] == 22 and blank.config["port"] == 22
+    addresses = {given.config["address"], looped.config["address"], blank.config["address"]}
+    assert len(addresses) == 3 and all(a.startswith("10.231.7.") and a != lab.gateway for a in addresses)
+    assert other.config == {"device_ip": "10.1.1.1"}
+    assert len(lab.veth(249)) <= 15  # an interface name's limit
+
+
+@pytest.mark.parametrize("addresses, message", [
+    (["10.231.7.9", "10.231.8.9"], "must share a /24"), (["10.231.7.1"], "gateway"),
+    (["10.231.7.255"], "broadcast"),
+])
+def test_lab_plan_refuses_addresses_it_cannot_serve(addresses: list[str], message: str) -> None:
+    from convoy.connectors.emulated.labnet import plan_lab
+
+    with pytest.raises(DeviceError, match=message):
+        plan_lab([DeviceConfig(f"d{i}", ("q",), config={"address": a}) for i, a in enumerate(addresses)])
+
+
+def test_lab_plan_picks_a_private_net_the_host_does_not_use() -> None:
+    from convoy.connectors.emulated.labnet import _networks_in_use, plan_lab
+
+    lab, devices = plan_lab([DeviceConfig(f"d{i}", ("q",)) for i in range(3)])
+    assert lab.network.is_private and lab.network.prefixlen == 24
+    assert not any(n.overlaps(lab.network) for n in _networks_in_use())
+    assert [d.config["address"] for d in devices] == [str(lab.network.network_address + i) for i in (2, 3, 4)]
+
+
+@pytest.mark.parametrize("address, ok", [("127.3.4.5", True), ("10.200.3.4", True), ("192.168.1.9", True),
+                                         ("8.8.8.8", False), ("169.254.1.1", False), ("not-an-ip", False)])
+def test_device_addresses_are_loopback_or_private_lab_addresses(address: str, ok: bool) -> None:
+    if ok:
+        assert image.device_settings(dev(address=address)).address == address
+    else:
+        with pytest.raises(DeviceError, match="config.address"):
+            image.device_settings(dev(address=address))
+
+
+def test_sandbox_can_be_turned_off_and_says_why(monkeypatch, caplog) -> None:
+    from convoy.connectors.emulated import farm
+    from convoy.connectors.emulated.sandbox import sandbox_problem
+
+    monkeypatch.setenv("CONVOY_SANDBOX", "0")
+    assert sandbox_problem() == "CONVOY_SANDBOX=0"
+    monkeypatch.setattr(farm, "_told", set())
+    with caplog.at_level("WARNING", logger="convoy.connectors.emulated.farm"):
+        assert not DeviceFarm([DeviceConfig("a", ("q",))], Path("/nonexistent")).sandboxed
+        assert not DeviceFarm([DeviceConfig("b", ("q",))], Path("/nonexistent")).sandboxed
+    said = [r.getMessage() for r in caplog.records]
+    assert said == ["emulated devices are not sandboxed: CONVOY_SANDBOX=0"]
+    with pytest.raises(DeviceError, match="lab address, but emulated devices are not sandboxed"):
+        DeviceFarm([DeviceConfig("c", ("q",), config={"address": "10.231.7.9"})], Path("/nonexistent"))
+
+
+def test_control_call_without_a_farm_is_none(tmp_path: Path) -> None:
+    import socket
+
+    from convoy.connectors.emulated.control import call
+
+    assert call(tmp_path / "control.sock", "info") is None
+    deep = tmp_path / ("x" * 120)
+    deep.mkdir()
+    with socket.socket(socket.AF_UNIX) as dead:  # a socket file nobody listens on: a farm killed with -9
+        dead.bind(str(tmp_path / "c.sock"))
+    assert call(tmp_path / "c.sock", "info") is None
+    assert call(deep / "control.sock", "info") is None

@@ -73,6 +73,8 @@ class EmbeddedCluster:
 
                 self.farm = DeviceFarm(emulated, self.state_dir)
                 self.farm.__enter__()
+                served = {d.name: d for d in self.farm.devices}  # sandboxed: addresses on the farm's lab
+                self.devices = [served.get(d.name, d) for d in self.devices]
             self.supervisor = Supervisor(log=self.log)
             log_dir = self.state_dir / "logs"
             for device in self.devices:

@@ -1,0 +1,276 @@
+"""A farm's lab network: one Linux bridge on a private /24, a veth pair per sandboxed device.
+
+The host side of the bridge holds the gateway address (``.1``), so the
+host (workers, the coordinator, tests) reaches every device and devices
+reach each other over the bridge; devices get no default route, so nothing
+beyond the lab is reachable from them.
+
+Several farms may run at once on one machine (tests start clusters
+concurrently), so each farm claims its subnet with a file created
+exclusively under :data:`CLAIMS` that records the pids of the farm's
+processes.  The bridge's name is derived from the subnet (``cvl`` + its
+three network octets in hex), each veth's from the bridge and the device's
+index.  A farm killed with SIGKILL leaves its bridge and claim behind; the
+next farm to plan a lab removes every claim whose pids are all dead, its
+bridge, and any ``cvl*`` bridge that has no claim.  (The devices' veths go
+by themselves: they die with their network namespaces.)
+
+Everything here runs ``ip`` (iproute2); the farm runs as root.
+"""
+from __future__ import annotations
+
+import dataclasses
+import ipaddress
+import json
+import logging
+import os
+import random
+import re
+import shutil
+import subprocess
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+from convoy.config.devices import DeviceConfig
+from convoy.errors import DeviceError
+
+log = logging.getLogger(__name__)
+
+FARM = "farm"
+#: where farms claim their subnets (root-only)
+CLAIMS = Path(os.environ.get("CONVOY_LAB_CLAIMS", "/run/convoy-labs"))
+#: the pool lab subnets are drawn from: 10.200.0.0/24 .. 10.254.255.0/24
+POOL_SECOND_OCTETS = range(200, 255)
+BRIDGE_PREFIX = "cvl"
+_BRIDGE_RE = re.compile(rf"^{BRIDGE_PREFIX}[0-9a-f]{{6}}$")
+MAX_DEVICES = 250
+
+
+def is_lab_address(address: str) -> bool:
+    """A private IPv4 address that is not loopback or link-local (what a lab device may be given)."""
+    try:
+        ip = ipaddress.IPv4Address(address)
+    except ValueError:
+        return False
+    return ip.is_private and not ip.is_loopback and not ip.is_link_local and not ip.is_multicast
+
+
+@dataclass(frozen=True)
+class Lab:
+    """One farm's lab: its /24, bridge name and gateway."""
+
+    network: ipaddress.IPv4Network
+
+    @property
+    def bridge(self) -> str:
+        return BRIDGE_PREFIX + self.network.network_address.packed[:3].hex()
+
+    @property
+    def gateway(self) -> str:
+        return str(self.network.network_address + 1)
+
+    @property
+    def claim_path(self) -> Path:
+        return CLAIMS / f"{self.network.network_address}_{self.network.prefixlen}"
+
+    def veth(self, index: int) -> str:
+        return f"cv{self.bridge[len(BRIDGE_PREFIX):]}d{index}"
+
+    def __str__(self) -> str:
+        return str(self.network)
+
+
+def _ip(*args: str, batch: str | None = None, netns_pid: int | None = None, check: bool = True) -> str:
+    argv = ["ip", *(["-batch", "-"] if batch is not None else []), *args]
+    if netns_pid is not None:
+        argv = ["nsenter", "-t", str(netns_pid), "-n", *argv]
+    result = subprocess.run(argv, input=batch, capture_output=True, text=True, timeout=30)
+    if check and result.returncode != 0:
+        raise DeviceError(FARM, f"`{' '.join(argv)}` failed: {result.stderr.strip() or result.returncode}")
+    return result.stdout
+
+
+def _networks_in_use() -> list[ipaddress.IPv4Network]:
+    """Every IPv4 network the host routes or holds an address in (all tables)."""
+    found = []
+    for line in _ip("-4", "route", "show", "table", "all").splitlines():
+        words = line.split()
+        if not words:
+            continue
+        dest = words[1] if words[0] in ("local", "broadcast", "unicast", "prohibit", "blackhole",
+                                        "unreachable", "throw", "anycast", "multicast") else words[0]
+        if dest == "default":
+            continue
+        try:
+            found.append(ipaddress.IPv4Network(dest, strict=False))
+        except ValueError:
+            continue
+    return found
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _read_claim(path: Path) -> dict:
+    try:
+        return json.loads(path.read_text() or "{}")
+    except (OSError, ValueError):
+        return {}
+
+
+def collect_garbage() -> int:
+    """Remove labs of dead farms (claims whose pids all died, unclaimed ``cvl*`` bridges); return how many."""
+    removed = 0
+    claimed = set()
+    for path in sorted(CLAIMS.glob("*_*")) if CLAIMS.is_dir() else []:
+        claim = _read_claim(path)
+        pids = claim.get("pids") or []
+        if pids and any(_alive(int(p)) for p in pids):
+            claimed.add(claim.get("bridge"))
+            continue
+        if not pids and path.stat().st_size == 0:
+            continue  # being written right now
+        if claim.get("bridge"):
+            _ip("link", "del", claim["bridge"], check=False)
+        path.unlink(missing_ok=True)
+        removed += 1
+        log.info("removed the lab of a dead farm: %s", path.name)
+    for line in _ip("-o", "link", "show", "type", "bridge").splitlines():
+        name = line.split(":")[1].strip().split("@")[0] if ":" in line else ""
+        if _BRIDGE_RE.match(name) and name not in claimed:
+            octets = bytes.fromhex(name[len(BRIDGE_PREFIX):]) + b"\0"
+            network = ipaddress.IPv4Network((int.from_bytes(octets, "big"), 24))
+            if not Lab(network).claim_path.exists():
+                _ip("link", "del", name, check=False)
+                removed += 1
+    return removed
+
+
+def plan_lab(devices: Iterable[DeviceConfig], *, exclude: Iterable[ipaddress.IPv4Network] = ()
+             ) -> tuple[Lab, list[DeviceConfig]]:
+    """A free /24 for these devices and the devices with their lab ``address`` (explicit ones kept).
+
+    Explicit lab addresses must all lie in one /24 that the host does not
+    use yet; loopback addresses (what ``assign_addresses`` gives when no
+    sandbox is known) are replaced.  Every device is served on port 22.
+    """
+    devices = list(devices)
+    emulated = [d for d in devices if d.connector == "emulated"]
+    if len(emulated) > MAX_DEVICES:
+        raise DeviceError(FARM, f"a sandboxed farm serves at most {MAX_DEVICES} devices, got {len(emulated)}")
+    given = {d.name: d.config["address"] for d in emulated if is_lab_address(str(d.config.get("address") or ""))}
+    in_use = _networks_in_use() + list(exclude)
+    claimed = {p.name for p in CLAIMS.glob("*_*")} if CLAIMS.is_dir() else set()
+    if given:
+        nets = {ipaddress.IPv4Network(f"{a}/24", strict=False) for a in given.values()}
+        if len(nets) > 1:
+            listed = ", ".join(sorted(given.values()))
+            raise DeviceError(FARM, f"the lab addresses of one farm must share a /24: {listed}")
+        network = nets.pop()
+        busy = [n for n in in_use if n.overlaps(network)]
+        if busy:
+            raise DeviceError(FARM, f"lab network {network} overlaps {busy[0]}, which this host already uses")
+        for name, address in given.items():
+            if ipaddress.IPv4Address(address) in (network.network_address, network.network_address + 1,
+                                                  network.broadcast_address):
+                raise DeviceError(name, f"config.address {address} is the lab's network, gateway or broadcast address")
+    else:
+        for _ in range(200):
+            network = ipaddress.IPv4Network(f"10.{random.choice(POOL_SECOND_OCTETS)}.{random.randint(0, 255)}.0/24")
+            if Lab(network).claim_path.name not in claimed and not any(n.overlaps(network) for n in in_use):
+                break
+        else:
+            raise DeviceError(FARM, "no free /24 left in 10.200.0.0-10.254.255.255 for a lab network")
+    lab = Lab(network)
+    taken = set(given.values())
+    free = (str(h) for h in list(network.hosts())[1:] if str(h) not in taken)
+    resolved = []
+    for device in devices:
+        if device.connector == "emulated":
+            address = given.get(device.name) or next(free)
+            device = dataclasses.replace(device, config={**device.config, "address": address, "port": 22})
+        resolved.append(device)
+    return lab, resolved
+
+
+def claim(lab: Lab, pid: int) -> bool:
+    """Claim ``lab`` for the farm process ``pid``; False if another farm holds it."""
+    CLAIMS.mkdir(mode=0o700, parents=True, exist_ok=True)
+    try:
+        fd = os.open(lab.claim_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        return False
+    with os.fdopen(fd, "w") as handle:
+        json.dump({"pids": [pid], "bridge": lab.bridge}, handle)
+    return True
+
+
+def add_claimant(lab: Lab, pid: int) -> None:
+    """Record another process of the farm (the child serving it), so the lab lives while either does."""
+    data = _read_claim(lab.claim_path)
+    data["pids"] = sorted(set(data.get("pids") or []) | {pid})
+    data["bridge"] = lab.bridge
+    tmp = lab.claim_path.with_name(lab.claim_path.name + f".{pid}.tmp")
+    tmp.write_text(json.dumps(data))
+    os.replace(tmp, lab.claim_path)
+
+
+def create_bridge(lab: Lab) -> None:
+    """The bridge with the gateway address, up (a leftover of a dead farm with that name is replaced)."""
+    _ip("link", "del", lab.bridge, check=False)
+    _ip(batch=f"link add {lab.bridge} type bridge forward_delay 0 stp_state 0\n"
+              f"addr add {lab.gateway}/{lab.network.prefixlen} dev {lab.bridge}\n"
+              f"link set {lab.bridge} up\n")
+
+
+def attach(lab: Lab, index: int, pid: int, address: str) -> None:
+    """Give the network namespace of ``pid`` an ``eth0`` with ``address`` on the lab, and ``lo``."""
+    veth = lab.veth(index)
+    # the same MAC on every boot: the host's ARP entry for the address stays right across reboots
+    mac = "02:cb:" + ":".join(f"{octet:02x}" for octet in ipaddress.IPv4Address(address).packed)
+    _ip("link", "del", veth, check=False)  # the previous boot's, if its namespace still lingers
+    _ip(batch=f"link add {veth} type veth peer name eth0 address {mac} netns {pid}\n"
+              f"link set {veth} master {lab.bridge} up\n")
+    _ip(batch=f"link set lo up\naddr add {address}/{lab.network.prefixlen} dev eth0\nlink set eth0 up\n",
+        netns_pid=pid)
+    _guard_gateway(lab, pid)
+
+
+_warned: set[str] = set()
+
+
+def _guard_gateway(lab: Lab, pid: int) -> None:
+    """Refuse connections the device opens to the gateway (the host's services on 0.0.0.0).
+
+    The host reaches the device (its replies pass); the device, lacking
+    CAP_NET_ADMIN, cannot lift the rule.  Without nftables the gateway stays reachable (said once).
+    """
+    rules = (f"table ip convoy {{\n chain out {{\n  type filter hook output priority 0; policy accept;\n"
+             f"  ip daddr {lab.gateway} tcp flags & (syn | ack) == syn reject with tcp reset\n"
+             f"  ip daddr {lab.gateway} meta l4proto udp reject\n }}\n}}\n")
+    problem = "nft (nftables) is not installed" if shutil.which("nft") is None else None
+    if problem is None:
+        result = subprocess.run(["nsenter", "-t", str(pid), "-n", "nft", "-f", "-"], input=rules,
+                                capture_output=True, text=True, timeout=30)
+        problem = result.stderr.strip() if result.returncode else None
+    if problem and problem not in _warned:
+        _warned.add(problem)
+        log.warning("sandboxed devices can reach the host's gateway address: %s", problem)
+
+
+def detach(lab: Lab, index: int) -> None:
+    _ip("link", "del", lab.veth(index), check=False)
+
+
+def release(lab: Lab) -> None:
+    """Delete the bridge, then the claim (in that order: an unclaimed bridge is garbage)."""
+    _ip("link", "del", lab.bridge, check=False)
+    lab.claim_path.unlink(missing_ok=True)

@@ -1,0 +1,128 @@
+"""The pid 1 of an emulated device's sandbox (stdlib only: run as ``python -I -S sandbox_init.py SPEC``).
+
+:mod:`convoy.connectors.emulated.sandbox` starts it under ``unshare`` in
+new mount, UTS, IPC, network and pid namespaces.  It builds the device's
+root (a copy-on-write overlay of the host's ``/`` whose upper layer lives
+on a tmpfs of this mount namespace, so every write vanishes with the
+sandbox), pivots into it, reports ``pid <host pid>`` and ``ready`` on the
+report pipe, then reaps orphans until its farm goes (EOF on the watch
+pipe) or it is killed.  When it ends, the kernel kills every process of
+the device's pid namespace: that is how a device "reboots".
+
+SPEC is JSON: ``hostname``, ``scratch`` (an empty directory to mount the
+tmpfs on), ``home`` (bind-mounted read-write at the same path), ``masks``
+(paths hidden under an empty tmpfs), ``report_fd``, ``watch_fd``.
+"""
+from __future__ import annotations
+
+import ctypes
+import json
+import os
+import platform
+import select
+import signal
+import subprocess
+import sys
+
+MS_RDONLY, MS_NOSUID, MS_NODEV, MS_NOEXEC = 1, 2, 4, 8
+MS_BIND, MS_REC = 4096, 16384
+MNT_DETACH = 2
+#: pivot_root(2) has no libc wrapper; else the util-linux binary is used
+PIVOT_ROOT_SYSCALL = {"x86_64": 155, "aarch64": 41, "riscv64": 41, "ppc64le": 203, "s390x": 217}
+
+_libc = ctypes.CDLL(None, use_errno=True)
+
+
+def _check(result: int, what: str) -> None:
+    if result != 0:
+        errno = ctypes.get_errno()
+        raise OSError(errno, f"{what}: {os.strerror(errno)}")
+
+
+def mount(source: str, target: str, fstype: str | None, flags: int = 0, data: str | None = None) -> None:
+    _check(_libc.mount(source.encode(), target.encode(), fstype.encode() if fstype else None,
+                       ctypes.c_ulong(flags), data.encode() if data else None), f"mount {fstype or source} on {target}")
+
+
+def pivot_root(new_root: str, put_old: str) -> None:
+    number = PIVOT_ROOT_SYSCALL.get(platform.machine())
+    if number is None:
+        subprocess.run(["pivot_root", new_root, put_old], check=True)
+        return
+    _check(_libc.syscall(ctypes.c_long(number), new_root.encode(), put_old.encode()), "pivot_root")
+
+
+def build_root(spec: dict) -> None:
+    """Mount the device's view of the machine and make it this namespace's ``/``."""
+    scratch = spec["scratch"]
+    mount("tmpfs", scratch, "tmpfs", MS_NOSUID | MS_NODEV, "mode=0755")
+    upper, work, root = (os.path.join(scratch, d) for d in ("upper", "work", "root"))
+    for path in (upper, work, root):
+        os.mkdir(path)
+    mount("overlay", root, "overlay", 0, f"lowerdir=/,upperdir={upper},workdir={work}")
+
+    def inside(path: str) -> str:
+        return os.path.join(root, path.lstrip("/"))
+
+    mount("/dev", inside("/dev"), None, MS_BIND | MS_REC)
+    mount("tmpfs", inside("/dev/shm"), "tmpfs", MS_NOSUID | MS_NODEV, "mode=1777")
+    mount("proc", inside("/proc"), "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC)
+    mount("sysfs", inside("/sys"), "sysfs", MS_RDONLY | MS_NOSUID | MS_NODEV | MS_NOEXEC)
+    mount("tmpfs", inside("/tmp"), "tmpfs", MS_NOSUID | MS_NODEV, "mode=1777")
+    mount("tmpfs", inside("/run"), "tmpfs", MS_NOSUID | MS_NODEV, "mode=0755")
+    for path in spec["masks"]:
+        if os.path.isdir(inside(path)):
+            mount("tmpfs", inside(path), "tmpfs", MS_NOSUID | MS_NODEV, "mode=0700")
+    home = spec["home"]
+    os.makedirs(inside(home), exist_ok=True)
+    mount(home, inside(home), None, MS_BIND)
+    name = spec["hostname"].encode()
+    _check(_libc.sethostname(name, ctypes.c_size_t(len(name))), "sethostname")
+    os.chdir(root)
+    os.makedirs("oldroot", exist_ok=True)
+    pivot_root(".", "oldroot")
+    os.chdir("/")
+    _check(_libc.umount2(b"/oldroot", MNT_DETACH), "umount /oldroot")
+    os.rmdir("/oldroot")
+
+
+def reap_until_orphaned(watch_fd: int) -> None:
+    """Reap every child until the watch pipe reports EOF (the farm is gone) or SIGTERM."""
+    wake_r, wake_w = os.pipe()
+    os.set_blocking(wake_w, False)
+    signal.signal(signal.SIGCHLD, lambda *_: None)
+    signal.signal(signal.SIGTERM, lambda *_: os._exit(0))
+    signal.set_wakeup_fd(wake_w, warn_on_full_buffer=False)
+    while True:
+        readable, _, _ = select.select([watch_fd, wake_r], [], [])
+        if watch_fd in readable and not os.read(watch_fd, 64):
+            return
+        if wake_r in readable:
+            os.read(wake_r, 4096)
+        while True:
+            try:
+                pid, _ = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                break
+            if pid == 0:
+                break
+
+
+def main() -> None:
+    spec = json.loads(sys.argv[1])
+    report = spec["report_fd"]
+    try:
+        host_pid = int(os.readlink("/proc/self"))  # the host's procfs, before ours is mounted
+        os.write(report, f"pid {host_pid}\n".encode())
+        build_root(spec)
+    except Exception as exc:  # noqa: BLE001 - reported to the farm, which names the device
+        os.write(report, f"error {exc}\n".encode())
+        os._exit(1)
+    os.write(report, b"ready\n")
+    os.close(report)
+    reap_until_orphaned(spec["watch_fd"])
+    os._exit(0)
+
+
+if __name__ == "__main__":
+    main()
