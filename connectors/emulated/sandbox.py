@@ -60,6 +60,9 @@ def sandbox_problem() -> str | None:
         return "namespaces need Linux"
     if os.geteuid() != 0:
         return "not running as root (unprivileged user namespaces are not supported)"
+    lacking = [name for name, bit in (("CAP_SYS_ADMIN", 21), ("CAP_NET_ADMIN", 12)) if not _capable(bit)]
+    if lacking:
+        return f"root without {' and '.join(lacking)} (an unprivileged container?)"
     missing = [tool for tool in TOOLS if shutil.which(tool) is None]
     if missing:
         return f"missing {', '.join(missing)} (util-linux, iproute2)"
@@ -69,6 +72,16 @@ def sandbox_problem() -> str | None:
     except OSError as exc:
         return f"cannot read /proc/filesystems: {exc.strerror}"
     return None
+
+
+def _capable(bit: int) -> bool:
+    """Whether this process has capability ``bit`` now (``CapEff`` in /proc/self/status)."""
+    try:
+        status = Path("/proc/self/status").read_text()
+    except OSError:
+        return False
+    effective = next((line.split()[1] for line in status.splitlines() if line.startswith("CapEff:")), "0")
+    return bool(int(effective, 16) >> bit & 1)
 
 
 def _setns(fd: int) -> None:

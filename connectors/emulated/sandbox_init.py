@@ -78,12 +78,21 @@ def build_root(spec: dict) -> None:
     mount(home, inside(home), None, MS_BIND)
     name = spec["hostname"].encode()
     _check(_libc.sethostname(name, ctypes.c_size_t(len(name))), "sethostname")
+    name_itself(root, spec["hostname"])
     os.chdir(root)
     os.makedirs("oldroot", exist_ok=True)
     pivot_root(".", "oldroot")
     os.chdir("/")
     _check(_libc.umount2(b"/oldroot", MNT_DETACH), "umount /oldroot")
     os.rmdir("/oldroot")
+
+
+def name_itself(root: str, hostname: str) -> None:
+    """``/etc/hostname`` and an ``/etc/hosts`` line, as an installed machine has (in the overlay only)."""
+    with open(os.path.join(root, "etc/hostname"), "w") as handle:
+        handle.write(hostname + "\n")
+    with open(os.path.join(root, "etc/hosts"), "a") as handle:
+        handle.write(f"127.0.1.1\t{hostname}\n")
 
 
 def reap_until_orphaned(watch_fd: int) -> None:

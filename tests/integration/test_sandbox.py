@@ -124,12 +124,13 @@ def test_a_device_cannot_harm_the_host_and_forgets_at_reboot(lab: Lab) -> None:
 def test_a_device_is_a_machine_of_its_own(lab: Lab) -> None:
     lab.provision("sbx-a")
     home = lab.connectors["sbx-a"].paths.home
-    result = lab.ssh("sbx-a", "hostname; pwd; cat /proc/1/cmdline | tr '\\0' ' '; echo; "
+    result = lab.ssh("sbx-a", "hostname; getent hosts sbx-a | awk '{print $1}'; pwd; "
+                              "cat /proc/1/cmdline | tr '\\0' ' '; echo; "
                               "ip -4 -o addr show dev eth0 | awk '{print $4}'; ip route | grep -c default; "
                               "echo in-home > made.txt")
     assert result.returncode == 0, result.stderr
-    hostname, cwd, init, address, defaults = result.stdout.splitlines()[:5]
-    assert hostname == "sbx-a" and cwd == str(home)
+    hostname, resolved, cwd, init, address, defaults = result.stdout.splitlines()[:6]
+    assert hostname == "sbx-a" and resolved == "127.0.1.1" and cwd == str(home)
     assert "sandbox_init" in init  # its own pid namespace: pid 1 is the device's init
     assert address == f"{lab.connectors['sbx-a'].ssh_target().host}/24" and defaults == "0"
     assert (home / "made.txt").read_text() == "in-home\n"  # the home is shared with the host
