@@ -3,8 +3,8 @@
 Each sandboxed device has its own network namespace (one ``eth0`` on its
 farm's lab bridge, see :mod:`.labnet`, and its own loopback), mount
 namespace (root = a copy-on-write overlay of the host's ``/`` on a tmpfs,
-fresh ``/proc``, ``/sys``, ``/tmp``, ``/run``, ``/dev/shm``, the host's
-``/dev``, convoy's state directory and ``/root/.ssh`` masked, the device's
+fresh ``/proc``, ``/sys``, ``/tmp``, ``/run``, a minimal ``/dev``
+(no disks), convoy's state directory and ``/root/.ssh`` masked, the device's
 home bind-mounted read-write at the same path), UTS namespace (hostname =
 device name), IPC and pid namespaces.  Its pid 1 is
 :mod:`.sandbox_init`; killing it ends every process the device started and

@@ -52,6 +52,26 @@ def pivot_root(new_root: str, put_old: str) -> None:
     _check(_libc.syscall(ctypes.c_long(number), new_root.encode(), put_old.encode()), "pivot_root")
 
 
+#: the host's device nodes a device gets (no disks: its root could write them)
+DEVICE_NODES = ("null", "zero", "full", "random", "urandom", "tty")
+
+
+def build_dev(dev: str) -> None:
+    """A minimal ``/dev``: the harmless nodes and the host's ``/dev/pts`` (the farm's PTYs live there)."""
+    mount("tmpfs", dev, "tmpfs", MS_NOSUID, "mode=0755")
+    for name in DEVICE_NODES:
+        if os.path.exists(f"/dev/{name}"):
+            open(os.path.join(dev, name), "w").close()
+            mount(f"/dev/{name}", os.path.join(dev, name), None, MS_BIND)
+    for name in ("pts", "shm"):
+        os.mkdir(os.path.join(dev, name))
+    mount("/dev/pts", os.path.join(dev, "pts"), None, MS_BIND)
+    mount("tmpfs", os.path.join(dev, "shm"), "tmpfs", MS_NOSUID | MS_NODEV, "mode=1777")
+    for name, target in (("ptmx", "pts/ptmx"), ("fd", "/proc/self/fd"), ("stdin", "/proc/self/fd/0"),
+                         ("stdout", "/proc/self/fd/1"), ("stderr", "/proc/self/fd/2")):
+        os.symlink(target, os.path.join(dev, name))
+
+
 def build_root(spec: dict) -> None:
     """Mount the device's view of the machine and make it this namespace's ``/``."""
     scratch = spec["scratch"]
@@ -64,8 +84,7 @@ def build_root(spec: dict) -> None:
     def inside(path: str) -> str:
         return os.path.join(root, path.lstrip("/"))
 
-    mount("/dev", inside("/dev"), None, MS_BIND | MS_REC)
-    mount("tmpfs", inside("/dev/shm"), "tmpfs", MS_NOSUID | MS_NODEV, "mode=1777")
+    build_dev(inside("/dev"))
     mount("proc", inside("/proc"), "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC)
     mount("sysfs", inside("/sys"), "sysfs", MS_RDONLY | MS_NOSUID | MS_NODEV | MS_NOEXEC)
     mount("tmpfs", inside("/tmp"), "tmpfs", MS_NOSUID | MS_NODEV, "mode=1777")

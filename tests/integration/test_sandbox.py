@@ -127,9 +127,13 @@ def test_a_device_is_a_machine_of_its_own(lab: Lab) -> None:
     result = lab.ssh("sbx-a", "hostname; getent hosts sbx-a | awk '{print $1}'; pwd; "
                               "cat /proc/1/cmdline | tr '\\0' ' '; echo; "
                               "ip -4 -o addr show dev eth0 | awk '{print $4}'; ip route | grep -c default; "
-                              "echo in-home > made.txt")
+                              "echo in-home > made.txt; ls /dev | tr '\\n' ' '; echo; tty -s </dev/ptmx; "
+                              "python3 -c 'import os; os.openpty()' && echo pty-ok")
     assert result.returncode == 0, result.stderr
-    hostname, resolved, cwd, init, address, defaults = result.stdout.splitlines()[:6]
+    hostname, resolved, cwd, init, address, defaults, dev, pty = result.stdout.splitlines()
+    assert set(dev.split()) == {"null", "zero", "full", "random", "urandom", "tty", "ptmx", "pts", "shm",
+                                "fd", "stdin", "stdout", "stderr"}, "no disk of the host's"
+    assert pty == "pty-ok"
     assert hostname == "sbx-a" and resolved == "127.0.1.1" and cwd == str(home)
     assert "sandbox_init" in init  # its own pid namespace: pid 1 is the device's init
     assert address == f"{lab.connectors['sbx-a'].ssh_target().host}/24" and defaults == "0"
