@@ -31,6 +31,8 @@ ROLE_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}")
 DEVICE_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 AGENT_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,252}")
 ENV_NAME_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,127}")
+#: a LAVA test definition's name: its suite (``<index>_<name>``) and its directory on the device
+DEFINITION_NAME_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.+-]{0,127}")
 CONNECTOR_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_.-]{0,127}")
 #: a device tag: the registry stores a device's tags comma-separated, and they are shown space-separated
 TAG_RE = re.compile(r"[^\s,]{1,128}")
@@ -342,10 +344,39 @@ def _not_here() -> dict[str, Any]:
 
 _STR_LIST = {"type": "list", "schema": {"type": "string"}}
 
+#: one LAVA test definition as the test shell runs it (from: git / url come next; inline today)
+LAVA_DEFINITION = {
+    "type": "dict",
+    "schema": {
+        "name": {"type": "string", "required": True, "regex": DEFINITION_NAME_RE.pattern},
+        "path": {"type": "string"},
+        "from": {"type": "string", "required": True, "allowed": ["inline"]},
+        "repository": {"type": "dict", "required": True},
+        "parameters": {
+            "type": "dict",
+            "keysrules": {"type": "string", "check_with": "env_name"},
+            "valuesrules": {"type": "string", "coerce": "scalar_to_str"},
+        },
+    },
+}
+#: LAVA test actions, run on the device by the test shell: each one SSH session, its requests first
+LAVA_TESTS = {
+    "type": "list",
+    "schema": {
+        "type": "dict",
+        "schema": {
+            "definitions": {"type": "list", "required": True, "schema": LAVA_DEFINITION},
+            "timeout": _duration(),
+            "requests": {"type": "list", "schema": {"type": "string"}},
+        },
+    },
+}
+
 TEST_DATA = {
     "type": "dict",
     "schema": {
         "test_cmds": {"coerce": "script", "check_with": "script", "schema": {"type": "string"}},
+        "lava_tests": LAVA_TESTS,
         "test_username": {"type": "string", "check_with": "unix_user", "default": DEFAULT_TEST_USERNAME},
         "env": {
             "type": "dict",

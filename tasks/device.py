@@ -39,6 +39,7 @@ from convoy.tasks.run.phase import PhaseRun
 from convoy.tasks.run.relay import relay_env
 from convoy.tasks.run.script import STOPPED_EXIT_CODE, run_script
 from convoy.tasks.run.ssh import write_ssh_setup
+from convoy.tasks.run.testshell.runner import device_environment, make_relay, run_lava_tests
 
 log = logging.getLogger(__name__)
 
@@ -157,8 +158,9 @@ class DeviceJob:
                     f"{MAX_PROVISION_FAILURES} times in a row")
 
     def test(self) -> int:
-        script = (self.job.get("test_data") or {}).get("test_cmds")
-        if not script:
+        test_data = self.job.get("test_data") or {}
+        script, lava_tests = test_data.get("test_cmds"), test_data.get("lava_tests")
+        if not script and not lava_tests:
             return 0
         run = self.phase_run(Phase.TEST)
         run.transition(JobState.TEST)
@@ -171,6 +173,8 @@ class DeviceJob:
                 if status != 0:
                     return status
             deadline = test_deadline(self.store, self.job_id, self.job)
+            if not script:
+                return self.test_shell(run, lava_tests, deadline)
             with relay_env(self.store.client, self.dir, group_id=self.parent_id, job_id=self.job_id,
                            role=env.get("CONVOY_ROLE"), timeout=multinode_timeout(self.job),
                            cancel=self.control.stop_test_event) as relay:
@@ -184,8 +188,30 @@ class DeviceJob:
         status = run.run(body)
         self.store.set_fields(self.job_id, script_pgid="")  # ended: nothing for a recovery to kill
         if status != 0 and self.parent_id:
-            self.fail_member("was cancelled" if self.cancelled else f"failed: test_cmds exited {status}")
+            what = "test_cmds exited" if script else "its LAVA test actions ended"
+            self.fail_member("was cancelled" if self.cancelled else f"failed: {what} {status}")
         return status
+
+    def test_shell(self, run: PhaseRun, lava_tests: list[dict[str, Any]], deadline: float | None) -> int:
+        """The job's LAVA test actions, run on the device itself by the test shell."""
+        from convoy.coordinator.state.testcases import record_case
+
+        assert self.control is not None
+        target = self.runtime.connector.ssh_target()
+        sandboxed = bool(self.device_info.get("sandboxed"))
+        if not sandboxed:
+            run.out(f"warning: device {self.runtime.name} is not a sandbox: its LAVA test definitions run on "
+                    "its host's files and network")
+        device_ip = str(self.device_info.get("device_ip", target.host))
+        role = (self.record.get("role") or self.job["job_queue"]) if self.parent_id else None
+        ssh_bin = write_ssh_setup(self.dir, self.runtime.agent_key, [target])
+        relay = make_relay(self.store.client, group_id=self.parent_id, job_id=self.job_id, role=role,
+                           timeout=multinode_timeout(self.job), cancel=self.control.stop_test_event)
+        return run_lava_tests(
+            lava_tests, job_id=self.job_id, work_dir=self.dir, ssh=ssh_bin / "ssh", host=target.host,
+            environment=device_environment(self.job, sandboxed=sandboxed, device_ip=device_ip),
+            out=run.write, record=lambda case: record_case(self.store.client, self.job_id, case), relay=relay,
+            cancel=self.control.stop_test_event, deadline=deadline, global_timeout=self.job.get("global_timeout"))
 
     def fail_member(self, reason: str) -> None:
         """Tell the MultiNode group this member is gone, so no member waits for it."""

@@ -232,7 +232,7 @@ def _test(store: JobStore, parent_id: str, run: PhaseRun) -> None:
 
 def _testing_children(children: list[dict[str, Any]]) -> list[str]:
     return [c["job_id"] for c in children if not is_guest(c["document"])
-            and (c["document"].get("test_data") or {}).get("test_cmds")]
+            and any((c["document"].get("test_data") or {}).get(k) for k in ("test_cmds", "lava_tests"))]
 
 
 def _resume_test(store: JobStore, parent_id: str, run: PhaseRun) -> None:

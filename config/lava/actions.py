@@ -9,10 +9,14 @@ LAVA                                            convoy
 ``deploy`` of a role                            ``provision_data``: ``deploy`` (the ``to:``
                                                 method), ``os``, ``images`` (name → url)
 ``boot`` of a role                              ``provision_data.boot`` (the method)
-``test`` inline definitions of a role           ``test_data.test_cmds``: every ``install.steps``
-                                                and ``run.steps``, in action and definition order
-an action's ``protocols: lava-multinode``       the same API call (``lava-wait ipv4`` …) at that
-requests (``lava-wait``, ``lava-send`` …)       point of the role's commands
+``test`` action of a role                      one entry of ``test_data.lava_tests``:
+                                                ``{definitions, timeout, requests}``, in order
+an inline definition                            ``{name, path, from: inline, repository,
+                                                parameters}`` (the definition kept as data)
+an action's ``protocols: lava-multinode``       the same API call (``lava-wait ipv4`` …) as a
+requests (``lava-wait``, ``lava-send`` …)       command line in that test action's
+                                                ``requests`` (a deploy's or boot's: the next
+                                                test action's), run before its definitions
 ==============================================  =============================================
 
 An action without ``role`` applies to every role.  A MultiNode request is
@@ -21,9 +25,10 @@ checked here by the rules its ``lava-*`` command applies (message id, one-line
 refused at submission; text that goes into comment lines (a definition's name,
 ``install.deps``) is kept on one line.
 
-Accepted and ignored: action ``timeout``/``name``/``namespace``,
-``install.deps`` (the image must provide them; they are listed as a comment in
-the commands), ``parse``.
+A test action's ``timeout`` bounds its session on the device (seconds).
+Accepted and ignored: the other actions' ``timeout``, ``name``/``namespace``,
+``parse``.  ``install.deps`` go to the device's package manager (on emulated
+devices a stand-in that records what was asked).
 
 Deploy methods (``to:``) accepted, all meaning "provision the device with the
 image/os named" (the emulated connector uses ``os`` as the image name):
@@ -39,11 +44,12 @@ role.  From LAVA's V1 JSON actions (``command:`` + ``parameters:``)
 are accepted; ``lava_test_shell`` names remote test definitions and is
 rejected.
 
-Differences users should know: the steps run as one ``bash -e`` script per
-device on the device's host (LAVA also stops at a failing step, ``set -e``),
-with ``DEVICE_IP`` set and the MultiNode commands on PATH; guests' steps run
-on the coordinator (``ssh ubuntu@$DEVICE_IP`` reaches the host device).
-LAVA's ``lava-test-case`` helpers are not provided.
+The definitions run on the device, in LAVA's test shell
+(:mod:`convoy.tasks.run.testshell`): one SSH session per test action, each
+definition's steps one ``sh -e`` script in its own directory with its
+parameters exported, LAVA's helpers (``lava-test-case`` …, the MultiNode API)
+on PATH.  A guest's (``connection: ssh``) definitions run on its host role's
+device over the guest's own SSH session.
 """
 from __future__ import annotations
 
@@ -53,6 +59,7 @@ from typing import Any
 
 from convoy.config.durations import MAX_DURATION, DurationError, as_seconds, parse_duration
 from convoy.config.schemas import (
+    DEFINITION_NAME_RE,
     ENV_NAME_RE,
     ROLE_RE,
     SSH_CONNECTION,
@@ -63,7 +70,7 @@ from convoy.config.schemas import (
 from convoy.config.shown import shown
 from convoy.errors import FieldError
 
-__all__ = ["DEPLOY_METHODS", "MULTINODE", "ActionTranslator", "Role"]
+__all__ = ["DEFINITION_NAME_RE", "DEPLOY_METHODS", "MULTINODE", "ActionTranslator", "Role"]
 
 MULTINODE = "lava-multinode"
 
@@ -97,7 +104,16 @@ class Role:
     spec: dict[str, Any]
     deploy_at: str | None = None
     provision: dict[str, Any] = field(default_factory=dict)
-    commands: list[str] = field(default_factory=list)
+    #: its test actions, in order: ``{definitions, timeout, requests}`` (``test_data.lava_tests``)
+    tests: list[dict[str, Any]] = field(default_factory=list)
+    #: MultiNode requests of deploy/boot actions, run before the next test action's definitions
+    pending: list[str] = field(default_factory=list)
+
+    def finish(self) -> None:
+        """Requests no test action followed still run: as a test action of their own."""
+        if self.pending:
+            self.tests.append({"definitions": [], "requests": self.pending})
+            self.pending = []
 
     @property
     def guest(self) -> bool:
@@ -144,8 +160,10 @@ class ActionTranslator:
             requests = self.protocol_requests(body.get("protocols"), f"{path}.protocols") \
                 if "protocols" in body else []
             for role in targets:
-                role.commands.extend(requests)
+                role.pending.extend(requests)
             getattr(self, kind)(body, path, targets)
+        for role in roles:
+            role.finish()
 
     def targets(self, value: Any, path: str, roles: list[Role], multinode: bool, given: bool) -> list[Role]:
         """The roles an action applies to: those listed, or all when it names none."""
@@ -214,7 +232,7 @@ class ActionTranslator:
                 role.provision.setdefault("boot", method)
 
     def test(self, body: dict[str, Any], path: str, roles: list[Role]) -> None:
-        """Inline test definitions as the roles' shell commands."""
+        """A test action as one entry of each role's ``lava_tests``, its requests first."""
         for key, reason in _TEST_REJECTED.items():
             if key in body:
                 self.error(f"{path}.{key}", reason)
@@ -225,86 +243,99 @@ class ActionTranslator:
             self.error(f"{path}.definitions", "required: a list of test definitions" if definitions is None
                        else f"must be a non-empty list of test definitions, got {kind_of(definitions)}")
             return
-        lines: list[str] = []
-        for j, definition in enumerate(definitions):
-            lines.extend(self.definition(definition, f"{path}.definitions[{j}]"))
+        found = [self.definition(d, f"{path}.definitions[{j}]") for j, d in enumerate(definitions)]
+        action: dict[str, Any] = {"definitions": [d for d in found if d is not None]}
+        if "timeout" in body:
+            seconds = self.seconds(body["timeout"], f"{path}.timeout")
+            if seconds is not None:
+                action["timeout"] = seconds
         for role in roles:
-            role.commands.extend(lines)
+            role.tests.append({**action, "requests": role.pending})
+            role.pending = []
 
-    def definition(self, definition: Any, path: str) -> list[str]:
-        """One inline definition as commands: its parameters exported, then install and run steps."""
+    def definition(self, definition: Any, path: str) -> dict[str, Any] | None:
+        """One inline definition, checked here and kept as data for the test shell's overlay."""
         if not isinstance(definition, dict):
             self.error(path, f"must be a mapping (from, repository, name, path), got {kind_of(definition)}")
-            return []
+            return None
         source = definition.get("from")
         if source != "inline":
             self.error(f"{path}.from", "required: convoy translates from: inline test definitions" if source is None
                        else f"only inline test definitions can be translated (got {source}); convoy does not "
-                            "fetch test definitions: paste it under repository: with from: inline")
-            return []
+                            "fetch test definitions yet: paste it under repository: with from: inline")
+            return None
         repo = definition.get("repository")
         if not isinstance(repo, dict):
             self.error(f"{path}.repository", "must be the inline test definition (metadata, run: {steps: [...]}), "
                                              f"got {kind_of(repo)}")
-            return []
+            return None
         metadata = repo.get("metadata")
         if metadata is not None and not isinstance(metadata, dict):
             self.error(f"{path}.repository.metadata", f"must be a mapping (format, name, description, ...), "
                                                       f"got {kind_of(metadata)}")
-            return []
-        name = definition.get("name") or (metadata or {}).get("name") or "inline"
-        lines = [f"# LAVA test definition {_one_line(name)} ({path})"]
+            return None
+        name = definition.get("name") if "name" in definition else (metadata or {}).get("name") or "inline"
+        if not isinstance(name, str) or not DEFINITION_NAME_RE.fullmatch(name):
+            self.error(f"{path}.name", f"must be a test definition name (letters, digits, '-', '_', '.'), "
+                                       f"got {shown(name)}")
+            return None
+        errors = len(self.errors)
         params, overrides = repo.get("params") or {}, definition.get("parameters") or {}
         for value, where in ((params, f"{path}.repository.params"), (overrides, f"{path}.parameters")):
             if not isinstance(value, dict):
                 self.error(where, f"must be a mapping of NAME: value, got {kind_of(value)}")
-                return []
+                return None
         for value, where in ((params, f"{path}.repository.params"), (overrides, f"{path}.parameters")):
-            for key in value:
-                if not ENV_NAME_RE.fullmatch(key):
+            for key, item in value.items():
+                if not ENV_NAME_RE.fullmatch(str(key)):
                     self.error(join_path(where, key), "not a shell variable name (letters, digits and '_', "
                                                       "not starting with a digit)")
-        for key, value in {**params, **overrides}.items():
-            if ENV_NAME_RE.fullmatch(key):
-                lines.append(f"export {key}={shlex.quote(_text(value))}")
-        lines.extend(self.install(repo.get("install"), f"{path}.repository.install"))
+                elif isinstance(item, (dict, list)):
+                    self.error(join_path(where, key), f"must be a single value, got {kind_of(item)}")
+        self.install(repo.get("install"), f"{path}.repository.install")
         run = repo.get("run")
         steps = run.get("steps") if isinstance(run, dict) else None
         if not isinstance(steps, list):
             self.error(f"{path}.repository.run.steps", "required: the list of shell steps to run" if steps is None
                        else f"must be a list of shell commands, got {kind_of(steps)}")
-            return []
-        return lines + self.commands(steps, f"{path}.repository.run.steps")
+            return None
+        self.commands(steps, f"{path}.repository.run.steps")
+        if len(self.errors) > errors:
+            return None
+        found: dict[str, Any] = {"name": name, "from": "inline", "repository": repo}
+        if isinstance(definition.get("path"), str):
+            found["path"] = definition["path"]
+        if overrides:
+            found["parameters"] = {str(k): _text(v) for k, v in overrides.items()}
+        return found
 
-    def commands(self, steps: list[Any], path: str) -> list[str]:
-        """Shell steps as lines; YAML turns an unquoted ``a: b`` step into a mapping, which is reported."""
+    def commands(self, steps: list[Any], path: str) -> None:
+        """Shell steps are strings; YAML turns an unquoted ``a: b`` step into a mapping, which is reported."""
         for j, step in enumerate(steps):
             if isinstance(step, (dict, list)) or step is None:
                 hint = " (quote a step that contains ': ')" if isinstance(step, dict) else ""
                 self.error(f"{path}[{j}]", f"must be a shell command (a string), got {kind_of(step)}{hint}")
-        return [_text(step).rstrip("\n") for step in steps]
 
-    def install(self, install: Any, path: str) -> list[str]:
-        """An ``install:`` block's steps; convoy does not change the software sources, so those are rejected."""
+    def install(self, install: Any, path: str) -> None:
+        """An ``install:`` block: ``deps`` (names) and ``steps``; changing software sources is refused."""
         if install is None:
-            return []
+            return
         if not isinstance(install, dict):
             self.error(path, f"must be a mapping (deps, steps), got {kind_of(install)}")
-            return []
-        lines = []
+            return
         for key in install:
             if key in _INSTALL_REJECTED:
                 self.error(join_path(path, key), "convoy does not change the device's software sources; "
                                                  "provide it in the image")
         deps = install.get("deps") or []
-        if deps:
-            listed = " ".join(map(_text, deps)) if isinstance(deps, list) else _text(deps)
-            lines.append(f"# install.deps (the image provides them; convoy installs nothing): {_one_line(listed)}")
+        if not isinstance(deps, list) or not all(isinstance(d, str) and d and d.isprintable() and " " not in d
+                                                 for d in deps):
+            self.error(f"{path}.deps", "must be a list of package names")
         steps = install.get("steps") or []
         if not isinstance(steps, list):
             self.error(f"{path}.steps", f"must be a list of shell commands, got {kind_of(steps)}")
-            return lines
-        return lines + self.commands(steps, f"{path}.steps")
+            return
+        self.commands(steps, f"{path}.steps")
 
     def protocol_requests(self, protocols: Any, path: str) -> list[str]:
         """An action's MultiNode requests (``{request: lava-wait, messageID: ipv4}``) as API commands."""
@@ -458,11 +489,6 @@ def _images(deploy: dict[str, Any]) -> dict[str, str]:
                 if isinstance(image, dict) and isinstance(image.get("url"), str):
                     images[str(name)] = image["url"]
     return images
-
-
-def _one_line(value: Any) -> str:
-    """``value`` as one line of a comment in the commands: a newline would start a command."""
-    return " ".join(_text(value).split())
 
 
 def _text(value: Any) -> str:

@@ -20,7 +20,8 @@ role ``context``                                child ``provision_data.context``
 ==============================================  =============================================
 
 A role's ``actions:`` (deploy, boot, test and their MultiNode requests) become
-its ``provision_data`` and ``test_data.test_cmds``: see
+its ``provision_data`` and ``test_data.lava_tests`` (run on the device by the
+test shell): see
 :mod:`convoy.config.lava.actions`, which also lists the actions accepted,
 ignored and rejected.  A job without roles (``device_type`` and ``actions``
 only) becomes a single-device job.
@@ -221,8 +222,8 @@ class _Translator(ActionTranslator):
             role.provision["context"] = doc["context"]
         if role.provision:
             job["provision_data"] = role.provision
-        if role.commands:
-            job["test_data"] = {"test_cmds": "\n".join(role.commands)}
+        if role.tests:
+            job["test_data"] = {"lava_tests": role.tests}
         return job
 
     # --- roles --------------------------------------------------------------------
@@ -338,8 +339,8 @@ class _Translator(ActionTranslator):
             role.provision["context"] = spec["context"]
         if role.provision and not role.guest:
             child["provision_data"] = role.provision
-        if role.commands:
-            child["test_data"] = {"test_cmds": "\n".join(role.commands)}
+        if role.tests:
+            child["test_data"] = {"lava_tests": role.tests}
         for key in ("count", "tags", "host_role", "connection", "request", "expect_role"):
             origins[f".{key}"] = f"{role.path}.{key}"
         origins.update({".job_queue": f"{role.path}.device_type", ".device_type": f"{role.path}.device_type",

@@ -155,7 +155,7 @@ def test_secondary_connections_start_after_lava_start_and_reach_the_host(tmp_pat
     for guest in guests:
         out = guest["test_output"]
         assert out.index("delayed start: lava_start received from role host") < \
-            out.index(f"connects to {host_ip} (DEVICE_IP={host_ip})"), out
+            out.index(f"connects to {host_ip} (the device's own address is {host_ip})"), out
         assert "IMAGE=debian" in out  # the host was provisioned with the deploy's os
     (start,) = api_calls(results, "multinode-send-lava_start")
     assert start["job_id"] == host["job_id"]

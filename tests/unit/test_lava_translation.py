@@ -39,6 +39,17 @@ def children(job: dict) -> list[dict]:
     return job["provision_data"]["jobs"]
 
 
+def lava_steps(job: dict) -> list[str]:
+    """Every run step of a job's test actions, in order (what its test shell runs on the device)."""
+    return [step for action in job["test_data"]["lava_tests"] for d in action["definitions"]
+            for step in d["repository"]["run"]["steps"]]
+
+
+def lava_requests(job: dict) -> list[list[str]]:
+    """Each test action's MultiNode requests (run before its definitions)."""
+    return [action["requests"] for action in job["test_data"]["lava_tests"]]
+
+
 def lava_job(roles: dict, actions: list | None = None, **top) -> dict:
     doc = {"job_name": "t", "protocols": {"lava-multinode": {"roles": roles}}, **top}
     if actions is not None:
@@ -133,17 +144,17 @@ def test_complete_secondary_connections_job_without_git_translates_every_part():
         "images": {"kernel": "https://images.validation.linaro.org/functional-test-images/bbb/zImage",
                    "nfsrootfs": "https://images.validation.linaro.org/debian-jessie-rootfs.tar.gz",
                    "dtb": "https://images.validation.linaro.org/functional-test-images/bbb/am335x-bone.dtb"}}
-    host_cmds = host["test_data"]["test_cmds"].splitlines()
-    assert [line for line in host_cmds if not line.startswith("#")] == [
+    assert lava_steps(host) == [
         "ntpdate-debian", "lava-network broadcast eth0", "lava-send ipv4 ipaddr=$(lava-echo-ipv4 eth0)",
         "lava-send lava_start", "lava-sync clients"]
-    assert any("install.deps" in line and "openssh-server ntpdate" in line for line in host_cmds)
+    (action,) = host["test_data"]["lava_tests"]
+    assert action["definitions"][0]["repository"]["install"]["deps"] == ["openssh-server", "ntpdate"]
+    assert action["definitions"][0]["name"] == "ssh-inline" and action["timeout"] == 1800
     assert len(guests) == 3
     for guest in guests:
         # the deploy's protocol request (lava-wait ipv4, 5 minutes) runs first, then the test steps
-        assert guest["test_data"]["test_cmds"].splitlines()[0] == "lava-wait --timeout 300 ipv4"
-        assert [line for line in guest["test_data"]["test_cmds"].splitlines() if not line.startswith("#")][1:] == [
-            "df -h", "free", "lava-sync clients"]
+        assert lava_requests(guest) == [["lava-wait --timeout 300 ipv4"]]
+        assert lava_steps(guest) == ["df -h", "free", "lava-sync clients"]
         assert guest["provision_data"] == {}  # no device to provision
 
 
@@ -153,16 +164,17 @@ def test_every_lava_example_is_a_lava_job_that_translates():
     for path in EXAMPLES:
         assert looks_like_lava(yaml.safe_load(path.read_text())), path
         job = load_job(path)
-        assert job["job_queue"] == "multi" and all(c.get("test_data", {}).get("test_cmds") for c in children(job))
+        assert job["job_queue"] == "multi" and all(c.get("test_data", {}).get("lava_tests") for c in children(job))
+        assert not any("test_cmds" in c.get("test_data", {}) for c in children(job)), "LAVA tests run on the device"
 
 
 def test_client_server_example_steps_become_each_roles_test_cmds():
     job = load_job(ROOT / "examples" / "lava-client-server.yaml")
     server, client = children(job)
     assert (server["role"], client["role"]) == ("server", "client")
-    assert server["test_data"]["test_cmds"].splitlines()[1:] == [
+    assert lava_steps(server) == [
         "SPACE=`df -h | grep \"/$\" | awk '{print $4}'`", "echo $SPACE", "lava-send server-ready free-space=$SPACE"]
-    assert client["test_data"]["test_cmds"].splitlines()[1] == "lava-wait server-ready"
+    assert lava_steps(client)[0] == "lava-wait server-ready"
     assert job["timeouts"]["multinode"] == 120 and server["provision_data"]["os"] == "debian"
 
 
@@ -176,9 +188,8 @@ def test_actions_without_a_role_apply_to_all_roles_in_order_across_actions_and_d
     ]))
     server, client, _ = children(job)
 
-    def steps(child):
-        return [line for line in child["test_data"]["test_cmds"].splitlines() if not line.startswith("#")]
-
+    steps = lava_steps
+    assert [len(a["definitions"]) for a in server["test_data"]["lava_tests"]] == [2, 1, 1]
     assert steps(server) == ["echo all-1", "echo all-2", "echo server-only", "echo all-3"]
     assert steps(client) == ["echo all-1", "echo all-2", "echo client-only", "echo client-again", "echo all-3"]
     assert children(job)[2] == client
@@ -188,8 +199,10 @@ def test_params_and_parameters_are_exported_before_the_steps():
     definition = inline("echo $SPEED $NAME", params={"SPEED": 10, "NAME": "default"})
     definition["parameters"] = {"NAME": "it's mine"}
     job = validate_job(lava_job({"peer": {"device_type": "qemu"}}, [lava_test(definition)]))
-    lines = children(job)[0]["test_data"]["test_cmds"].splitlines()
-    assert lines[1:] == ["export SPEED=10", "export NAME='it'\"'\"'s mine'", "echo $SPEED $NAME"]
+    (action,) = children(job)[0]["test_data"]["lava_tests"]
+    (kept,) = action["definitions"]
+    assert kept["repository"]["params"] == {"SPEED": 10, "NAME": "default"}  # the test shell exports both,
+    assert kept["parameters"] == {"NAME": "it's mine"}                       # the job's parameters last
 
 
 def test_role_timeouts_group_timeout_job_timeout_and_ignored_fields():
@@ -235,7 +248,7 @@ actions:
 """)
     assert job["job_queue"] == "qemu" and job["name"] == "single" and job["global_timeout"] == 300
     assert job["provision_data"] == {"deploy": "tmpfs", "os": "debian", "boot": "qemu"}
-    assert job["test_data"]["test_cmds"].splitlines()[1:] == ["uname -a"]
+    assert lava_steps(job) == ["uname -a"] and "test_cmds" not in job["test_data"]
     assert job_queues(job) == {"qemu": 1}
 
 
@@ -462,17 +475,19 @@ def test_multinode_request_timeouts_become_seconds_on_the_command_line():
         {"request": "lava-wait-all", "messageID": "done", "timeout": "1h", "role": "client"},
         {"request": "lava-send", "messageID": "ip", "message": {"addr": "10.0.0.1", "up": True}}]}}}
     server = children(validate_job(lava_job(TWO_ROLES, [action])))[0]
-    assert server["test_data"]["test_cmds"].splitlines() == [
+    assert server["test_data"]["lava_tests"] == [{"definitions": [], "requests": [
         "lava-wait --timeout 120 ready", "lava-wait-all --timeout 3600 done client",
-        "lava-send ip addr=10.0.0.1 up=true"]
+        "lava-send ip addr=10.0.0.1 up=true"]}]
 
 
-def test_text_put_into_comments_stays_on_its_line():
-    """A definition's name and install.deps go into comment lines: a newline in them must not start a command."""
+def test_a_definition_name_or_dependency_that_could_inject_commands_is_refused():
+    """A definition's name names a directory and a suite, install.deps go to a command line: one word each."""
     definition = inline("true", name="smoke\nrm -rf /tmp/x", install={"deps": ["curl\ntouch /tmp/pwned"]})
-    lines = children(validate_job(lava_job({"peer": {"device_type": "qemu"}}, [lava_test(definition)])))[0][
-        "test_data"]["test_cmds"].splitlines()
-    assert [line for line in lines if not line.startswith("#")] == ["true"]
+    found = problems(lava_job({"peer": {"device_type": "qemu"}}, [lava_test(definition)]))
+    assert [path for path, _ in found] == ["actions[0].test.definitions[0].name"]
+    definition = inline("true", install={"deps": ["curl\ntouch /tmp/pwned"]})
+    found = problems(lava_job({"peer": {"device_type": "qemu"}}, [lava_test(definition)]))
+    assert found == [("actions[0].test.definitions[0].repository.install.deps", "must be a list of package names")]
 
 
 @pytest.mark.parametrize("name", ["é", "1ST", "A-B", "A\n"])
@@ -481,3 +496,23 @@ def test_definition_parameters_must_be_shell_variable_names(name):
     found = the_problem(lava_job({"peer": {"device_type": "qemu"}}, [lava_test(definition)]))
     assert found[0].startswith("actions[0].test.definitions[0].repository.params.")
     assert "not a shell variable name" in found[1]
+
+
+def test_a_test_action_keeps_its_timeout_and_its_own_requests_before_its_definitions():
+    action = lava_test(inline("echo hi", params={"N": 1}))
+    action["test"]["timeout"] = {"minutes": 2}
+    action["test"]["protocols"] = {"lava-multinode": [{"request": "lava-sync", "messageID": "go"}]}
+    job = validate_job(lava_job({"peer": {"device_type": "qemu"}}, [action]))
+    (test,) = children(job)[0]["test_data"]["lava_tests"]
+    assert test["timeout"] == 120 and test["requests"] == ["lava-sync go"]
+    assert [d["name"] for d in test["definitions"]] == ["t"]
+
+
+def test_lava_tests_given_directly_are_validated_with_their_field_paths():
+    job = {"job_queue": "qemu", "test_data": {"lava_tests": [
+        {"definitions": [{"name": "../x", "from": "git", "repository": {}}], "timeout": -1}]}}
+    with pytest.raises(JobValidationError) as info:
+        validate_job(job)
+    paths = sorted(e.path for e in info.value.errors)
+    assert paths == ["test_data.lava_tests[0].definitions[0].from", "test_data.lava_tests[0].definitions[0].name",
+                     "test_data.lava_tests[0].timeout"], info.value.errors
