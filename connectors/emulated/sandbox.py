@@ -43,9 +43,13 @@ from convoy.errors import DeviceError
 
 INIT = Path(__file__).with_name("sandbox_init.py")
 TOOLS = ("unshare", "nsenter", "setpriv", "ip")
-#: capabilities a device's commands never get (mounts, network config, modules, raw devices, clock)
-DROPPED_CAPS = ("sys_admin", "net_admin", "sys_module", "sys_rawio", "sys_time", "sys_boot", "mac_admin",
-                "mac_override", "syslog", "bpf", "perfmon")
+#: capabilities a device's commands never get: mounts (unmasking), network config (a route out), modules,
+#: raw I/O and device nodes (the host's disks), open_by_handle_at (files behind the masks), immutable
+#: files in the shared home, the clock, accounting, audit, BPF
+DROPPED_CAPS = ("sys_admin", "net_admin", "sys_module", "sys_rawio", "mknod", "dac_read_search",
+                "linux_immutable", "sys_time", "sys_boot", "sys_pacct", "sys_tty_config", "mac_admin",
+                "mac_override", "syslog", "bpf", "perfmon", "audit_control", "audit_read", "checkpoint_restore",
+                "wake_alarm", "block_suspend")
 START_TIMEOUT = 20.0
 CLONE_NEWNET = 0x40000000
 

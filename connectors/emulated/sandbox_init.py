@@ -25,7 +25,7 @@ import subprocess
 import sys
 
 MS_RDONLY, MS_NOSUID, MS_NODEV, MS_NOEXEC = 1, 2, 4, 8
-MS_BIND, MS_REC = 4096, 16384
+MS_REMOUNT, MS_BIND, MS_REC = 32, 4096, 16384
 MNT_DETACH = 2
 #: pivot_root(2) has no libc wrapper; else the util-linux binary is used
 PIVOT_ROOT_SYSCALL = {"x86_64": 155, "aarch64": 41, "riscv64": 41, "ppc64le": 203, "s390x": 217}
@@ -72,6 +72,19 @@ def build_dev(dev: str) -> None:
         os.symlink(target, os.path.join(dev, name))
 
 
+#: host-wide kernel knobs under /proc a device may read but not write (as container runtimes do)
+READ_ONLY_PROC = ("sys", "sysrq-trigger", "irq", "bus", "fs")
+
+
+def protect_proc(proc: str) -> None:
+    """Make the host-wide parts of the device's ``/proc`` read-only (``echo b > /proc/sysrq-trigger``)."""
+    for name in READ_ONLY_PROC:
+        path = os.path.join(proc, name)
+        if os.path.exists(path):
+            mount(path, path, None, MS_BIND | MS_REC)
+            mount(path, path, None, MS_BIND | MS_REMOUNT | MS_RDONLY)
+
+
 def build_root(spec: dict) -> None:
     """Mount the device's view of the machine and make it this namespace's ``/``."""
     scratch = spec["scratch"]
@@ -86,6 +99,7 @@ def build_root(spec: dict) -> None:
 
     build_dev(inside("/dev"))
     mount("proc", inside("/proc"), "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC)
+    protect_proc(inside("/proc"))
     mount("sysfs", inside("/sys"), "sysfs", MS_RDONLY | MS_NOSUID | MS_NODEV | MS_NOEXEC)
     mount("tmpfs", inside("/tmp"), "tmpfs", MS_NOSUID | MS_NODEV, "mode=1777")
     mount("tmpfs", inside("/run"), "tmpfs", MS_NOSUID | MS_NODEV, "mode=0755")

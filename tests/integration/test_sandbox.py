@@ -140,14 +140,16 @@ def test_a_device_is_a_machine_of_its_own(lab: Lab) -> None:
     assert (home / "made.txt").read_text() == "in-home\n"  # the home is shared with the host
 
 
-def test_a_device_cannot_read_the_agent_key_or_other_devices(lab: Lab) -> None:
+def test_a_device_cannot_read_secrets_unmask_or_touch_the_host_kernel(lab: Lab) -> None:
     lab.provision("sbx-a")
     lab.provision("sbx-b")
     (lab.connectors["sbx-b"].paths.home / "secret-of-b").write_text("b")
     key = lab.key
     result = lab.ssh("sbx-a", f"cat {key} >/dev/null 2>&1 && echo key-read; ls {lab.state}; "
                               f"ls {lab.state}/devices; ls -A /root/.ssh 2>/dev/null | wc -l; "
-                              f"umount {lab.state} 2>/dev/null && echo unmasked; echo done")
+                              f"umount {lab.state} 2>/dev/null && echo unmasked; "
+                              "echo 0 2>/dev/null > /proc/sys/kernel/sysrq && echo sysctl-written; "
+                              "mknod disk b 8 0 2>/dev/null && echo node-made; echo done")
     assert result.returncode == 0, result.stderr
     assert result.stdout.split() == ["devices", "sbx-a", "0", "done"]
 
