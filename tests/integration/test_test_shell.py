@@ -12,15 +12,18 @@ not one, ``lava-echo-ipv4`` prints the device's address all the same.
 """
 from __future__ import annotations
 
+import os
 import re
+import subprocess
 
 import pytest
+from junitparser import JUnitXml
 
 from convoy.connectors.emulated.image import device_paths
 from convoy.coordinator.api import job_results, submit_job, wait_for_job
 from convoy.coordinator.state.connection import get_store
 from convoy.coordinator.state.testcases import cases
-from helpers import unique_queue
+from helpers import CONVOY, unique_queue
 
 pytestmark = pytest.mark.integration
 
@@ -109,7 +112,7 @@ def test_lava_test_raise_fails_the_job_and_stops_the_definitions(start_cluster):
     assert "not-reached" not in out and "not-run-either" not in out
 
 
-def test_iperf3_server_on_one_device_is_reached_by_the_client_on_another(start_cluster):
+def test_iperf3_server_on_one_device_is_reached_by_the_client_on_another(start_cluster, tmp_path):
     qemu = unique_queue("qemu")
     start_cluster({qemu: 2})
     server = definition(
@@ -141,6 +144,13 @@ def test_iperf3_server_on_one_device_is_reached_by_the_client_on_another(start_c
     assert "server saw 1 receiver line" in output(roles["server"])
     (rate,) = [c for c in cases(get_store().client, roles["client"]) if c["case"] == "throughput"]
     assert float(rate["measurement"]) > 0 and rate["units"] == "bits/s" and rate["suite"] == "0_iperf-client"
+    junit = tmp_path / "junit.xml"  # what a CI system reads: convoy results --junit, read back by a JUnit reader
+    done = subprocess.run([CONVOY, "results", parent, "--junit", str(junit)], capture_output=True, text=True,
+                          timeout=60, env=dict(os.environ), check=False)
+    assert done.returncode == 0, done.stderr
+    suites = {suite.name: suite for suite in JUnitXml.fromfile(str(junit))}
+    (case,) = [c for c in suites["client/0_iperf-client"] if c.name == "throughput"]
+    assert case.is_passed and f"measurement: {rate['measurement']} bits/s" in case.system_out
 
 
 def test_device_side_multinode_api_waits_syncs_and_caches(start_cluster):

@@ -51,7 +51,7 @@ _SET = re.compile(rf"<LAVA_SIGNAL_TESTSET (?:START ({_NAME})|STOP)>")
 _RAISE = re.compile(r"<LAVA_SIGNAL_TESTRAISE ([^<>]{0,1024})>")
 _CALL = re.compile(r"<LAVA_MULTI_NODE> <[A-Z_]{1,32}(?: [^\n]*)?> "
                    r"<CONVOY_CALL ([0-9A-Za-z._-]{1,64}) (lava-[a-z-]{1,16}) (-|x[0-9a-f]*(?:,x[0-9a-f]*)*) "
-                   r"(-|[0-9.]{7,15})>")
+                   r"(-|(?:[0-9]{1,3}\.){3}[0-9]{1,3})>")
 _EXIT = "<LAVA_TEST_RUNNER EXIT>"
 
 
