@@ -74,6 +74,7 @@ def test_steps_run_in_the_devices_home_with_lava_helpers_and_results(start_clust
         "lava-test-case shell-false --shell false",
         "lava-test-case skipped --result skip",
         "cat $HOME/.convoy/installed",
+        "echo secret-vars=$(env | grep -ci -e redis -e password -e CONVOY_MULTINODE_SOCKET)",
         params={"SPEED": 10, "NAME": "default"}, install={"deps": ["iperf3", "curl"]}),
         definition("second", "echo second-definition-in-$(basename $(pwd))")))
     assert wait_for_job(job_id, timeout=120) == "complete"
@@ -88,6 +89,7 @@ def test_steps_run_in_the_devices_home_with_lava_helpers_and_results(start_clust
     assert f"ipv4={info['device_ip']}\n" in out  # the device's own address (sandboxed or not)
     assert "param=10/default\n" in out and "iperf3\ncurl\n" in out  # params exported, deps to the stand-in
     assert "second-definition-in-1_second\n" in out
+    assert "secret-vars=0\n" in out  # no Redis URL, password or relay socket on the device
     assert "<LAVA_SIGNAL" not in out and "<LAVA_MULTI_NODE" not in out  # markers are read, not shown
     found = {(c["suite"], c["case"]): c for c in cases(get_store().client, job_id)}
     assert found[("0_smoke", "file-written")]["result"] == "pass"
