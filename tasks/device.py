@@ -211,7 +211,8 @@ class DeviceJob:
             lava_tests, job_id=self.job_id, work_dir=self.dir, ssh=ssh_bin / "ssh", host=target.host,
             environment=device_environment(self.job, sandboxed=sandboxed, device_ip=device_ip),
             out=run.write, record=lambda case: record_case(self.store.client, self.job_id, case), relay=relay,
-            cancel=self.control.stop_test_event, deadline=deadline, global_timeout=self.job.get("global_timeout"))
+            cancel=self.control.stop_test_event, deadline=deadline, global_timeout=self.job.get("global_timeout"),
+            on_start=lambda pid: self.store.set_fields(self.job_id, script_pgid=pid))
 
     def fail_member(self, reason: str) -> None:
         """Tell the MultiNode group this member is gone, so no member waits for it."""

@@ -162,6 +162,7 @@ def test_device_side_multinode_api_waits_syncs_and_caches(start_cluster):
     sender = definition(
         "sender",
         "lava-send early value='a b=c' who=$(lava-self)",
+        "lava-network broadcast eth0",
         "lava-sync after-early",
         "lava-sync late-waiter-ready",
         "lava-send late v=1",
@@ -184,7 +185,11 @@ def test_device_side_multinode_api_waits_syncs_and_caches(start_cluster):
         "lava-wait-all by-role waiter",
         "echo wait-all-cache: $(cat /tmp/lava_multi_node_cache.txt)",
         "echo group: $(lava-group | wc -l) members, roles $(lava-role list | sort | tr '\\n' ' ')",
-        "lava-group nobody || echo unknown-role-exit-$?")
+        "lava-group nobody || echo unknown-role-exit-$?",
+        "lava-network collect eth0 sender",
+        "echo network-cache: $(cat /tmp/lava_multi_node_network_cache.txt | grep ipv4=)",
+        "echo query: $(lava-network query $(lava-group sender) ipv4)",
+        "lava-network hosts hosts.txt && echo hosts: $(cat hosts.txt)")
     parent = submit_job(group_job({"sender": qemu, "waiter": qemu, "watcher": qemu},
                                   {"sender": [sender], "waiter": [waiter], "watcher": [watcher]}))
     assert wait_for_job(parent, timeout=180) == "complete"
@@ -198,6 +203,9 @@ def test_device_side_multinode_api_waits_syncs_and_caches(start_cluster):
     assert f"{roles['waiter']}:r=waiter" in cached.split(), cached
     assert "group: 3 members, roles sender waiter watcher" in outs["watcher"]
     assert "unknown-role-exit-1" in outs["watcher"]
+    sender_ip = get_store().get(roles["sender"])["device_info"]["device_ip"]  # its own address, sandboxed or not
+    assert f"network-cache: {roles['sender']}:ipv4={sender_ip}\n" in outs["watcher"], outs["watcher"]
+    assert f"query: {sender_ip}\n" in outs["watcher"] and f"hosts: {sender_ip} {roles['sender']}\n" in outs["watcher"]
 
 
 def test_a_raising_member_releases_the_others_waits_and_a_wait_times_out(start_cluster):

@@ -123,6 +123,14 @@ def test_timeout_cancel_and_a_lost_session(shell, tmp_path):
     assert status == LOST_EXIT_CODE and "device was lost" in out
 
 
+def test_background_processes_are_stopped_by_name_or_at_the_end_of_the_action(shell):
+    status, out, cases = shell('lava-background-process-start ticker --cmd "while :; do sleep 0.1; done"',
+                               "lava-background-process-stop ticker",
+                               'lava-background-process-start forgotten --cmd "sleep 600"', "echo done")
+    assert status == 0 and "done\n" in out, out  # the forgotten one does not hold the session open
+    assert {"suite": "0_t", "case": "ticker", "result": "pass", "definition": "0_t"} in cases
+
+
 def test_a_helper_outside_the_session_says_so(shell):
     _, out, _ = shell("lava-send x </dev/null 9<&- 2>&1 || echo exit-$?")
     assert "not connected to the test shell" in out and "exit-1" in out

@@ -51,10 +51,12 @@ def make_relay(client: Any, *, group_id: str | None, job_id: str, role: str | No
 def run_lava_tests(lava_tests: Sequence[Mapping[str, Any]], *, job_id: str, work_dir: Path, ssh: Path, host: str,
                    environment: Mapping[str, str], out: Callable[[str], None],
                    record: Callable[[dict[str, Any]], None], relay: Relay | None, cancel: threading.Event,
-                   deadline: float | None, global_timeout: float | None = None) -> int:
+                   deadline: float | None, global_timeout: float | None = None,
+                   on_start: Callable[[int], None] | None = None) -> int:
     """Run every test action on the device at ``host`` (the job's ssh config names it); the phase's status."""
     overlay = build_overlay(work_dir / "lava-overlay", job_id, lava_tests, environment)
-    shell = TestShell(ssh=ssh, host=host, overlay=overlay, out=out, record=record, relay=relay, cancel=cancel)
+    shell = TestShell(ssh=ssh, host=host, overlay=overlay, out=out, record=record, relay=relay, cancel=cancel,
+                      on_start=on_start)
     out(f"copying the test overlay to ~/{overlay.name} on {host}\n")
     shell.install()
     for index, action in enumerate(lava_tests):

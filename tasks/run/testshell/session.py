@@ -102,9 +102,12 @@ class TestShell:
     __test__ = False  # not a pytest class
 
     def __init__(self, *, ssh: Path, host: str, overlay: Overlay, out: Callable[[str], None],
-                 record: Callable[[dict[str, Any]], None], relay: Relay | None, cancel: threading.Event) -> None:
+                 record: Callable[[dict[str, Any]], None], relay: Relay | None, cancel: threading.Event,
+                 on_start: Callable[[int], None] | None = None) -> None:
         self.ssh, self.host, self.overlay = ssh, host, overlay
         self.out, self.record, self.relay, self.cancel = out, record, relay, cancel
+        #: learns each session's process group (its ``ssh``), so a recovery after a crash can end it
+        self.on_start = on_start
 
     # --- copying ------------------------------------------------------------------------------
     def install(self) -> None:
@@ -128,6 +131,8 @@ class TestShell:
         proc = subprocess.Popen([str(self.ssh), "-T", self.host, command], stdin=subprocess.PIPE,
                                 stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
         assert proc.stdin is not None and proc.stdout is not None
+        if self.on_start is not None:
+            self.on_start(proc.pid)
         lines: queue.Queue[bytes | None] = queue.Queue()
         reader = threading.Thread(target=_read_lines, args=(proc.stdout, lines), daemon=True,
                                   name=f"testshell-{index}")
