@@ -39,7 +39,7 @@ log = logging.getLogger(__name__)
 
 FARM = "farm"
 #: where farms claim their subnets (root-only)
-CLAIMS = Path(os.environ.get("CONVOY_LAB_CLAIMS", "/run/convoy-labs"))
+CLAIMS = Path("/run/convoy-labs")
 #: the pool lab subnets are drawn from: 10.200.0.0/24 .. 10.254.255.0/24
 POOL_SECOND_OCTETS = range(200, 255)
 BRIDGE_PREFIX = "cvl"
@@ -169,6 +169,8 @@ def plan_lab(devices: Iterable[DeviceConfig], *, exclude: Iterable[ipaddress.IPv
     given = {d.name: d.config["address"] for d in emulated if is_lab_address(str(d.config.get("address") or ""))}
     in_use = _networks_in_use() + list(exclude)
     claimed = {p.name for p in CLAIMS.glob("*_*")} if CLAIMS.is_dir() else set()
+    if len(set(given.values())) < len(given):
+        raise DeviceError(FARM, f"two devices have the same address: {', '.join(sorted(given.values()))}")
     if given:
         nets = {ipaddress.IPv4Network(f"{a}/24", strict=False) for a in given.values()}
         if len(nets) > 1:

@@ -155,8 +155,8 @@ class Sandbox:
 
     def processes(self) -> list[int]:
         """Host pids of the processes running in the device (its init excluded)."""
-        if self.pid is None:
-            return []
+        if self.pid is None or self._proc is None or self._proc.poll() is not None:
+            return []  # its init is gone (and its pid may be another process's now)
         try:
             ns = os.readlink(f"/proc/{self.pid}/ns/pid")
         except OSError:
@@ -175,17 +175,10 @@ class Sandbox:
         """Power off: kill the init (the kernel kills the rest); return how many other processes ran."""
         running = len(self.processes())
         if self._proc is not None:
-            if self.pid is not None:
-                try:
-                    os.kill(self.pid, 9)
-                except ProcessLookupError:
-                    pass
-            if self._proc.poll() is None:
-                try:
-                    self._proc.wait(timeout=5)
-                except subprocess.TimeoutExpired:
-                    self._proc.kill()
-                    self._proc.wait()
+            # SIGKILL to unshare, our unreaped child (its pid cannot be another process's): its
+            # --kill-child SIGKILLs the init, and the kernel every other process of the namespace
+            self._proc.kill()
+            self._proc.wait()
             if self._proc.stderr:
                 self._proc.stderr.close()
             self._proc = None

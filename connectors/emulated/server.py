@@ -274,7 +274,12 @@ class EmulatedDevice:
         self.paths.ssh_dir.mkdir(mode=0o700, exist_ok=True)
         if self.sandbox is not None:
             await asyncio.to_thread(self.sandbox.start)
-        await self._listen()
+        try:
+            await self._listen()
+        except BaseException:
+            if self.sandbox is not None:
+                await asyncio.to_thread(self.sandbox.stop)
+            raise
         log.info("%s: SSH server on %s:%d, home %s%s", self.name, self.address, self.port, self.paths.home,
                  ", sandboxed" if self.sandbox else "")
 

@@ -192,7 +192,7 @@ def test_lab_plan_keeps_explicit_lab_addresses_and_replaces_loopback_ones() -> N
 
 @pytest.mark.parametrize("addresses, message", [
     (["10.231.7.9", "10.231.8.9"], "must share a /24"), (["10.231.7.1"], "gateway"),
-    (["10.231.7.255"], "broadcast"),
+    (["10.231.7.255"], "broadcast"), (["10.231.7.9", "10.231.7.9"], "same address"),
 ])
 def test_lab_plan_refuses_addresses_it_cannot_serve(addresses: list[str], message: str) -> None:
     from convoy.connectors.emulated.labnet import plan_lab
