@@ -19,6 +19,7 @@ from convoy.errors import ConvoyError
 from convoy.tasks.run.testshell.overlay import build_overlay, definition_script
 from convoy.tasks.run.testshell.runner import device_environment, run_lava_tests
 from convoy.tasks.run.testshell.session import LOST_EXIT_CODE, STOPPED_EXIT_CODE, TIMED_OUT_EXIT_CODE
+from convoy.workers.embedded.lab import wait_until
 
 
 @dataclass
@@ -56,7 +57,7 @@ def shell(tmp_path: Path):
     home = tmp_path / "home"
     home.mkdir()
     ssh = tmp_path / "ssh"
-    ssh.write_text(f'#!/bin/sh\nshift 2\ncd "{home}" && exec sh -c "$1"\n')
+    ssh.write_text(f'#!/bin/sh\nshift 2\ncd "{home}" && HOME="{home}" exec sh -c "$1"\n')
     ssh.chmod(0o755)
     cache = tmp_path / "cache.txt"
 
@@ -113,8 +114,11 @@ def test_a_failed_case_does_not_fail_the_action_a_failing_step_does(shell):
 
 
 def test_timeout_cancel_and_a_lost_session(shell, tmp_path):
-    status, out, _ = shell("sleep 30", timeout=0.5)
+    status, out, _ = shell("sleep 30 & echo $! > $HOME/sleeper.pid", "wait", timeout=0.5)
     assert status == TIMED_OUT_EXIT_CODE and "timed out after 0.5s" in out
+    sleeper = int((shell.home / "sleeper.pid").read_text())
+    assert wait_until(lambda: not Path(f"/proc/{sleeper}").exists() or
+                      Path(f"/proc/{sleeper}/stat").read_text().split()[2] == "Z", 10), "left running on the device"
     cancel = threading.Event()
     threading.Timer(0.5, cancel.set).start()
     status, out, _ = shell("lava-wait slow", relay=Relay(), cancel=cancel)

@@ -161,12 +161,28 @@ class TestShell:
         finally:
             state.ended.set()
             writer.close()
+            if stop is not None and stop != "closing":
+                self.stop_remote(index)
             if stop is not None or proc.poll() is None:
                 _end(proc)
             reader.join(timeout=5)
         for thread in calls:
             thread.join(timeout=1)
         return self.conclude(state, proc.wait(), stop)
+
+    def stop_remote(self, index: int) -> None:
+        """End the action's processes on the device (its runner's process group), over a second session.
+
+        A device's SSH server without a terminal does not hang up a session's processes when the client goes;
+        best effort: the device may be gone too.
+        """
+        pidfile = shlex.quote(f"{self.overlay.name}/{index}/runner.pid")
+        command = (f"p=$(cat {pidfile} 2>/dev/null) && g=$(ps -o pgid= -p \"$p\" | tr -d ' ') "
+                   "&& [ -n \"$g\" ] && kill -TERM -\"$g\"; true")
+        try:
+            subprocess.run([str(self.ssh), "-T", self.host, command], capture_output=True, timeout=15, check=False)
+        except (OSError, subprocess.TimeoutExpired) as exc:
+            log.warning("could not stop test action %d on %s: %s", index, self.host, exc)
 
     def stop_reason(self, deadline: float | None, limit: float | None, closing_at: float | None) -> str | None:
         if self.cancel.is_set():
