@@ -135,6 +135,16 @@ def test_background_processes_are_stopped_by_name_or_at_the_end_of_the_action(sh
     assert {"suite": "0_t", "case": "ticker", "result": "pass", "definition": "0_t"} in cases
 
 
+def test_a_flood_of_call_markers_gets_a_bounded_number_of_threads(shell):
+    relay = Relay()
+    flood = ('for i in $(seq 150); do echo "<LAVA_MULTI_NODE> <LAVA_WAIT slow> '
+             '<CONVOY_CALL f$i lava-wait x736c6f77 ->"; done')
+    status, out, _ = shell(flood, "echo after-the-flood", relay=relay)
+    assert "after-the-flood\n" in out
+    assert len(relay.calls) == 64  # MAX_CALLS_IN_FLIGHT; the rest were refused at once
+    assert status == 1  # the relayed waits were ended by the session's end: failed MultiNode calls
+
+
 def test_a_helper_outside_the_session_says_so(shell):
     _, out, _ = shell("lava-send x </dev/null 9<&- 2>&1 || echo exit-$?")
     assert "not connected to the test shell" in out and "exit-1" in out

@@ -14,6 +14,7 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from convoy.tasks.run.output import OutputForwarder
 from convoy.tasks.run.testshell.overlay import build_overlay
 from convoy.tasks.run.testshell.session import Relay, TestShell
 
@@ -55,17 +56,26 @@ def run_lava_tests(lava_tests: Sequence[Mapping[str, Any]], *, job_id: str, work
                    on_start: Callable[[int], None] | None = None) -> int:
     """Run every test action on the device at ``host`` (the job's ssh config names it); the phase's status."""
     overlay = build_overlay(work_dir / "lava-overlay", job_id, lava_tests, environment)
-    shell = TestShell(ssh=ssh, host=host, overlay=overlay, out=out, record=record, relay=relay, cancel=cancel,
-                      on_start=on_start)
-    out(f"copying the test overlay to ~/{overlay.name} on {host}\n")
-    shell.install()
+    forwarder = OutputForwarder(out, name="lava_tests")  # the session is read on: output never waits for Redis
+    try:
+        shell = TestShell(ssh=ssh, host=host, overlay=overlay, out=forwarder.write, record=record, relay=relay,
+                          cancel=cancel, on_start=on_start)
+        forwarder.write(f"copying the test overlay to ~/{overlay.name} on {host}\n")
+        shell.install()
+        return _run_actions(shell, lava_tests, overlay.suites, host, deadline, global_timeout)
+    finally:
+        forwarder.close()
+
+
+def _run_actions(shell: TestShell, lava_tests: Sequence[Mapping[str, Any]], suites: list[list[str]], host: str,
+                 deadline: float | None, global_timeout: float | None) -> int:
+    out = shell.out
     for index, action in enumerate(lava_tests):
         limit, until = global_timeout, deadline
         timeout = action.get("timeout")
         if timeout and (until is None or time.time() + float(timeout) < until):
             limit, until = float(timeout), time.time() + float(timeout)
-        suites = ", ".join(overlay.suites[index]) or "no definitions"
-        out(f"test action {index} ({suites}) on {host}\n")
+        out(f"test action {index} ({', '.join(suites[index]) or 'no definitions'}) on {host}\n")
         result = shell.run_action(index, until, limit)
         if result.status != 0:
             return result.status

@@ -42,6 +42,9 @@ WAIT_PROGRAMS = frozenset({"lava-send", "lava-wait", "lava-wait-all", "lava-sync
 EXIT_GRACE_SECONDS = 5.0
 COPY_TIMEOUT_SECONDS = 120.0
 POLL_SECONDS = 0.2
+#: MultiNode calls of one session relayed at once; more (a definition printing call markers in a loop)
+#: are answered with an error at once rather than each given a thread
+MAX_CALLS_IN_FLIGHT = 64
 TIMED_OUT_EXIT_CODE = 124
 LOST_EXIT_CODE = 255
 STOPPED_EXIT_CODE = 143
@@ -90,6 +93,8 @@ class _State:
     test_set: str | None = None
     ended: threading.Event = field(default_factory=threading.Event)  #: the session is over
     cases: list[dict[str, Any]] = field(default_factory=list)        #: what this action recorded
+    calls: threading.BoundedSemaphore = field(
+        default_factory=lambda: threading.BoundedSemaphore(MAX_CALLS_IN_FLIGHT))  #: relayed calls in flight
 
     def gone(self) -> str | None:
         """Why a MultiNode wait of this session should end now (its session ended), else None."""
@@ -166,8 +171,9 @@ class TestShell:
             if stop is not None or proc.poll() is None:
                 _end(proc)
             reader.join(timeout=5)
+        until = time.monotonic() + 2  # the calls' waits end with the session (state.gone)
         for thread in calls:
-            thread.join(timeout=1)
+            thread.join(timeout=max(0.0, until - time.monotonic()))
         return self.conclude(state, proc.wait(), stop)
 
     def stop_remote(self, index: int) -> None:
@@ -227,6 +233,10 @@ class TestShell:
             self.out(text)
             return []
         if isinstance(event, markers.Call):
+            if not state.calls.acquire(blocking=False):
+                writer.write(markers.reply_lines(event.call_id, 1, stderr=f"{event.prog}: too many MultiNode calls "
+                                                 f"at once ({MAX_CALLS_IN_FLIGHT}) in this test shell"))
+                return []
             thread = threading.Thread(target=self.call, args=(event, state, writer), daemon=True,
                                       name=f"multinode-{event.prog}")
             thread.start()
@@ -279,6 +289,12 @@ class TestShell:
     def call(self, event: markers.Call, state: _State, writer: _Writer) -> None:
         """A MultiNode call relayed to the group; its reply written back to the helper."""
         try:
+            self.relay_call(event, state, writer)
+        finally:
+            state.calls.release()
+
+    def relay_call(self, event: markers.Call, state: _State, writer: _Writer) -> None:
+        try:
             reply: Reply = (self.relay.call(event.prog, list(event.argv), device_ip=event.ipv4, stop=state.gone)
                             if self.relay is not None else
                             _NoGroup(stderr=f"{event.prog}: this job is not a member of a MultiNode group"))
@@ -295,29 +311,40 @@ class TestShell:
 
 
 class _Writer:
-    """The session's input, written by several call threads (whole replies at a time)."""
+    """The session's input: whole replies queued by the call threads, written by a thread of its own.
+
+    Nobody waits for the device to read them (a device that stops reading blocks only this thread).
+    """
 
     def __init__(self, stream: IO[bytes]) -> None:
-        self.stream, self.lock, self.closed = stream, threading.Lock(), False
+        self.stream = stream
+        self.replies: queue.Queue[bytes | None] = queue.Queue()
+        self.closed = False
+        self.thread = threading.Thread(target=self._run, daemon=True, name="testshell-input")
+        self.thread.start()
 
     def write(self, lines: list[str]) -> None:
-        with self.lock:
-            if self.closed:
-                return
-            try:
-                self.stream.write("".join(lines).encode("utf-8"))
-                self.stream.flush()
-            except (BrokenPipeError, OSError, ValueError):
-                self.closed = True
+        if not self.closed:
+            self.replies.put("".join(lines).encode("utf-8"))
 
     def close(self) -> None:
-        with self.lock:
-            if not self.closed:
-                self.closed = True
-                try:
-                    self.stream.close()
-                except OSError:
-                    pass
+        """No more replies: the session's input ends once those queued are written."""
+        if not self.closed:
+            self.closed = True
+            self.replies.put(None)
+
+    def _run(self) -> None:
+        try:
+            while (data := self.replies.get()) is not None:
+                self.stream.write(data)
+                self.stream.flush()
+        except (OSError, ValueError):  # the session is gone
+            pass
+        finally:
+            try:
+                self.stream.close()
+            except OSError:
+                pass
 
 
 def _read_lines(stream: IO[bytes], lines: queue.Queue[bytes | None]) -> None:
