@@ -15,6 +15,8 @@ from __future__ import annotations
 import os
 import re
 import subprocess
+import uuid
+from pathlib import Path
 
 import pytest
 from junitparser import JUnitXml
@@ -61,9 +63,11 @@ def by_role(parent: str) -> dict[str, str]:
 def test_steps_run_in_the_devices_home_with_lava_helpers_and_results(start_cluster):
     qemu = unique_queue("qemu")
     cluster = start_cluster({qemu: 1})
+    token = f"/tmp/convoy-test-shell-{uuid.uuid4().hex}"
     job_id = submit_job(single_job(qemu, definition(
         "smoke",
         "pwd",
+        f"echo written-in-the-devices-tmp > {token}",
         "echo made-on-the-device > made-by-step.txt",
         "lava-test-case file-written --shell test -s made-by-step.txt",
         "echo ipv4=$(lava-echo-ipv4 eth0)",
@@ -90,6 +94,11 @@ def test_steps_run_in_the_devices_home_with_lava_helpers_and_results(start_clust
     assert "param=10/default\n" in out and "iperf3\ncurl\n" in out  # params exported, deps to the stand-in
     assert "second-definition-in-1_second\n" in out
     assert "secret-vars=0\n" in out  # no Redis URL, password or relay socket on the device
+    if info.get("sandboxed"):  # a machine of its own: its /tmp is not the host's
+        assert not Path(token).exists()
+    else:  # no sandbox here: the device's /tmp is its host's (the test output warned)
+        assert Path(token).read_text() == "written-in-the-devices-tmp\n" and "is not a sandbox" in out
+        Path(token).unlink()
     assert "<LAVA_SIGNAL" not in out and "<LAVA_MULTI_NODE" not in out  # markers are read, not shown
     found = {(c["suite"], c["case"]): c for c in cases(get_store().client, job_id)}
     assert found[("0_smoke", "file-written")]["result"] == "pass"
