@@ -40,8 +40,9 @@ log = logging.getLogger(__name__)
 FARM = "farm"
 #: where farms claim their subnets (root-only)
 CLAIMS = Path("/run/convoy-labs")
-#: the pool lab subnets are drawn from: 10.200.0.0/24 .. 10.254.255.0/24
-POOL_SECOND_OCTETS = range(200, 255)
+#: where lab subnets are drawn from, in order: 10.200.0.0/24 .. 10.254.255.0/24, then (a host that
+#: routes all of 10/8, e.g. over a VPN) 172.16-31.x.0/24, then 192.168.x.0/24
+POOLS = ((10, range(200, 255)), (172, range(16, 32)), (192, range(168, 169)))
 BRIDGE_PREFIX = "cvl"
 _BRIDGE_RE = re.compile(rf"^{BRIDGE_PREFIX}[0-9a-f]{{6}}$")
 MAX_DEVICES = 250
@@ -185,12 +186,13 @@ def plan_lab(devices: Iterable[DeviceConfig], *, exclude: Iterable[ipaddress.IPv
                                                   network.broadcast_address):
                 raise DeviceError(name, f"config.address {address} is the lab's network, gateway or broadcast address")
     else:
-        for _ in range(200):
-            network = ipaddress.IPv4Network(f"10.{random.choice(POOL_SECOND_OCTETS)}.{random.randint(0, 255)}.0/24")
+        for first, seconds in (pool for pool in POOLS for _ in range(200)):
+            network = ipaddress.IPv4Network(f"{first}.{random.choice(seconds)}.{random.randint(0, 255)}.0/24")
             if Lab(network).claim_path.name not in claimed and not any(n.overlaps(network) for n in in_use):
                 break
         else:
-            raise DeviceError(FARM, "no free /24 left in 10.200.0.0-10.254.255.255 for a lab network")
+            raise DeviceError(FARM, "no free private /24 left for a lab network (10.200-254.x, 172.16-31.x, "
+                                    "192.168.x all in use)")
     lab = Lab(network)
     taken = set(given.values())
     free = (str(h) for h in list(network.hosts())[1:] if str(h) not in taken)

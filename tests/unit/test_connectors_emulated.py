@@ -248,3 +248,14 @@ def test_control_call_without_a_farm_is_none(tmp_path: Path) -> None:
         dead.bind(str(tmp_path / "c.sock"))
     assert call(tmp_path / "c.sock", "info") is None
     assert call(deep / "control.sock", "info") is None
+
+
+def test_lab_plan_looks_beyond_10_8_when_the_host_routes_all_of_it(monkeypatch) -> None:
+    from convoy.connectors.emulated import labnet
+
+    monkeypatch.setattr(labnet, "_networks_in_use", lambda: [ipaddress.IPv4Network("10.0.0.0/8")])
+    lab, _ = labnet.plan_lab([DeviceConfig("a", ("q",))])
+    assert lab.network.is_private and not lab.network.overlaps(ipaddress.IPv4Network("10.0.0.0/8"))
+    monkeypatch.setattr(labnet, "_networks_in_use", lambda: [ipaddress.IPv4Network("0.0.0.0/0")])
+    with pytest.raises(DeviceError, match="no free private /24"):
+        labnet.plan_lab([DeviceConfig("a", ("q",))])
