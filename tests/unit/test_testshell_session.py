@@ -8,6 +8,8 @@ devices are in tests/integration/test_test_shell.py.
 """
 from __future__ import annotations
 
+import os
+import shutil
 import threading
 import time
 from dataclasses import dataclass
@@ -62,13 +64,14 @@ def shell(tmp_path: Path):
     cache = tmp_path / "cache.txt"
 
     def run(*steps: str, relay=None, timeout: float | None = None, cancel: threading.Event | None = None,
-            more: list[dict] | None = None):
+            more: list[dict] | None = None, environment: dict[str, str] | None = None):
         out: list[str] = []
         cases: list[dict] = []
         tests = [{"definitions": [{"name": "t", "from": "inline", "repository": {"run": {"steps": list(steps)}}},
                                   *(more or [])], **({"timeout": timeout} if timeout else {})}]
         status = run_lava_tests(tests, job_id="j1", work_dir=tmp_path / "work", ssh=ssh, host="device",
-                                environment={"LAVA_MULTI_NODE_CACHE": str(cache)}, out=out.append,
+                                environment=environment if environment is not None else
+                                {"LAVA_MULTI_NODE_CACHE": str(cache)}, out=out.append,
                                 record=cases.append, relay=relay, cancel=cancel or threading.Event(), deadline=None)
         return status, "".join(out), cases
 
@@ -143,6 +146,16 @@ def test_a_flood_of_call_markers_gets_a_bounded_number_of_threads(shell):
     assert "after-the-flood\n" in out
     assert len(relay.calls) == 64  # MAX_CALLS_IN_FLIGHT; the rest were refused at once
     assert status == 1  # the relayed waits were ended by the session's end: failed MultiNode calls
+
+
+@pytest.mark.skipif(os.geteuid() != 0 or shutil.which("unshare") is None, reason="private mounts need root")
+def test_a_device_that_is_no_sandbox_gets_its_own_cache_file_at_lavas_path(shell):
+    shared = Path("/tmp/lava_multi_node_cache.txt")
+    before = shared.read_bytes() if shared.exists() else None
+    status, out, _ = shell("lava-wait ready", "echo cache: $(cat /tmp/lava_multi_node_cache.txt)", relay=Relay(),
+                           environment=device_environment({}, sandboxed=False, device_ip="127.9.9.9"))
+    assert status == 0 and "cache: ip=10.0.0.9 note=a b=c\n" in out, out
+    assert (shared.read_bytes() if shared.exists() else None) == before  # the host's file is untouched
 
 
 def test_a_helper_outside_the_session_says_so(shell):
