@@ -202,3 +202,37 @@ def test_without_a_sandbox_devices_run_on_the_host(tmp_path: Path) -> None:
 
 def _link_exists(name: str) -> bool:
     return subprocess.run(["ip", "link", "show", name], capture_output=True).returncode == 0
+
+
+def test_serve_devices_in_process_claims_and_releases_its_lab(tmp_path: Path) -> None:
+    """What ``convoy devices`` runs: the farm in this process, its lab claimed here; workers learn the address."""
+    from convoy.connectors.emulated.farm import serve_devices
+
+    state = tmp_path / "state"
+    key = ensure_agent_key(state / "keys")
+    device = DeviceConfig("sbx-t", ("t",), config={"address": "127.0.0.5"})  # what assign_addresses gave
+    ready, stop, served, errors = threading.Event(), threading.Event(), [], []
+
+    def serve() -> None:
+        try:
+            served.extend(serve_devices([device], state, ready, stop=stop))
+        except Exception as exc:  # noqa: BLE001 - surfaced by the asserts below
+            errors.append(exc)
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    try:
+        assert ready.wait(30), errors
+        connector = EmulatedConnector(device, key, state_dir=state)
+        info = connector.provision({}, threading.Event(), lambda line: None)
+        assert info["sandboxed"] and info["device_ip"] != "127.0.0.5"
+        bridges = [line.split()[0] for line in subprocess.run(["ip", "-br", "link", "show", "type", "bridge"],
+                                                              capture_output=True, text=True).stdout.splitlines()]
+        lab = labnet.Lab(ipaddress.IPv4Network(f"{info['device_ip']}/24", strict=False))
+        assert lab.bridge in bridges and lab.claim_path.exists()
+    finally:
+        stop.set()
+        thread.join(30)
+    assert not thread.is_alive() and not errors
+    assert served[0].config["address"] == info["device_ip"]
+    assert not _link_exists(lab.bridge) and not lab.claim_path.exists()
