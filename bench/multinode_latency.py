@@ -1,15 +1,16 @@
 #!/usr/bin/env python3
-"""MultiNode latency: convoy's Redis store and ``lava-*`` commands next to LAVA's coordinator.
+"""MultiNode latency: convoy's Redis store, its relay and the ``lava-*`` commands next to LAVA's coordinator.
 
 Measures, in one run on this machine:
 
 * ``lava-send`` -> waiting ``lava-wait`` returns (one way), in-process (a thread
-  blocked in ``store.wait_any`` on its own connection) and with a real
-  ``lava-wait`` process (send -> the process has exited);
+  blocked in its job's relay, ``MultiNodeRelay.call``, as the device's test
+  shell calls it) and with a real ``lava-wait`` process asking its job's relay
+  over the job's unix socket (send -> the process has exited);
 * ``lava-sync`` release latency (last member's call -> every member's call has
-  returned) for N = 2, 8, 32, 256: in-process (one thread and one Redis
-  connection per member, the same code path as the command; one id reused in a
-  loop, i.e. the generation barrier), and with N-1 real ``lava-sync`` processes
+  returned) for N = 2, 8, 32, 256: in-process (one thread and one relay per
+  member; one id reused in a loop, i.e. the generation barrier), and with N-1
+  real ``lava-sync`` processes (each through its member's relay socket)
   already waiting for N = 2, 8, 32;
 * the cost of one command process (``lava-send`` start -> exit) next to a bare
   interpreter of the same venv, and the import cost of the commands module;
@@ -36,10 +37,12 @@ import uuid
 from pathlib import Path
 from types import SimpleNamespace
 
+import redis
+
 from convoy.coordinator.state import keys
 from convoy.coordinator.multinode import cachefile, store
 from convoy.coordinator.multinode import group as mn_group
-from convoy.coordinator.multinode.resp import RespConn
+from convoy.tasks.run.relay import MultiNodeRelay, RelayServer
 from convoy.workers.embedded.redis_server import RedisServer, free_port
 
 QUICK = os.environ.get("QUICK", "") not in ("", "0")
@@ -88,10 +91,28 @@ def wait_until(cond, timeout: float = 30.0) -> None:
         time.sleep(0.0005)
 
 
+def relay(client: redis.Redis, gid: str, job: str) -> MultiNodeRelay:
+    return MultiNodeRelay(client, group_id=gid, job_id=job, role="peer", timeout=None, cancel=None)
+
+
 class Bench:
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, tmp: str) -> None:
         self.url = url
-        self.admin = RespConn(url)
+        self.admin = redis.Redis.from_url(url, decode_responses=True)
+        self.tmp = tmp
+        #: each member's relay served on its socket, as its worker would (made on first use)
+        self.servers: dict[tuple[str, str], RelayServer] = {}
+
+    def socket(self, gid: str, job: str) -> str:
+        if (gid, job) not in self.servers:
+            server = relay(self.admin, gid, job).serve(Path(self.tmp) / "jobs" / f"{gid}-{job}" / "relay.sock")
+            server.start()
+            self.servers[(gid, job)] = server
+        return str(self.servers[(gid, job)].path)
+
+    def close(self) -> None:
+        for server in self.servers.values():
+            server.stop()
 
     def group(self, n: int, timeout: float = 120.0) -> tuple[str, list[str]]:
         gid = f"bench-{uuid.uuid4().hex[:8]}"
@@ -100,12 +121,12 @@ class Bench:
         return gid, jobs
 
     def subscribers(self, gid: str) -> int:
-        return int(self.admin.execute_command("PUBSUB", "NUMSUB", keys.group_channel(gid))[1])
+        return int(self.admin.pubsub_numsub(keys.group_channel(gid))[0][1])
 
     def env(self, gid: str, job: str, tmp: str, compiled: bool = True) -> dict[str, str]:
         """A member's command environment; ``compiled``: byte-code cached, as after a pip install."""
-        env = dict(os.environ, CONVOY_REDIS_URL=self.url, CONVOY_GROUP_ID=gid, CONVOY_JOB_ID=job,
-                   CONVOY_ROLE="peer", CONVOY_MULTINODE_CACHE=f"{tmp}/cache-{job}.txt")
+        env = dict(os.environ, CONVOY_MULTINODE_SOCKET=self.socket(gid, job), CONVOY_GROUP_ID=gid,
+                   CONVOY_JOB_ID=job, CONVOY_ROLE="peer", CONVOY_MULTINODE_CACHE=f"{tmp}/cache-{job}.txt")
         if compiled:
             env.pop("PYTHONDONTWRITEBYTECODE", None)
             env["PYTHONPYCACHEPREFIX"] = f"{tmp}/pycache"  # never writes into the repository
@@ -117,13 +138,15 @@ class Bench:
         got: dict[int, float] = {}
         ready = threading.Event()
 
-        def waiter(i: int, conn: RespConn) -> None:
-            ready.set()  # as the command: pass record in the same step, then the cache file
-            data = store.wait_any(conn, gid, f"ping-{i}", timeout=30, record=(b, f"multinode-wait-ping-{i}"))
-            cachefile.write(f"{tmp}/cache-{b}.txt", cachefile.wait_lines(data))
+        def waiter(i: int, mine: MultiNodeRelay) -> None:
+            ready.set()  # as the test shell: the relay's call, then the cache file
+            reply = mine.call("lava-wait", [f"ping-{i}"])
+            if reply.code != 0 or reply.cache is None:
+                raise RuntimeError(reply.stderr)
+            cachefile.write(f"{tmp}/cache-{b}.txt", reply.cache)
             got[i] = time.perf_counter()
 
-        conn_w, conn_s = RespConn(self.url), RespConn(self.url)
+        conn_w, sender = relay(self.admin, gid, b), relay(self.admin, gid, a)
         lat = []
         for i in range(iters):
             ready.clear()
@@ -132,14 +155,14 @@ class Bench:
             wait_until(lambda: self.subscribers(gid) == 1)
             time.sleep(random.uniform(0, 0.001))
             t0 = time.perf_counter()
-            store.send(conn_s, gid, a, f"ping-{i}", {"seq": str(i)})
+            sender.call("lava-send", [f"ping-{i}", f"seq={i}"])
             t.join()
             lat.append(got[i] - t0)
         return summary(lat)
 
     def send_wait_process(self, iters: int, tmp: str) -> dict:
         gid, (a, b) = self.group(2)
-        conn = RespConn(self.url)
+        sender = relay(self.admin, gid, a)
         lat = []
         for i in range(iters):
             proc = subprocess.Popen([str(BIN / "lava-wait"), f"ping-{i}"], env=self.env(gid, b, tmp))
@@ -147,7 +170,7 @@ class Bench:
             if i == 0:
                 RESULTS["waiter_rss_kib"] = _rss_kib(proc.pid)
             t0 = time.perf_counter()
-            store.send(conn, gid, a, f"ping-{i}", {"seq": str(i)})
+            sender.call("lava-send", [f"ping-{i}", f"seq={i}"])
             if proc.wait() != 0:
                 raise RuntimeError("lava-wait failed")
             lat.append(time.perf_counter() - t0)
@@ -155,7 +178,7 @@ class Bench:
 
     # -- sync ------------------------------------------------------------------
     def sync_inprocess(self, n: int, iters: int, tmp: str, spread: float | None = None) -> dict:
-        """Members are threads, a Redis connection each, spread over a few processes.
+        """Members are threads, a relay each (one Redis client per process), spread over a few processes.
 
         Members arrive at random within ``spread`` (default 10 ms + 0.2 ms per
         member: real members arrive seconds apart; a zero spread would measure
@@ -194,22 +217,23 @@ class Bench:
 
     def sync_process(self, n: int, iters: int, tmp: str) -> dict:
         gid, jobs = self.group(n)
-        conn = RespConn(self.url)
+        last = relay(self.admin, gid, jobs[0])
         sync_key = keys.group_sync(gid, "loop")
         lat = []
         for it in range(1, iters + 1):
             procs = [subprocess.Popen([str(BIN / "lava-sync"), "loop"], env=self.env(gid, j, tmp))
                      for j in jobs[1:]]
             field = f"g:{it}"  # the generation this round fills
-            wait_until(lambda f=field: int(conn.execute_command("HGET", sync_key, f) or 0) == n - 1
-                       and self.subscribers(gid) == n - 1, 120)  # (the HGET also flushes conn's UNSUBSCRIBE)
+            wait_until(lambda f=field: int(self.admin.hget(sync_key, f) or 0) == n - 1
+                       and self.subscribers(gid) == n - 1, 120)
             exits: list[float] = []
             waiters = [threading.Thread(target=lambda p=p, e=exits: (p.wait(), e.append(time.perf_counter())))
                        for p in procs]
             for w in waiters:
                 w.start()
             t0 = time.perf_counter()
-            store.sync(conn, gid, jobs[0], "loop", timeout=60)  # the last member arrives
+            if last.call("lava-sync", ["loop"]).code != 0:  # the last member arrives
+                raise RuntimeError("lava-sync failed")
             mine = time.perf_counter()
             for w in waiters:
                 w.join()
@@ -220,7 +244,7 @@ class Bench:
 
     # -- fan-out to many waiters -------------------------------------------------
     def fanout(self, waiters: int) -> dict:
-        """W waiters (threads in one process per CPU, a connection each) on one message; one send."""
+        """W waiters (threads in one process per CPU, a subscription each) on one message; one send."""
         gid, (a, _) = self.group(2)
         before = self._used_memory()
         ctx = mp.get_context("fork")
@@ -242,18 +266,17 @@ class Bench:
                 "redis_bytes_per_waiter": (during - before) / waiters}
 
     def _used_memory(self) -> int:
-        info = self.admin.execute_command("INFO", "memory")
-        return int(next(line.split(":")[1] for line in info.splitlines() if line.startswith("used_memory:")))
+        return int(self.admin.info("memory")["used_memory"])
 
 
 def _fanout_host(url: str, gid: str, mine: list[int], released) -> None:
     """A forked process whose threads each wait (own connection) for one message."""
 
+    client = redis.Redis.from_url(url, max_connections=len(mine) + 8)
+
     def waiter(k: int) -> None:
-        conn = RespConn(url)
-        store.wait_any(conn, gid, "go", timeout=120)
+        store.wait_any(client, gid, "go", timeout=120)
         released[k] = time.perf_counter()
-        conn.close()
 
     threading.stack_size(256 * 1024)
     threads = [threading.Thread(target=waiter, args=(k,)) for k in mine]
@@ -271,22 +294,25 @@ def _rss_kib(pid: int) -> int:
 def _sync_host(url, gid, jobs, mine, iters, tmp, spread, enter, leave, start, done, failures) -> None:
     """A forked process hosting some members of a sync benchmark, a thread each."""
 
+    client = redis.Redis.from_url(url)  # one per process, as a worker holds one
+
     def member(k: int) -> None:
-        conn = RespConn(url)
+        mine = relay(client, gid, jobs[k])
         rng = random.Random(k)
         for _ in range(iters):
             start.wait(120)
             try:
                 time.sleep(rng.uniform(0, spread))
                 enter[k] = time.perf_counter()  # CLOCK_MONOTONIC: comparable across processes
-                # what the command does: one id reused every round, pass record, cache file
-                got = store.sync(conn, gid, jobs[k], "loop", timeout=60, record="multinode-sync-loop")
-                cachefile.write(f"{tmp}/cache-{k}.txt", cachefile.wait_all_lines(got))
+                # what a call does: one id reused every round, pass record, cache file
+                reply = mine.call("lava-sync", ["loop"])
+                if reply.code != 0:
+                    raise RuntimeError(reply.stderr)
+                cachefile.write(f"{tmp}/cache-{k}.txt", reply.cache or [])
                 leave[k] = time.perf_counter()
             except BaseException as exc:  # noqa: BLE001 - reported by the parent
                 failures.put(repr(exc))
             done.wait(120)
-        conn.close()
 
     threading.stack_size(256 * 1024)
     threads = [threading.Thread(target=member, args=(k,)) for k in mine]
@@ -334,7 +360,8 @@ def process_cost(bench: Bench, runs: int, tmp: str) -> None:
     RESULTS["import"] = {"commands_ms": mine, "convoy_package_ms": pkg, "site_ms": best.get("site")}
     print(f"  python -X importtime (byte-compiled, best of 5): commands module {mine:.1f} ms cumulative, "
           f"of which `import convoy` (package __init__: typing; errors: dataclasses) {pkg:.1f} ms; "
-          f"before it, `site` {best.get('site', 0):.1f} ms (editable-install finder); redis-py is never imported")
+          f"before it, `site` {best.get('site', 0):.1f} ms (editable-install finder); redis-py is never imported "
+          "(the command asks its job's relay over a unix socket)")
 
 
 # --- LAVA -----------------------------------------------------------------------
@@ -436,22 +463,22 @@ def main() -> int:
           f"python {sys.version.split()[0]}; load average {os.getloadavg()[0]:.2f}")
     with tempfile.TemporaryDirectory(prefix="convoy-mnbench-") as tmp:
         server = RedisServer(Path(tmp) / "redis").start()
+        bench = Bench(server.url, tmp)
         try:
-            bench = Bench(server.url)
             print(f"# private redis-server at {server.url}\n\n== convoy: one command process ==")
             process_cost(bench, 15 if q else 60, tmp)
 
             print("\n== convoy: lava-send -> lava-wait (one way) ==")
             show("convoy send->wait (in-process)", bench.send_wait_inprocess(200 if q else 1000, tmp),
-                 "thread + own connection")
+                 "MultiNodeRelay.call in a thread (the test shell's path)")
             show("convoy send->wait (lava-wait process)", bench.send_wait_process(10 if q else 50, tmp),
-                 "send -> the process has exited")
+                 "send -> the process (via its relay socket) has exited")
 
             print("\n== convoy: lava-sync release (last member's call -> every member returned) ==")
             for n, iters in ((2, 100 if q else 500), (8, 60 if q else 300), (32, 30 if q else 200),
                              (256, 6 if q else 50)):
                 show(f"convoy sync N={n} (in-process)", bench.sync_inprocess(n, iters, tmp),
-                     f"threads in {hosts_for(n)} processes, a connection each; one id reused")
+                     f"threads in {hosts_for(n)} processes, a relay each; one id reused")
             for n, iters in ((2, 8 if q else 30), (8, 4 if q else 20), (32, 2 if q else 8)):
                 show(f"convoy sync N={n} (processes)", bench.sync_process(n, iters, tmp),
                      f"{n - 1} lava-sync processes waiting -> all exited")
@@ -460,11 +487,13 @@ def main() -> int:
             w = 200 if q else 1000
             f = bench.fanout(w)
             RESULTS["fanout"] = f
-            print(f"  {w} waiters (threads, {FANOUT_PER_HOST} per process, a connection each): all released {f['release_all_ms']:.1f} ms "
+            print(f"  {w} waiters (threads, {FANOUT_PER_HOST} per process, a subscription each): all released "
+                  f"{f['release_all_ms']:.1f} ms "
                   f"after one send; Redis memory {f['redis_bytes_per_waiter'] / 1024:.1f} KiB per waiting "
                   f"connection. A waiting lava-wait process: RSS {RESULTS.get('waiter_rss_kib', 0) / 1024:.1f} "
-                  "MiB, one socket, no thread. Nothing shared (no coordinator process) grows per waiter.")
+                  "MiB, one socket to its relay. Nothing shared (no coordinator process) grows per waiter.")
         finally:
+            bench.close()
             server.stop()
 
         print("\n== LAVA coordinator (Debian lava-coordinator, same machine, same run) ==")

@@ -61,7 +61,9 @@ CONNECT_BUDGET = 30.0
 #: the longest a wait blocks on its subscription before it re-reads the state
 WAKE_SLICE = 10.0
 #: how often a wait that can be stopped (``stop``) asks whether it should
-STOP_SLICE = 0.2
+STOP_SLICE = 0.5
+#: connections of the store's own client: each blocked wait holds one (redis-py's default is 100)
+MAX_CONNECTIONS = 10_000
 
 Received = dict[str, dict[str, str]]
 """Message data by sender job id, in the group's member order."""
@@ -95,7 +97,7 @@ def raw(client: redis.Redis) -> redis.Redis:
             made = redis.Redis.from_url(
                 client_url(client), decode_responses=False, client_name=name,
                 socket_timeout=SOCKET_TIMEOUT_SECONDS, socket_connect_timeout=CONNECT_TIMEOUT_SECONDS,
-                socket_keepalive=True, retry=Retry(NoBackoff(), 0))
+                socket_keepalive=True, retry=Retry(NoBackoff(), 0), max_connections=MAX_CONNECTIONS)
             _RAW[client] = made
         return made
 
@@ -295,21 +297,48 @@ def _first_failed(check: _Check) -> tuple[str, str]:
     return job, check.data[job]
 
 
+#: subscriber connections kept for the next wait of a process (a sync loop opens no connection per round)
+MAX_IDLE_SUBSCRIBERS = 64
+_IDLE: weakref.WeakKeyDictionary[redis.Redis, list[Any]] = weakref.WeakKeyDictionary()
+
+
 def _subscribe(c: redis.Redis, channel: str) -> Any:
-    """A subscription to ``channel`` that Redis has confirmed: anything published from now on reaches it."""
-    sub = c.pubsub()
+    """A subscription to ``channel`` that Redis has confirmed: anything published from now on reaches it.
+
+    Reuses an idle subscriber connection of ``c`` when there is one."""
+    with _RAW_LOCK:
+        idle = _IDLE.get(c)
+        sub = idle.pop() if idle else None
+    if sub is None:
+        sub = c.pubsub()
+    wanted = channel.encode()
     try:
         sub.subscribe(channel)
         limit = time.monotonic() + CONNECT_TIMEOUT_SECONDS
-        while True:
+        while True:  # skip what the connection's last user left (its unsubscribe, late messages)
             msg = sub.get_message(timeout=max(0.01, limit - time.monotonic()))
-            if msg is not None and msg.get("type") in ("subscribe", b"subscribe"):
+            if msg is not None and msg.get("type") in ("subscribe", b"subscribe") and msg.get("channel") == wanted:
                 return sub
             if time.monotonic() >= limit:
                 raise redis.TimeoutError("Redis did not confirm the subscription")
     except BaseException:
         _close(sub)
         raise
+
+
+def _release(c: redis.Redis, sub: Any, channel: str) -> None:
+    """Unsubscribe and keep the connection for the next wait (closed if that fails or enough are kept)."""
+    try:
+        sub.unsubscribe(channel)
+    except Exception:  # noqa: BLE001 - a broken link is closed, not kept
+        _close(sub)
+        return
+    with _RAW_LOCK:
+        idle = _IDLE.setdefault(c, [])
+        if len(idle) < MAX_IDLE_SUBSCRIBERS:
+            idle.append(sub)
+            return
+    _close(sub)
 
 
 def _close(sub: Any) -> None:
@@ -327,6 +356,7 @@ def _await(client: redis.Redis, group_id: str, message_id: str, check: Callable[
     ``sub``: the caller already subscribed and read the state."""
     c = raw(client)
     channel = keys.group_channel(group_id)
+    wanted = channel.encode()
     deadline = started + (timeout if timeout is not None else CONNECT_BUDGET)
     effective = timeout
     need_check, final, backoff = sub is None, False, Backoff()
@@ -367,6 +397,8 @@ def _await(client: redis.Redis, group_id: str, message_id: str, check: Callable[
                 if msg is None:
                     # a silent slice ends in a re-read: it catches a wake-up lost with a connection
                     need_check = time.monotonic() - last_read >= WAKE_SLICE
+                elif msg.get("channel") != wanted:
+                    pass  # a late message of the connection's previous wait
                 elif msg.get("type") in ("subscribe", b"subscribe") or relevant(_s(msg.get("data", b""))):
                     need_check = True
             except CONNECTION_ERRORS as exc:
@@ -380,7 +412,7 @@ def _await(client: redis.Redis, group_id: str, message_id: str, check: Callable[
                 backoff.pause(deadline, stop)
     finally:
         if sub is not None:
-            _close(sub)
+            _release(c, sub, channel)
 
 
 def _pass_record(record: tuple[str, str] | None) -> list[str]:
@@ -471,7 +503,7 @@ def sync(client: redis.Redis, group_id: str, job_id: str, message_id: str, *,
         waiting = True
     finally:
         if not waiting and sub is not None:
-            _close(sub)
+            _release(c, sub, channel)
     gen = int(reply[4])
 
     def relevant(payload: str) -> bool:

@@ -2,7 +2,7 @@
 
 Real workers, real Redis, no fault injected.  Every blocking Redis call
 (``XREAD BLOCK`` of the parent and of ``wait_for_job``, the control streams,
-the ``lava-*`` commands' pub/sub) sits idle for tens of seconds here; none may
+the pub/sub wait of a ``lava-*`` command's relay) sits idle for tens of seconds here; none may
 mistake the silence for a dead connection.  The lava-wait runs alongside the
 job, so the whole file costs about one job's length.
 """
@@ -18,6 +18,7 @@ import pytest
 from convoy.coordinator.state import keys
 from convoy.coordinator.api import job_results, submit_job, wait_for_job
 from convoy.coordinator.multinode import group as mn_group
+from convoy.tasks.run.relay import MultiNodeRelay
 
 from helpers import assert_all_released, unique_queue, wait_for, wait_for_state
 
@@ -30,23 +31,26 @@ PARENT_TEST = "echo parent testing; sleep 40; echo parent done"
 CHILD_TEST = "echo child testing; sleep 50; echo child done"
 
 
-def lava(command: str, *args: str, redis_url: str, group: str, job: str, cache: Path) -> subprocess.Popen[str]:
+def lava(command: str, *args: str, socket: Path, cache: Path) -> subprocess.Popen[str]:
+    """A ``lava-*`` command asking its job's relay (served on ``socket``), as in a job."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("CONVOY_", "DEVICE_IP"))}
-    env.update(CONVOY_REDIS_URL=redis_url, CONVOY_GROUP_ID=group, CONVOY_JOB_ID=job,
-               CONVOY_MULTINODE_CACHE=str(cache))
+    env.update(CONVOY_MULTINODE_SOCKET=str(socket), CONVOY_MULTINODE_CACHE=str(cache))
     return subprocess.Popen([str(BIN / command), *args], env=env, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
 
 
-def test_a_long_multi_job_and_a_long_lava_wait_both_end_normally(start_cluster, redis_client, redis_url,
+def test_a_long_multi_job_and_a_long_lava_wait_both_end_normally(start_cluster, redis_client,
                                                                   tmp_path):
     # The lava-wait starts first; its message is sent only after the whole job has ended,
     # so it has waited at least the job's length (~50 s) when the send comes.
     group = "long-wait"
     mn_group.create_group(redis_client, group, {"1": "waiter", "2": "sender"}, timeout=600)
+    relays = [MultiNodeRelay(redis_client, group_id=group, job_id=job, role=None, timeout=None, cancel=None)
+              .serve(tmp_path / f"job{job}" / "relay.sock") for job in ("1", "2")]
+    for server in relays:
+        server.start()
     cache = tmp_path / "cache.txt"
-    waiter = lava("lava-wait", "--timeout", "300", "after-the-job", redis_url=redis_url, group=group, job="1",
-                  cache=cache)
+    waiter = lava("lava-wait", "--timeout", "300", "after-the-job", socket=relays[0].path, cache=cache)
     wait_for(lambda: redis_client.pubsub_numsub(keys.group_channel(group))[0][1] == 1, timeout=30,
              what="lava-wait subscribed")
 
@@ -65,10 +69,12 @@ def test_a_long_multi_job_and_a_long_lava_wait_both_end_normally(start_cluster, 
     assert_all_released(parent)
 
     assert waiter.poll() is None, waiter.communicate()
-    sender = lava("lava-send", "after-the-job", "note=sent late", redis_url=redis_url, group=group, job="2",
+    sender = lava("lava-send", "after-the-job", "note=sent late", socket=relays[1].path,
                   cache=tmp_path / "sender-cache.txt")
     assert sender.communicate(timeout=30) == ("", "")
     assert sender.returncode == 0
     out, err = waiter.communicate(timeout=30)
     assert (waiter.returncode, out, err) == (0, "", "")
     assert cache.read_text() == "note=sent late\n"
+    for server in relays:
+        server.stop()

@@ -342,3 +342,12 @@ def test_odd_bytes_in_redis_never_fail_a_reader_of_either_client(redis_url, redi
         assert store.read_message(client, gid, "odd") == expected
     finally:
         client.close()
+
+
+def test_more_waits_at_once_than_redis_pys_default_pool_holds(redis_client, gid):
+    """A coordinator's one client serves every parent's and guest's waits: each holds a connection."""
+    a, _b = make_group(redis_client, gid, ["x", "y"], timeout=30)
+    waits = [Bg(lambda: store.wait_any(redis_client, gid, "go")) for _ in range(150)]  # redis-py: 100 by default
+    wait_for(lambda: subscribers(redis_client, gid) == 150, timeout=30, what="150 waiters subscribed")
+    store.send(redis_client, gid, a, "go", {"k": "v"})
+    assert [w.join(30) for w in waits] == [{a: {"k": "v"}}] * 150
