@@ -11,6 +11,7 @@ phase and ends ``cancelled`` like every child.
 """
 from __future__ import annotations
 
+import subprocess
 import threading
 import time
 from collections.abc import Callable
@@ -20,6 +21,7 @@ from typing import Any
 from convoy.config.lifecycle import JobState, Phase
 from convoy.config.outcome import phase_outcome
 from convoy.coordinator.state.jobs import JobStore
+from convoy.errors import ConvoyError
 from convoy.tasks.run.env import multinode_files, multinode_timeout, parent_dir, parent_test_env
 from convoy.tasks.run.delayed_start import start_request, wait_for_start
 from convoy.tasks.run.phase import PhaseRun
@@ -52,12 +54,16 @@ def guest_test_shell(store: JobStore, guest_id: str, job: dict[str, Any], *, wor
     relay = make_relay(store.client, group_id=parent_id, job_id=guest_id, role=role,
                        timeout=multinode_timeout(job), cancel=cancel)
     limit = job.get("global_timeout")
-    return run_lava_tests(
-        job["test_data"]["lava_tests"], job_id=guest_id, work_dir=work_dir,
-        ssh=work_dir / ".convoy-ssh" / "bin" / "ssh", host=host_ip,
-        environment=device_environment(job, sandboxed=sandboxed, device_ip=host_ip), out=out,
-        record=lambda case: record_case(store.client, guest_id, case), relay=relay, cancel=cancel,
-        deadline=time.time() + float(limit) if limit else None, global_timeout=limit)
+    try:
+        return run_lava_tests(
+            job["test_data"]["lava_tests"], job_id=guest_id, work_dir=work_dir,
+            ssh=work_dir / ".convoy-ssh" / "bin" / "ssh", host=host_ip,
+            environment=device_environment(job, sandboxed=sandboxed, device_ip=host_ip), out=out,
+            record=lambda case: record_case(store.client, guest_id, case), relay=relay, cancel=cancel,
+            deadline=time.time() + float(limit) if limit else None, global_timeout=limit)
+    except (ConvoyError, OSError, subprocess.SubprocessError) as exc:  # the guest's test fails, saying why
+        out(f"the test shell on {host_ip} failed: {exc}\n")
+        return 1
 
 
 def run_guest(store: JobStore, parent_id: str, guest_id: str, cancel: threading.Event) -> int:
