@@ -168,8 +168,12 @@ class TestShell:
             writer.close()
             if stop is not None and stop != "closing":
                 self.stop_remote(index)
-            if stop is not None or proc.poll() is None:
-                _end(proc)
+            if stop is None:  # the session's output ended: ssh exits by itself in a moment
+                try:
+                    proc.wait(timeout=EXIT_GRACE_SECONDS)
+                except subprocess.TimeoutExpired:
+                    pass
+            _end(proc)
             reader.join(timeout=5)
         until = time.monotonic() + 2  # the calls' waits end with the session (state.gone)
         for thread in calls:
