@@ -13,7 +13,6 @@ import pytest
 
 from convoy.coordinator.api import job_results, submit_job, wait_for_job
 from convoy.coordinator.state.connection import get_store
-
 from helpers import unique_queue
 
 pytestmark = pytest.mark.integration
@@ -40,7 +39,7 @@ def test_no_test_command_sees_a_redis_url(start_cluster, cluster_redis_url, monk
     children = get_store().children(parent)
     outputs = {job: job_results(job)["test_output"] for job in [parent, *children]}
     assert finished == "complete", outputs
-    host, peer, guest = children
+    host, _peer, guest = children
     # the commands worked: a sync of the three members, the parent's and the guest's lookups
     assert all(job_results(j)["test_status"] == 0 for j in children), outputs
     assert f"{host}\thost" in outputs[parent] and "socket=/" in outputs[parent]
