@@ -173,17 +173,20 @@ class DeviceJob:
                 if status != 0:
                     return status
             deadline = test_deadline(self.store, self.job_id, self.job)
-            if not script:
-                return self.test_shell(run, lava_tests, deadline)
-            with relay_env(self.store.client, self.dir, group_id=self.parent_id, job_id=self.job_id,
-                           role=env.get("CONVOY_ROLE"), timeout=multinode_timeout(self.job),
-                           cancel=self.control.stop_test_event) as relay:
-                return run_script(script, cwd=self.dir, env={**env, **relay}, on_output=run.write,
-                                  cancel=self.control.stop_test_event, timeout=remaining(deadline),
-                                  timeout_limit=self.job.get("global_timeout"),
-                                  output_timeout=self.job.get("output_timeout"),
-                                  private_files=multinode_files(self.dir, env),
-                                  on_start=lambda pid: self.store.set_fields(self.job_id, script_pgid=pid))
+            status = 0
+            if script:  # Testflinger's test_cmds, on the device's host
+                with relay_env(self.store.client, self.dir, group_id=self.parent_id, job_id=self.job_id,
+                               role=env.get("CONVOY_ROLE"), timeout=multinode_timeout(self.job),
+                               cancel=self.control.stop_test_event) as relay:
+                    status = run_script(script, cwd=self.dir, env={**env, **relay}, on_output=run.write,
+                                        cancel=self.control.stop_test_event, timeout=remaining(deadline),
+                                        timeout_limit=self.job.get("global_timeout"),
+                                        output_timeout=self.job.get("output_timeout"),
+                                        private_files=multinode_files(self.dir, env),
+                                        on_start=lambda pid: self.store.set_fields(self.job_id, script_pgid=pid))
+            if status == 0 and lava_tests:  # LAVA's test actions, on the device itself
+                status = self.test_shell(run, lava_tests, deadline)
+            return status
 
         status = run.run(body)
         self.store.set_fields(self.job_id, script_pgid="")  # ended: nothing for a recovery to kill

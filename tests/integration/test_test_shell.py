@@ -232,3 +232,16 @@ def test_a_raising_member_releases_the_others_waits_and_a_wait_times_out(start_c
     assert "lava-test-raise: the raiser gives up" in outs["raiser"]
     assert roles["raiser"] in outs["waiter"] and "waiter-not-released" not in outs["waiter"], outs["waiter"]
     assert "timer-went-on" not in outs["timer"] and "a MultiNode call failed" in outs["timer"], outs["timer"]
+
+
+def test_a_convoy_job_may_give_test_cmds_for_the_host_and_lava_tests_for_the_device(start_cluster):
+    queue = unique_queue("board")
+    start_cluster({queue: 1})
+    job_id = submit_job({"job_queue": queue, "test_data": {
+        "test_cmds": "echo host-side $DEVICE_IP",
+        "lava_tests": [{"definitions": [definition("on-device", "echo device-side $(lava-echo-ipv4 eth0)")]}]}})
+    assert wait_for_job(job_id, timeout=120) == "complete"
+    out = output(job_id)
+    ip = job_results(job_id)["device_info"]["device_ip"]
+    assert job_results(job_id)["outcome"] == "pass", out
+    assert out.index(f"host-side {ip}\n") < out.index(f"device-side {ip}\n"), out
