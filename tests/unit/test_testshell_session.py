@@ -64,7 +64,8 @@ def shell(tmp_path: Path):
     cache = tmp_path / "cache.txt"
 
     def run(*steps: str, relay=None, timeout: float | None = None, cancel: threading.Event | None = None,
-            more: list[dict] | None = None, environment: dict[str, str] | None = None):
+            more: list[dict] | None = None, environment: dict[str, str] | None = None,
+            output_timeout: float | None = None):
         out: list[str] = []
         cases: list[dict] = []
         tests = [{"definitions": [{"name": "t", "from": "inline", "repository": {"run": {"steps": list(steps)}}},
@@ -72,7 +73,8 @@ def shell(tmp_path: Path):
         status = run_lava_tests(tests, job_id="j1", work_dir=tmp_path / "work", ssh=ssh, host="device",
                                 environment=environment if environment is not None else
                                 {"LAVA_MULTI_NODE_CACHE": str(cache)}, out=out.append,
-                                record=cases.append, relay=relay, cancel=cancel or threading.Event(), deadline=None)
+                                record=cases.append, relay=relay, cancel=cancel or threading.Event(), deadline=None,
+                                output_timeout=output_timeout)
         return status, "".join(out), cases
 
     run.home = home
@@ -122,6 +124,8 @@ def test_timeout_cancel_and_a_lost_session(shell, tmp_path):
     sleeper = int((shell.home / "sleeper.pid").read_text())
     assert wait_until(lambda: not Path(f"/proc/{sleeper}").exists() or
                       Path(f"/proc/{sleeper}/stat").read_text().split()[2] == "Z", 10), "left running on the device"
+    status, out, _ = shell("echo one", "sleep 30", output_timeout=0.5)
+    assert status == TIMED_OUT_EXIT_CODE and "no output for 0.5s (output_timeout)" in out
     cancel = threading.Event()
     threading.Timer(0.5, cancel.set).start()
     status, out, _ = shell("lava-wait slow", relay=Relay(), cancel=cancel)

@@ -53,13 +53,13 @@ def run_lava_tests(lava_tests: Sequence[Mapping[str, Any]], *, job_id: str, work
                    environment: Mapping[str, str], out: Callable[[str], None],
                    record: Callable[[dict[str, Any]], None], relay: Relay | None, cancel: threading.Event,
                    deadline: float | None, global_timeout: float | None = None,
-                   on_start: Callable[[int], None] | None = None) -> int:
+                   on_start: Callable[[int], None] | None = None, output_timeout: float | None = None) -> int:
     """Run every test action on the device at ``host`` (the job's ssh config names it); the phase's status."""
     overlay = build_overlay(work_dir / "lava-overlay", job_id, lava_tests, environment)
     forwarder = OutputForwarder(out, name="lava_tests")  # the session is read on: output never waits for Redis
     try:
         shell = TestShell(ssh=ssh, host=host, overlay=overlay, out=forwarder.write, record=record, relay=relay,
-                          cancel=cancel, on_start=on_start)
+                          cancel=cancel, on_start=on_start, output_timeout=output_timeout)
         forwarder.write(f"copying the test overlay to ~/{overlay.name} on {host}\n")
         shell.install()
         return _run_actions(shell, lava_tests, overlay.suites, host, deadline, global_timeout)

@@ -108,11 +108,13 @@ class TestShell:
 
     def __init__(self, *, ssh: Path, host: str, overlay: Overlay, out: Callable[[str], None],
                  record: Callable[[dict[str, Any]], None], relay: Relay | None, cancel: threading.Event,
-                 on_start: Callable[[int], None] | None = None) -> None:
+                 on_start: Callable[[int], None] | None = None, output_timeout: float | None = None) -> None:
         self.ssh, self.host, self.overlay = ssh, host, overlay
         self.out, self.record, self.relay, self.cancel = out, record, relay, cancel
         #: learns each session's process group (its ``ssh``), so a recovery after a crash can end it
         self.on_start = on_start
+        #: the job's ``output_timeout``: a session that prints nothing that long is stopped (a timeout)
+        self.output_timeout = output_timeout
 
     # --- copying ------------------------------------------------------------------------------
     def install(self) -> None:
@@ -147,6 +149,7 @@ class TestShell:
         calls: list[threading.Thread] = []
         closing_at: float | None = None
         stop: str | None = None
+        last_output = time.monotonic()
         try:
             while True:
                 try:
@@ -156,11 +159,12 @@ class TestShell:
                 if raw is None:
                     break
                 if raw:
+                    last_output = time.monotonic()
                     calls += self.handle(raw, state, writer)
                 if state.result.exited and closing_at is None:
                     writer.close()
                     closing_at = time.monotonic() + EXIT_GRACE_SECONDS
-                stop = self.stop_reason(deadline, limit, closing_at)
+                stop = self.stop_reason(deadline, limit, closing_at, last_output)
                 if stop is not None:
                     break
         finally:
@@ -194,11 +198,14 @@ class TestShell:
         except (OSError, subprocess.TimeoutExpired) as exc:
             log.warning("could not stop test action %d on %s: %s", index, self.host, exc)
 
-    def stop_reason(self, deadline: float | None, limit: float | None, closing_at: float | None) -> str | None:
+    def stop_reason(self, deadline: float | None, limit: float | None, closing_at: float | None,
+                    last_output: float) -> str | None:
         if self.cancel.is_set():
             return "cancelled"
         if deadline is not None and time.time() >= deadline:
             return f"timed out after {limit:g}s" if limit else "timed out"
+        if self.output_timeout and closing_at is None and time.monotonic() - last_output >= self.output_timeout:
+            return f"timed out: no output for {self.output_timeout:g}s (output_timeout)"
         if closing_at is not None and time.monotonic() >= closing_at:
             return "closing"
         return None
