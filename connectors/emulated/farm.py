@@ -45,7 +45,7 @@ from convoy.connectors.emulated.image import device_paths, device_settings
 from convoy.connectors.emulated.sandbox import sandbox_problem
 from convoy.errors import ConvoyError, DeviceError
 
-__all__ = ["DeviceFarm", "device_paths", "load_devices", "serve_devices", "main"]
+__all__ = ["DeviceFarm", "claim_lab", "device_paths", "load_devices", "serve_devices", "main"]
 
 log = logging.getLogger("convoy.connectors.emulated.farm")  # not __main__ under -m
 _told: set[str] = set()
@@ -175,7 +175,7 @@ def serve_devices(devices: list[DeviceConfig], state_dir: Path, ready: threading
     if lab is not None:
         labnet.add_claimant(lab, os.getpid())
     elif sandbox is not False and use_sandbox(sandbox):
-        lab, devices = _claim_lab(devices, os.getpid())
+        lab, devices = claim_lab(devices, os.getpid())
         owned = True
     try:
         asyncio.run(_serve(devices, Path(state_dir), ready, stop, lab))
@@ -185,7 +185,7 @@ def serve_devices(devices: list[DeviceConfig], state_dir: Path, ready: threading
     return devices
 
 
-def _claim_lab(devices: list[DeviceConfig], pid: int) -> tuple[labnet.Lab, list[DeviceConfig]]:
+def claim_lab(devices: list[DeviceConfig], pid: int) -> tuple[labnet.Lab, list[DeviceConfig]]:
     """Plan a lab for ``devices`` and claim it for ``pid`` (planning again if another farm was faster)."""
     labnet.collect_garbage()
     for _ in range(20):
@@ -243,7 +243,7 @@ class DeviceFarm:
         """Start the child and wait until every device accepts TCP connections."""
         self.state_dir.mkdir(parents=True, exist_ok=True)
         if self.sandboxed:
-            self.lab, self.devices = _claim_lab(self._given, os.getpid())
+            self.lab, self.devices = claim_lab(self._given, os.getpid())
             self._claimed = True
         self._config = config = self.state_dir / f"farm-{uuid.uuid4().hex[:8]}.json"
         config.write_text(json.dumps({"devices": [device_to_dict(d) for d in self.devices],

@@ -22,12 +22,17 @@ CANCEL_CLEANUP_SECONDS = 120.0
 
 def _agent_devices(agent_file: str) -> list:
     """The devices of an agent file, checked against each connector's own schema; every emulated one
-    without an ``address`` gets a free loopback address."""
+    without an ``address`` gets a free loopback address (a sandboxing farm replaces it by one on its lab)."""
     from convoy.config.agents import load_agent
     from convoy.connectors.emulated.addresses import assign_addresses
     from convoy.connectors.registry import config_schemas
 
     return assign_addresses(load_agent(Path(_existing(agent_file)), config_schemas()).devices)
+
+
+def _where(device: Any) -> str:
+    """``name (address)`` of a device as it is served, or ``name (connector)`` without an address."""
+    return f"{device.name} ({device.config.get('address') or device.connector})"
 
 
 class Interrupted(Exception):
@@ -99,14 +104,14 @@ def run(job_file: str, agent_file: str | None, artifacts: str | None, state_dir:
     devices = _agent_devices(agent_file) if agent_file else emulated_devices(job_queues(job), tags=job_tags(job))
     own_dir = state_dir is None
     base = Path(state_dir) if state_dir else Path(tempfile.mkdtemp(prefix="convoy-run-"))
-    click.echo(f"convoy run: starting {len(devices)} device(s): "
-               + ", ".join(f"{d.name} ({d.config.get('address', d.connector)})" for d in devices))
+    click.echo(f"convoy run: starting {len(devices)} device(s)")
     code = EXIT_FAIL
     cluster = EmbeddedCluster(base, devices, redis_url=os.environ.get("CONVOY_REDIS_URL"),
                               log=lambda m: click.echo(f"convoy run: {m}", err=True))
     with InterruptGuard() as guard:
         try:
             cluster.start()
+            click.echo("convoy run: devices " + ", ".join(_where(d) for d in cluster.devices))
             code = _run_job(job, artifacts, quiet, guard)
         except Interrupted as exc:  # before the job was submitted, or a second signal
             click.echo(f"convoy run: {exc}; stopping", err=True)
@@ -200,8 +205,6 @@ def worker(agent_file: str, no_devices: bool) -> None:
     devices = _agent_devices(agent_file)
     settings = load_settings()
     supervisor = Supervisor(log=lambda m: click.echo(f"convoy worker: {m}", err=True))
-    for device in devices:
-        supervisor.add_device(device, settings.state_dir / "logs")
     emulated = [d for d in devices if d.connector == "emulated"]
     farm = None
     if emulated and not no_devices:
@@ -209,6 +212,10 @@ def worker(agent_file: str, no_devices: bool) -> None:
 
         farm = DeviceFarm(emulated, settings.state_dir)
         farm.__enter__()
+        served = {d.name: d for d in farm.devices}  # sandboxed: addresses on the farm's lab
+        devices = [served.get(d.name, d) for d in devices]
+    for device in devices:
+        supervisor.add_device(device, settings.state_dir / "logs")
     for device in devices:
         click.echo(f"convoy worker: device {device.name} serves {', '.join(device.queues)}"
                    + (f" at {device.config['address']}" if device.config.get("address") else ""))
@@ -241,13 +248,23 @@ def coordinator(concurrency: int) -> None:
 @click.option("--config", "agent_file", required=True, type=click.Path(dir_okay=False),
               help="Agent file whose emulated devices to serve.")
 def devices(agent_file: str) -> None:
-    """Serve the agent file's emulated devices (SSH servers on loopback) until stopped."""
+    """Serve the agent file's emulated devices (sandboxed SSH servers on a lab network where the
+    platform allows, else on loopback) until stopped."""
     from convoy.config.settings import load_settings
-    from convoy.connectors.emulated.farm import serve_devices
+    from convoy.connectors.emulated import labnet
+    from convoy.connectors.emulated.farm import claim_lab, serve_devices, use_sandbox
 
     emulated = [d for d in _agent_devices(agent_file) if d.connector == "emulated"]
     if not emulated:
         raise ConvoyError(f"{agent_file} declares no emulated devices")
-    for device in emulated:
-        click.echo(f"convoy devices: {device.name} at {device.config['address']}:{device.config.get('port', 22)}")
-    serve_devices(emulated, load_settings().state_dir)
+    lab = None
+    if use_sandbox():
+        lab, emulated = claim_lab(emulated, os.getpid())
+    try:
+        for device in emulated:
+            click.echo(f"convoy devices: {device.name} at {device.config['address']}:{device.config.get('port', 22)}"
+                       + (f" on lab {lab}" if lab else ""))
+        serve_devices(emulated, load_settings().state_dir, lab=lab, sandbox=lab is not None)
+    finally:
+        if lab is not None:
+            labnet.release(lab)

@@ -236,3 +236,37 @@ def test_serve_devices_in_process_claims_and_releases_its_lab(tmp_path: Path) ->
     assert not thread.is_alive() and not errors
     assert served[0].config["address"] == info["device_ip"]
     assert not _link_exists(lab.bridge) and not lab.claim_path.exists()
+
+
+def test_convoy_devices_prints_the_lab_address_its_devices_are_served_on(tmp_path: Path) -> None:
+    """``convoy devices`` says where a user reaches each device: its lab address, which answers SSH."""
+    import sys
+
+    import yaml
+
+    agent = tmp_path / "agent.yaml"
+    agent.write_text(yaml.safe_dump({"name": "cli-host", "devices": [{"name": "sbx-cli", "queues": ["cli"]}]}))
+    env = {**os.environ, "CONVOY_STATE_DIR": str(tmp_path / "state")}
+    proc = subprocess.Popen([str(Path(sys.executable).parent / "convoy"), "devices", "--config", str(agent)],
+                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=env)
+    try:
+        assert proc.stdout is not None
+        line = proc.stdout.readline()
+        assert line.startswith("convoy devices: sbx-cli at "), line
+        address = line.split(" at ")[1].split(":")[0]
+        assert ipaddress.IPv4Address(address).is_private and not ipaddress.IPv4Address(address).is_loopback
+        bridge = labnet.Lab(ipaddress.IPv4Network(f"{address}/24", strict=False)).bridge
+        assert wait_until(lambda: _answers_ssh(address), timeout=30), f"no SSH banner at {address}:22"
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(30)
+    assert proc.returncode == 0
+    assert not _link_exists(bridge)
+
+
+def _answers_ssh(address: str) -> bool:
+    try:
+        with socket.create_connection((address, 22), timeout=2) as sock:
+            return sock.recv(8).startswith(b"SSH-")
+    except OSError:
+        return False
