@@ -45,6 +45,11 @@ def hexed(*args: str) -> str:
     (f"<LAVA_MULTI_NODE> <LAVA_NETWORK broadcast eth0> <CONVOY_CALL 7 lava-network {hexed('broadcast', 'eth0')} "
      "10.1.2.3>", Call("7", "lava-network", ("broadcast", "eth0"), "10.1.2.3")),
     (f"<LAVA_MULTI_NODE> <LAVA_WAIT x> <CONVOY_CALL 3 lava-wait {hexed('')} ->", Call("3", "lava-wait", ("",), None)),
+    # plain words (what the helpers send without forking), mixed with hex ones
+    ("<LAVA_MULTI_NODE> <LAVA_SEND m1 ip=10.0.0.2> <CONVOY_CALL 9.1f lava-send pm1,pip=10.0.0.2 ->",
+     Call("9.1f", "lava-send", ("m1", "ip=10.0.0.2"), None)),
+    (f"<LAVA_MULTI_NODE> <LAVA_SEND m v=a b> <CONVOY_CALL 4 lava-send pm,{hexed('v=a b')},p ->",
+     Call("4", "lava-send", ("m", "v=a b", ""), None)),
 ])
 def test_markers_become_events(line, event):
     assert parse(line) == event
@@ -64,6 +69,8 @@ def test_markers_become_events(line, event):
     "<LAVA_MULTI_NODE> <LAVA_SEND x> <CONVOY_CALL 1 lava-send x7 ->",      # odd hex
     "<LAVA_MULTI_NODE> <LAVA_SEND x> <CONVOY_CALL 1 lava-send xff ->",     # not UTF-8
     "<LAVA_MULTI_NODE> <LAVA_SEND x> <CONVOY_CALL 1 lava-send 78 ->",      # no x prefix
+    "<LAVA_MULTI_NODE> <LAVA_SEND x> <CONVOY_CALL 1 lava-send pa b ->",    # a space in a plain word
+    "<LAVA_MULTI_NODE> <LAVA_SEND x> <CONVOY_CALL 1 lava-send pa;b ->",    # not a plain character
     "<LAVA_MULTI_NODE> <LAVA_SEND x> <CONVOY_CALL 1 lava-send - 1.2.3.4.5.6.7>",
     "<LAVA_MULTI_NODE> <LAVA_SEND x>",                                     # LAVA's own form: no call to relay
     "<LAVA_MULTI_NODE> <LAVA_SEND x> <CONVOY_CALL id;rm lava-send - ->",

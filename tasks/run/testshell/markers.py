@@ -23,8 +23,10 @@ ARGS IPV4>``
 ``<LAVA_TEST_RUNNER EXIT>``                                 :class:`RunnerExit`
 ==========================================================  ==============================
 
-``ARGS`` are the call's arguments, each ``x`` + its bytes in hex, joined by
-``,`` (``-`` for none); the reply lines are built by :func:`reply_lines`.
+``ARGS`` are the call's arguments joined by ``,`` (``-`` for none), each
+``p`` + itself when it holds only ``[A-Za-z0-9_.:/=@+%-]`` (the helpers need no
+fork to write it), else ``x`` + its bytes in hex; the reply lines are built by
+:func:`reply_lines`.
 """
 from __future__ import annotations
 
@@ -49,8 +51,9 @@ _REFERENCE = re.compile(rf"<LAVA_SIGNAL_TESTREFERENCE TEST_CASE_ID=({_NAME}) RES
 _TC = re.compile(rf"<LAVA_SIGNAL_(START|END)TC ({_NAME})>")
 _SET = re.compile(rf"<LAVA_SIGNAL_TESTSET (?:START ({_NAME})|STOP)>")
 _RAISE = re.compile(r"<LAVA_SIGNAL_TESTRAISE ([^<>]{0,1024})>")
+_WORD = r"(?:x[0-9a-f]*|p[A-Za-z0-9_.:/=@+%-]*)"
 _CALL = re.compile(r"<LAVA_MULTI_NODE> <[A-Z_]{1,32}(?: [^\n]*)?> "
-                   r"<CONVOY_CALL ([0-9A-Za-z._-]{1,64}) (lava-[a-z-]{1,16}) (-|x[0-9a-f]*(?:,x[0-9a-f]*)*) "
+                   rf"<CONVOY_CALL ([0-9A-Za-z._-]{{1,64}}) (lava-[a-z-]{{1,16}}) (-|{_WORD}(?:,{_WORD})*) "
                    r"(-|(?:[0-9]{1,3}\.){3}[0-9]{1,3})>")
 _EXIT = "<LAVA_TEST_RUNNER EXIT>"
 
@@ -158,6 +161,9 @@ def _call(line: str) -> Call | None:
         if len(words) > MAX_ARGS:
             return None
         for word in words:
+            if word[0] == "p":
+                argv.append(word[1:])
+                continue
             try:
                 argv.append(bytes.fromhex(word[1:]).decode("utf-8"))
             except ValueError:  # odd length, or not UTF-8
