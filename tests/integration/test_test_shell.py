@@ -165,7 +165,8 @@ def test_iperf3_server_on_one_device_is_reached_by_the_client_on_another(start_c
 
 
 def test_device_side_multinode_api_waits_syncs_and_caches(start_cluster):
-    """Wait before and after the send, wait-all by role, a sync id reused in a loop, the cache files."""
+    """Wait after the send (early) and before it (late: blocked until the send), wait-all by role, a sync id
+    reused in a loop, the cache files."""
     qemu = unique_queue("qemu")
     start_cluster({qemu: 3})
     sender = definition(
@@ -174,6 +175,7 @@ def test_device_side_multinode_api_waits_syncs_and_caches(start_cluster):
         "lava-network broadcast eth0",
         "lava-sync after-early",
         "lava-sync late-waiter-ready",
+        "sleep 1",  # the waiter's lava-wait is issued first: the send below releases a blocked wait
         "lava-send late v=1",
         "for i in 1 2 3; do lava-sync loop; echo sender-loop-$i; done",
         "lava-send by-role r=$(lava-role)")
@@ -183,7 +185,7 @@ def test_device_side_multinode_api_waits_syncs_and_caches(start_cluster):
         "lava-wait early",
         "echo early-cache: $(cat /tmp/lava_multi_node_cache.txt | sort | tr '\\n' ' ')",
         "lava-sync late-waiter-ready",
-        "lava-wait late",
+        "before=$(date +%s%N); lava-wait late; echo late-wait-blocked-ms: $(( ($(date +%s%N) - before) / 1000000 ))",
         "for i in 1 2 3; do lava-sync loop; echo waiter-loop-$i; done",
         "lava-send by-role r=$(lava-role)")
     watcher = definition(
@@ -206,6 +208,8 @@ def test_device_side_multinode_api_waits_syncs_and_caches(start_cluster):
     outs = {role: output(child) for role, child in roles.items()}
     assert job_results(parent)["outcome"] == "pass", outs
     assert f"early-cache: value=a b=c who={roles['sender']}\n" in outs["waiter"]
+    (blocked,) = re.findall(r"^late-wait-blocked-ms: (\d+)$", outs["waiter"], re.MULTILINE)
+    assert int(blocked) >= 500, outs["waiter"]  # it waited for the send, which came after it
     for role in roles:
         assert [int(n) for n in re.findall(rf"^{role}-loop-(\d)$", outs[role], re.MULTILINE)] == [1, 2, 3]
     (cached,) = re.findall(r"^wait-all-cache: (.*)$", outs["watcher"], re.MULTILINE)  # <job_id>:key=value
