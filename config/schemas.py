@@ -344,14 +344,20 @@ def _not_here() -> dict[str, Any]:
 
 _STR_LIST = {"type": "list", "schema": {"type": "string"}}
 
-#: one LAVA test definition as the test shell runs it (from: git / url come next; inline today)
+#: one LAVA test definition as the test shell runs it: inline (``repository`` the definition as data), or
+#: fetched by the worker from git (``repository`` the URL, ``path`` in it) or a URL
 LAVA_DEFINITION = {
     "type": "dict",
     "schema": {
         "name": {"type": "string", "required": True, "regex": DEFINITION_NAME_RE.pattern},
         "path": {"type": "string"},
-        "from": {"type": "string", "required": True, "allowed": ["inline"]},
-        "repository": {"type": "dict", "required": True},
+        "from": {"type": "string", "required": True, "allowed": ["inline", "git", "url"]},
+        "repository": {"type": ["dict", "string"], "required": True},
+        "revision": {"type": "string"},
+        "branch": {"type": "string"},
+        "history": {"type": "boolean"},
+        "skip_install": {"type": ["boolean", "list"],
+                         "allowed": [True, False, "keys", "sources", "deps", "steps", "git-repos", "all"]},
         "parameters": {
             "type": "dict",
             "keysrules": {"type": "string", "check_with": "env_name"},

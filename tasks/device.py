@@ -216,7 +216,7 @@ class DeviceJob:
             out=run.write, record=lambda case: record_case(self.store.client, self.job_id, case), relay=relay,
             cancel=self.control.stop_test_event, deadline=deadline, global_timeout=self.job.get("global_timeout"),
             on_start=lambda pid: self.store.set_fields(self.job_id, script_pgid=pid),
-            output_timeout=self.job.get("output_timeout"))
+            output_timeout=self.job.get("output_timeout"), sandboxed=sandboxed)
 
     def fail_member(self, reason: str) -> None:
         """Tell the MultiNode group this member is gone, so no member waits for it."""

@@ -13,6 +13,10 @@ LAVA                                            convoy
                                                 ``{definitions, timeout, requests}``, in order
 an inline definition                            ``{name, path, from: inline, repository,
                                                 parameters}`` (the definition kept as data)
+a ``from: git`` / ``from: url`` definition      ``{name, path, from, repository (the URL),
+                                                revision|branch, history, parameters,
+                                                skip_install}``: the worker fetches it
+                                                (:mod:`convoy.tasks.run.testshell.fetch`)
 an action's ``protocols: lava-multinode``       the same API call (``lava-wait ipv4`` …) as a
 requests (``lava-wait``, ``lava-send`` …)       command line in that test action's
                                                 ``requests`` (a deploy's or boot's: the next
@@ -33,8 +37,8 @@ devices a stand-in that records what was asked).
 Deploy methods (``to:``) accepted, all meaning "provision the device with the
 image/os named" (the emulated connector uses ``os`` as the image name):
 see :data:`DEPLOY_METHODS`.  Rejected, each with a ``JobValidationError``
-naming the field: test definitions that are not ``from: inline`` (convoy does
-not fetch ``git``/``url``/``bzr``/``tar`` definitions), ``interactive`` and
+naming the field: test definitions that are not ``from: inline``, ``git``
+or ``url`` (``bzr``, ``tar``), ``interactive`` and
 ``monitors`` tests, deploy or boot to ``lxc``/``docker`` (LAVA's dispatcher
 runs those containers; convoy has no connector for them), an action's
 protocols other than ``lava-multinode``, ``install`` sources convoy cannot
@@ -92,6 +96,8 @@ _TEST_REJECTED = {
     "docker": "tests in docker run on LAVA's dispatcher; convoy has no equivalent",
 }
 _INSTALL_REJECTED = {"git-repos", "bzr-repos", "sources", "keys"}
+#: LAVA's ``skip_install`` parts
+_SKIP_INSTALL = ("keys", "sources", "deps", "steps", "git-repos", "all")
 
 
 @dataclass
@@ -259,10 +265,12 @@ class ActionTranslator:
             self.error(path, f"must be a mapping (from, repository, name, path), got {kind_of(definition)}")
             return None
         source = definition.get("from")
+        if source in ("git", "url"):
+            return self.fetched_definition(definition, path, source)
         if source != "inline":
-            self.error(f"{path}.from", "required: convoy translates from: inline test definitions" if source is None
-                       else f"only inline test definitions can be translated (got {source}); convoy does not "
-                            "fetch test definitions yet: paste it under repository: with from: inline")
+            self.error(f"{path}.from", "required: inline, git or url" if source is None
+                       else f"must be inline, git or url (got {shown(source)}); paste other definitions "
+                            "under repository: with from: inline")
             return None
         repo = definition.get("repository")
         if not isinstance(repo, dict):
@@ -307,7 +315,83 @@ class ActionTranslator:
             found["path"] = definition["path"]
         if overrides:
             found["parameters"] = {str(k): _text(v) for k, v in overrides.items()}
+        skip = self.skip_install(definition, path)
+        if skip is not None:
+            found["skip_install"] = skip
         return found
+
+    def fetched_definition(self, definition: dict[str, Any], path: str, source: str) -> dict[str, Any] | None:
+        """A definition the worker fetches (``from: git``/``url``): its source checked here, its YAML at run time."""
+        errors = len(self.errors)
+        repo = definition.get("repository")
+        if not isinstance(repo, str) or not repo.strip() or any(c.isspace() for c in repo):
+            self.error(f"{path}.repository", f"must be the {'git repository' if source == 'git' else 'URL'} "
+                                             f"of the test definition, got {shown(repo)}")
+        elif source == "url" and not repo.lower().startswith(("http://", "https://", "file://")):
+            self.error(f"{path}.repository", f"must be an http, https or file URL, got {shown(repo)}")
+        name = definition.get("name")
+        if not isinstance(name, str) or not DEFINITION_NAME_RE.fullmatch(name):
+            self.error(f"{path}.name", "required: a test definition name (letters, digits, '-', '_', '.')"
+                       if name is None else f"must be a test definition name (letters, digits, '-', '_', '.'), "
+                                            f"got {shown(name)}")
+        where = definition.get("path")
+        if source == "git" and (not isinstance(where, str) or not where.strip()):
+            self.error(f"{path}.path", "required: the definition's YAML file in the repository" if where is None
+                       else f"must be a file's path in the repository, got {shown(where)}")
+        elif where is not None and not isinstance(where, str):
+            self.error(f"{path}.path", f"must be a string, got {kind_of(where)}")
+        found: dict[str, Any] = {"name": name, "from": source, "repository": repo}
+        if isinstance(where, str):
+            found["path"] = where
+        allowed = {"git": ("revision", "branch", "history"), "url": ()}[source]
+        for key in ("revision", "branch", "history"):
+            if key not in definition:
+                continue
+            value = definition[key]
+            if key not in allowed:
+                self.error(f"{path}.{key}", "only for from: git")
+            elif key == "history" and not isinstance(value, bool):
+                self.error(f"{path}.history", f"must be true or false, got {shown(value)}")
+            elif key != "history" and (not isinstance(value, (str, int)) or isinstance(value, bool)
+                                       or not str(value) or str(value).startswith("-")
+                                       or any(c.isspace() or not c.isprintable() for c in str(value))):
+                what = "revision (a commit or tag)" if key == "revision" else "branch name"
+                self.error(f"{path}.{key}", f"must be a git {what}, got {shown(value)}")
+            else:
+                found[key] = value if key == "history" else str(value)
+        if "revision" in found and "branch" in found:
+            self.error(f"{path}.branch", "give a revision or a branch, not both")
+        overrides = definition.get("parameters", definition.get("params")) or {}
+        where_params = f"{path}.{'parameters' if 'parameters' in definition else 'params'}"
+        if not isinstance(overrides, dict):
+            self.error(where_params, f"must be a mapping of NAME: value, got {kind_of(overrides)}")
+        else:
+            for key, item in overrides.items():
+                if not ENV_NAME_RE.fullmatch(str(key)):
+                    self.error(join_path(where_params, key), "not a shell variable name (letters, digits and '_', "
+                                                             "not starting with a digit)")
+                elif isinstance(item, (dict, list)):
+                    self.error(join_path(where_params, key), f"must be a single value, got {kind_of(item)}")
+            if overrides:
+                found["parameters"] = {str(k): _text(v) for k, v in overrides.items()}
+        skip = self.skip_install(definition, path)
+        if skip is not None:
+            found["skip_install"] = skip
+        return found if len(self.errors) == errors else None
+
+    def skip_install(self, definition: dict[str, Any], path: str) -> bool | list[str] | None:
+        """LAVA's ``skip_install``: true, or a list of the install parts skipped (deps, steps, all ...)."""
+        if "skip_install" not in definition:
+            return None
+        value = definition["skip_install"]
+        items = [value] if isinstance(value, str) else value
+        if isinstance(value, bool):
+            return value
+        if not isinstance(items, list) or not all(isinstance(i, str) and i in _SKIP_INSTALL for i in items):
+            self.error(f"{path}.skip_install", f"must be true or a list of {', '.join(_SKIP_INSTALL)}, "
+                                               f"got {shown(value)}")
+            return None
+        return list(items)
 
     def commands(self, steps: list[Any], path: str) -> None:
         """Shell steps are strings; YAML turns an unquoted ``a: b`` step into a mapping, which is reported."""

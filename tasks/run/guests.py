@@ -61,7 +61,7 @@ def guest_test_shell(store: JobStore, guest_id: str, job: dict[str, Any], *, wor
             environment=device_environment(job, sandboxed=sandboxed, device_ip=host_ip), out=out,
             record=lambda case: record_case(store.client, guest_id, case), relay=relay, cancel=cancel,
             deadline=time.time() + float(limit) if limit else None, global_timeout=limit,
-            output_timeout=job.get("output_timeout"))
+            output_timeout=job.get("output_timeout"), sandboxed=sandboxed)
     except (ConvoyError, OSError, subprocess.SubprocessError) as exc:  # the guest's test fails, saying why
         out(f"the test shell on {host_ip} failed: {exc}\n")
         return 1

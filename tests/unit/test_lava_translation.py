@@ -124,12 +124,12 @@ def test_device_group_v1_test_shell_from_git_is_rejected():
         "actions[2].parameters.testdef_repos[0]", "only inline test definitions can be translated (got git-repo)")
 
 
-def test_complete_secondary_connections_job_is_rejected_for_its_git_definitions_only():
-    found = problems(LAVA / "bbb-ssh-guest.yaml")
-    assert [path for path, _ in found] == ["actions[4].test.definitions[1].from",
-                                           "actions[5].test.definitions[0].from"]
-    assert all(message.startswith("only inline test definitions can be translated (got git)")
-               for _, message in found)
+def test_complete_secondary_connections_job_keeps_its_git_definitions_for_the_worker_to_fetch():
+    job = validate_job(yaml.safe_load((LAVA / "bbb-ssh-guest.yaml").read_text()))
+    fetched = [d for c in children(job) for t in c["test_data"].get("lava_tests", []) for d in t["definitions"]
+               if d["from"] == "git"]
+    assert fetched and all(d == {"name": "smoke-tests", "from": "git", "path": "ubuntu/smoke-tests-basic.yaml",
+                                 "repository": "git://git.linaro.org/qa/test-definitions.git"} for d in fetched)
 
 
 def test_complete_secondary_connections_job_without_git_translates_every_part():
@@ -262,6 +262,10 @@ def test_translate_reports_where_each_convoy_field_came_from():
 def test_input_is_not_modified():
     doc = yaml.safe_load((LAVA / "bbb-ssh-guest.yaml").read_text())
     before = copy.deepcopy(doc)
+    validate_job(doc)
+    assert doc == before
+    doc["actions"][4]["test"]["definitions"][1]["from"] = "bzr"  # refused: the input is still as it was
+    before = copy.deepcopy(doc)
     with pytest.raises(JobValidationError):
         validate_job(doc)
     assert doc == before
@@ -274,11 +278,11 @@ def test_convoy_jobs_are_not_mistaken_for_lava_jobs():
 
 # -------------------------------------------------------------- rejections
 @pytest.mark.parametrize("source, path, text", [
-    ("url", "actions[0].test.definitions[0].from", "only inline test definitions can be translated (got url)"),
-    ("git", "actions[0].test.definitions[0].from", "only inline test definitions can be translated (got git)"),
+    ("bzr", "actions[0].test.definitions[0].from", "must be inline, git or url (got 'bzr')"),
+    ("tar", "actions[0].test.definitions[0].from", "must be inline, git or url (got 'tar')"),
     (None, "actions[0].test.definitions[0].from", "required"),
 ])
-def test_remote_test_definitions_are_rejected(source, path, text):
+def test_other_test_definition_sources_are_rejected(source, path, text):
     definition = {"name": "smoke", "path": "x.yaml", "repository": "https://example.org/tests.git"}
     if source:
         definition["from"] = source
@@ -395,7 +399,7 @@ def test_job_level_problems_are_rejected_at_the_lava_field(doc, path, text):
 def test_every_problem_is_reported_at_once():
     found = problems(lava_job(
         {"server": {"device_type": "bad queue!"}, "client": {"device_type": "qemu", "count": 0}},
-        [{"deploy": {"to": "lxc"}}, lava_test({"from": "git", "repository": "x", "name": "n", "path": "p"})],
+        [{"deploy": {"to": "lxc"}}, lava_test({"from": "bzr", "repository": "x", "name": "n", "path": "p"})],
         flavour=1))
     assert [path for path, _ in found] == [
         "actions[0].deploy.to", "actions[1].test.definitions[0].from", "flavour",
@@ -510,9 +514,53 @@ def test_a_test_action_keeps_its_timeout_and_its_own_requests_before_its_definit
 
 def test_lava_tests_given_directly_are_validated_with_their_field_paths():
     job = {"job_queue": "qemu", "test_data": {"lava_tests": [
-        {"definitions": [{"name": "../x", "from": "git", "repository": {}}], "timeout": -1}]}}
+        {"definitions": [{"name": "../x", "from": "bzr", "repository": {}}], "timeout": -1}]}}
     with pytest.raises(JobValidationError) as info:
         validate_job(job)
     paths = sorted(e.path for e in info.value.errors)
     assert paths == ["test_data.lava_tests[0].definitions[0].from", "test_data.lava_tests[0].definitions[0].name",
                      "test_data.lava_tests[0].timeout"], info.value.errors
+
+
+# -------------------------------------------------------------- definitions from git and url
+def test_git_and_url_definitions_are_kept_for_the_worker_with_their_source_and_parameters():
+    job = validate_job(lava_job({"peer": {"device_type": "qemu"}}, [lava_test(
+        {"from": "git", "repository": "https://git.example.invalid/tests.git", "path": "smoke.yaml",
+         "name": "smoke", "revision": "v1.0", "history": False, "parameters": {"SPEED": 10},
+         "skip_install": ["deps"]},
+        {"from": "git", "repository": "https://git.example.invalid/tests.git", "path": "smoke.yaml",
+         "name": "on-branch", "branch": "stable", "params": {"MODE": "fast"}},
+        {"from": "url", "repository": "https://defs.example.invalid/smoke.yaml", "name": "by-url"})]))
+    (test,) = children(job)[0]["test_data"]["lava_tests"]
+    assert test["definitions"] == [
+        {"name": "smoke", "from": "git", "repository": "https://git.example.invalid/tests.git",
+         "path": "smoke.yaml", "revision": "v1.0", "history": False, "parameters": {"SPEED": "10"},
+         "skip_install": ["deps"]},
+        {"name": "on-branch", "from": "git", "repository": "https://git.example.invalid/tests.git",
+         "path": "smoke.yaml", "branch": "stable", "parameters": {"MODE": "fast"}},
+        {"name": "by-url", "from": "url", "repository": "https://defs.example.invalid/smoke.yaml"}]
+
+
+@pytest.mark.parametrize("definition, path, text", [
+    ({"from": "git", "name": "n", "path": "p.yaml"}, "repository", "must be the git repository"),
+    ({"from": "git", "repository": "https://x.invalid/r.git", "name": "n"}, "path", "required"),
+    ({"from": "git", "repository": "https://x.invalid/r.git", "path": "p", "name": "n", "revision": "--upload-pack=x"},
+     "revision", "must be a git revision"),
+    ({"from": "git", "repository": "https://x.invalid/r.git", "path": "p", "name": "n", "branch": "a b"},
+     "branch", "must be a git branch name"),
+    ({"from": "git", "repository": "https://x.invalid/r.git", "path": "p", "name": "n", "history": "no"},
+     "history", "true or false"),
+    ({"from": "git", "repository": "https://x.invalid/r.git", "path": "p", "name": "n", "revision": "v1",
+      "branch": "main"}, "branch", "not both"),
+    ({"from": "url", "repository": "ftp://x.invalid/d.yaml", "name": "n"}, "repository", "http, https or file"),
+    ({"from": "url", "repository": "https://x.invalid/d.yaml", "name": "n", "revision": "v1"}, "revision",
+     "only for from: git"),
+    ({"from": "url", "repository": "https://x.invalid/d.yaml"}, "name", "required"),
+    ({"from": "git", "repository": "https://x.invalid/r.git", "path": "p", "name": "n", "parameters": {"1X": 1}},
+     "parameters.1X", "not a shell variable name"),
+    ({"from": "git", "repository": "https://x.invalid/r.git", "path": "p", "name": "n", "skip_install": ["nope"]},
+     "skip_install", "must be true or a list of"),
+])
+def test_git_and_url_definitions_are_checked_naming_the_field(definition, path, text):
+    found = the_problem(lava_job({"peer": {"device_type": "qemu"}}, [lava_test(definition)]))
+    assert found[0] == f"actions[0].test.definitions[0].{path}" and text in found[1], found

@@ -11,6 +11,13 @@ LAVA's layout, under the device's home (``~/lava-<job id>/``)::
         run.sh               parameters exported, cd here, STARTRUN, install, steps, ENDRUN
         uuid
         testdef.json         the definition as given (from: inline: the YAML as data)
+        ...                  from: git / url: the repository's files (scripts/ ...), fetched by the worker
+
+Definitions ``from: git``/``url`` arrive here already fetched
+(:mod:`convoy.tasks.run.testshell.fetch`): ``repository`` the loaded YAML,
+``files`` the directory whose files become the definition's directory.
+A definition's ``skip_install`` (``true``/``all`` or a list of ``deps``,
+``steps`` ...) leaves those install parts out, as in LAVA.
 
 Building it is pure file writing on the worker (:func:`build_overlay`);
 :func:`overlay_tar` packs it for ``tar -x`` on the device.
@@ -20,6 +27,7 @@ from __future__ import annotations
 import io
 import json
 import shlex
+import shutil
 import tarfile
 import uuid
 from collections.abc import Mapping, Sequence
@@ -30,6 +38,7 @@ from typing import Any
 
 from convoy.config.schemas import DEFINITION_NAME_RE, ENV_NAME_RE
 from convoy.errors import ConvoyError
+from convoy.tasks.run.testshell.parse import Parser, parser_of
 
 __all__ = ["HELPERS", "Overlay", "build_overlay", "definition_script", "overlay_tar", "remote_dir"]
 
@@ -47,6 +56,8 @@ class Overlay:
     root: Path
     name: str                                  #: its directory under the device's home
     suites: list[list[str]] = field(default_factory=list)
+    #: LAVA's ``parse: pattern`` of each definition that has one, by suite: applied to its output lines
+    parsers: dict[str, Parser] = field(default_factory=dict)
 
 
 def remote_dir(job_id: str) -> str:
@@ -77,6 +88,22 @@ def _steps(value: Any, where: str) -> list[str]:
     return [_text(step).rstrip("\n") for step in value]
 
 
+#: the install parts ``skip_install`` may name (LAVA's); ``all`` (or ``true``) skips every one
+SKIP_INSTALL = ("keys", "sources", "deps", "steps", "git-repos", "all")
+
+
+def skipped_install(value: Any, where: str) -> set[str]:
+    """The install parts a definition's ``skip_install`` skips."""
+    if value is None or value is False:
+        return set()
+    if value is True:
+        return {"all"}
+    items = [value] if isinstance(value, str) else value
+    if not isinstance(items, list) or not all(isinstance(i, str) and i in SKIP_INSTALL for i in items):
+        raise ConvoyError(f"{where}: skip_install must be true or a list of {', '.join(SKIP_INSTALL)}")
+    return set(items)
+
+
 def definition_script(testrun: str, definition: Mapping[str, Any]) -> str:
     """A definition's ``run.sh`` (LAVA's): parameters, ``set -e``, its directory, STARTRUN, install, steps, ENDRUN.
 
@@ -91,6 +118,7 @@ def definition_script(testrun: str, definition: Mapping[str, Any]) -> str:
     deps = install.get("deps") or []
     if not isinstance(deps, list) or not all(isinstance(d, str) and d.isprintable() for d in deps):
         raise ConvoyError(f"test definition {testrun}: install.deps must be a list of package names")
+    skip = skipped_install(definition.get("skip_install"), f"test definition {testrun}")
     run = repo.get("run")
     steps = _steps(run.get("steps") if isinstance(run, dict) else None, f"test definition {testrun}: run.steps")
     lines = ["#!/bin/sh", "###default parameters from test definition###"]
@@ -100,9 +128,11 @@ def definition_script(testrun: str, definition: Mapping[str, Any]) -> str:
     lines += ["######", "set -e", f"export TESTRUN_ID={testrun}", 'cd "$(dirname "$0")"', "UUID=$(cat uuid)",
               'export LAVA_RESULT_DIR="$(pwd)/results"', 'mkdir -p "$LAVA_RESULT_DIR"',
               'echo "<LAVA_SIGNAL_STARTRUN $TESTRUN_ID $UUID>"']
-    if deps:
+    if deps and not skip & {"deps", "all"}:
         lines.append("convoy-pkg-install " + " ".join(shlex.quote(d) for d in deps))
-    lines += _steps(install.get("steps"), f"test definition {testrun}: install.steps")
+    install_steps = _steps(install.get("steps"), f"test definition {testrun}: install.steps")
+    if not skip & {"steps", "all"}:
+        lines += install_steps
     lines += steps
     lines += ['echo "<LAVA_SIGNAL_ENDRUN $TESTRUN_ID $UUID>"', ""]
     return "\n".join(lines)
@@ -111,8 +141,6 @@ def definition_script(testrun: str, definition: Mapping[str, Any]) -> str:
 def build_overlay(dest: Path, job_id: str, lava_tests: Sequence[Mapping[str, Any]],
                   environment: Mapping[str, str]) -> Overlay:
     """Write the overlay for ``lava_tests`` under ``dest`` (replacing what was there)."""
-    import shutil
-
     shutil.rmtree(dest, ignore_errors=True)
     bin_dir = dest / "bin"
     bin_dir.mkdir(parents=True)
@@ -142,7 +170,14 @@ def build_overlay(dest: Path, job_id: str, lava_tests: Sequence[Mapping[str, Any
             testrun = f"{index}_{name}"
             index += 1
             test_dir = action_dir / "tests" / testrun
-            test_dir.mkdir()
+            if definition.get("files"):  # fetched: the repository's files are the definition's directory
+                shutil.copytree(str(definition["files"]), test_dir, symlinks=True)
+            else:
+                test_dir.mkdir()
+            repo = definition.get("repository")
+            parser = parser_of(repo, f"test definition {testrun}") if isinstance(repo, dict) else None
+            if parser is not None:
+                overlay.parsers[testrun] = parser
             (test_dir / "run.sh").write_text(definition_script(testrun, definition))
             (test_dir / "uuid").write_text(f"{uuid.uuid4()}\n")
             (test_dir / "testdef.json").write_text(json.dumps(dict(definition), indent=1, default=str))

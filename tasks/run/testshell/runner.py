@@ -4,7 +4,11 @@
 to the device and runs each test action in its own SSH session
 (:class:`~convoy.tasks.run.testshell.session.TestShell`), within the action's
 ``timeout`` and the job's deadline; the first action that fails by LAVA's
-rules ends the test (its status is the phase's).
+rules ends the test (its status is the phase's).  Definitions ``from: git``
+or ``url`` are fetched first, here on the device's host
+(:mod:`~convoy.tasks.run.testshell.fetch`, cached under the worker's state
+dir), and only for a device that is a sandbox: a peer's definition does not
+run on a device whose files and network are its host's.
 """
 from __future__ import annotations
 
@@ -14,7 +18,9 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from convoy.config.settings import load_settings
 from convoy.tasks.run.output import OutputForwarder
+from convoy.tasks.run.testshell.fetch import FetchError, resolve_definitions, uses_peer_definitions
 from convoy.tasks.run.testshell.overlay import build_overlay
 from convoy.tasks.run.testshell.session import Relay, TestShell
 
@@ -53,8 +59,26 @@ def run_lava_tests(lava_tests: Sequence[Mapping[str, Any]], *, job_id: str, work
                    environment: Mapping[str, str], out: Callable[[str], None],
                    record: Callable[[dict[str, Any]], None], relay: Relay | None, cancel: threading.Event,
                    deadline: float | None, global_timeout: float | None = None,
-                   on_start: Callable[[int], None] | None = None, output_timeout: float | None = None) -> int:
-    """Run every test action on the device at ``host`` (the job's ssh config names it); the phase's status."""
+                   on_start: Callable[[int], None] | None = None, output_timeout: float | None = None,
+                   sandboxed: bool = False, cache_dir: Path | None = None) -> int:
+    """Run every test action on the device at ``host`` (the job's ssh config names it); the phase's status.
+
+    ``sandboxed``: the device is a machine of its own (``device_info["sandboxed"]``), which definitions
+    fetched from git or a URL need; ``cache_dir``: where fetched repositories are kept (default: the
+    worker's ``<state_dir>/cache``).
+    """
+    if uses_peer_definitions(lava_tests):
+        if not sandboxed:
+            out(f"*** device {host} is not a sandbox: test definitions from git or url (written by others) run "
+                "only on sandboxed devices ***\n")
+            return 1
+        out("fetching the test definitions from git and url on the device's host\n")
+        try:
+            lava_tests = resolve_definitions(lava_tests, cache_dir=cache_dir or load_settings().state_dir / "cache",
+                                             work_dir=work_dir / "lava-definitions")
+        except FetchError as exc:
+            out(f"*** {exc} ***\n")
+            return 1
     overlay = build_overlay(work_dir / "lava-overlay", job_id, lava_tests, environment)
     forwarder = OutputForwarder(out, name="lava_tests")  # the session is read on: output never waits for Redis
     try:

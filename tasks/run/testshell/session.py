@@ -242,6 +242,13 @@ class TestShell:
         event = markers.parse(text) if text.endswith("\n") else None
         if event is None:
             self.out(text)
+            parser = self.overlay.parsers.get(state.suite) if state.suite else None
+            if parser is not None:  # LAVA's parse: pattern, on the running definition's lines
+                found = parser.match(text)
+                if isinstance(found, markers.TestCase):
+                    self.case(state, found)
+                elif found:
+                    self.out(f"{found}\n")
             return []
         if isinstance(event, markers.Call):
             if not state.calls.acquire(blocking=False):
