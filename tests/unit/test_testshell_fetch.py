@@ -199,3 +199,18 @@ def test_parse_pattern_turns_lines_into_cases_mapped_by_fixupdict():
 def test_a_bad_parse_block_names_the_definition(parse, text):
     with pytest.raises(ConvoyError, match=re.escape(f"test definition 0_x: {text}")):
         parser_of({"parse": parse}, "test definition 0_x")
+
+
+def test_peer_definitions_refuse_to_run_on_a_device_that_is_not_a_sandbox(tmp_path):
+    import threading
+
+    from convoy.tasks.run.testshell.runner import run_lava_tests
+
+    said: list[str] = []
+    tests = [{"definitions": [{"from": "git", "name": "smoke", "repository": UPSTREAM + "tests.git",
+                               "path": "smoke.yaml"}]}]
+    status = run_lava_tests(tests, job_id="j1", work_dir=tmp_path, ssh=tmp_path / "no-ssh", host="device",
+                            environment={}, out=said.append, record=lambda case: None, relay=None,
+                            cancel=threading.Event(), deadline=None, sandboxed=False, cache_dir=tmp_path / "cache")
+    assert status == 1 and "device device is not a sandbox: test definitions from git or url" in "".join(said)
+    assert not (tmp_path / "cache").exists()  # nothing fetched

@@ -84,8 +84,9 @@ class GitCache:
     def git(self, *args: str, cwd: Path | None = None) -> str:
         """Run the real ``git`` with the worker's environment (its insteadOf mirrors); stdout, or FetchError."""
         try:
-            done = subprocess.run(["git", *args], cwd=cwd, env={**_GIT_ENV, **os.environ, "GIT_TERMINAL_PROMPT": "0"}, capture_output=True,
-                                  text=True, timeout=self.timeout, check=False, stdin=subprocess.DEVNULL)
+            env = {**_GIT_ENV, **os.environ, "GIT_TERMINAL_PROMPT": "0"}
+            done = subprocess.run(["git", *args], cwd=cwd, env=env, capture_output=True, text=True,
+                                  timeout=self.timeout, check=False, stdin=subprocess.DEVNULL)
         except subprocess.TimeoutExpired:
             raise FetchError(f"git {args[0]} took longer than {self.timeout:g}s") from None
         except OSError as exc:
