@@ -5,6 +5,19 @@ code (``!!python/...`` tags), blow up memory (alias bombs, huge or deeply
 nested documents) or not survive JSON (binary, sets); it keeps timestamps as
 the strings the user wrote.  Every failure is a
 :class:`~convoy.errors.JobValidationError` whose message says where.
+
+Real LAVA job files rely on two things PyYAML's loader (hence LAVA's) accepts,
+so convoy accepts them too:
+
+* duplicate keys in a mapping: the last one wins, and a warning names the key
+  and both lines (:func:`load_yaml_with_warnings` returns the warnings);
+* anchors, aliases and merge keys (``<<: *base``), as PyYAML's SafeLoader.
+  The rule that keeps them safe: the document is measured as if every alias
+  were copied in place -- at most :data:`MAX_NODES` values and
+  :data:`MAX_DEPTH` levels of nesting *after expansion* -- and an alias inside
+  the collection its anchor names (a cycle) is refused.  Both are checked on
+  the event stream before anything is built, and errors name the alias's line,
+  so a "billion laughs" bomb costs no more than reading its text.
 """
 from __future__ import annotations
 
@@ -17,13 +30,16 @@ import yaml
 
 from convoy.errors import FieldError, JobValidationError
 
-__all__ = ["MAX_BYTES", "MAX_DEPTH", "MAX_NODES", "load_json", "load_yaml", "read_document"]
+__all__ = [
+    "MAX_BYTES", "MAX_DEPTH", "MAX_NODES", "load_json", "load_yaml", "load_yaml_with_warnings", "read_document",
+    "read_document_with_warnings",
+]
 
 #: largest document accepted, in bytes
 MAX_BYTES = 1024 * 1024
 #: deepest nesting of mappings and sequences accepted
 MAX_DEPTH = 64
-#: most YAML nodes (scalars, mappings, sequences) in one document
+#: most YAML nodes (scalars, mappings, sequences) in one document, aliases counted as copies
 MAX_NODES = 100_000
 
 _DOC_SUFFIXES = (".yaml", ".yml", ".json")
@@ -52,18 +68,28 @@ def _short_tag(tag: str) -> str:
 
 
 class _StrictConstruction:
-    """Constructors shared by both loaders: no duplicate keys, no exotic tags, dates as text."""
+    """Constructors shared by both loaders: duplicate keys warned about, no exotic tags, dates as text."""
 
-    def construct_mapping(self, node: Any, deep: bool = False) -> Any:
-        if isinstance(node, yaml.MappingNode):
-            seen: set[tuple[str, str]] = set()
+    #: (line, column, warning) found while constructing (set by :func:`_parse` before loading)
+    duplicate_warnings: list[tuple[int, int, str]]
+
+    def flatten_mapping(self, node: Any) -> None:
+        """Note duplicate keys before PyYAML merges ``<<`` keys in (it keeps the last of each key)."""
+        if not getattr(node, "_convoy_checked", False):
+            node._convoy_checked = True  # a node merged into others is flattened again: warn once
+            first: dict[Any, Any] = {}
             for key_node, _ in node.value:
-                if isinstance(key_node, yaml.ScalarNode) and key_node.tag != _YAML_TAG + "merge":
-                    key = (key_node.tag, key_node.value)
-                    if key in seen:
-                        raise _Reject(f"duplicate key {key_node.value!r}", key_node.start_mark)
-                    seen.add(key)
-        return super().construct_mapping(node, deep=deep)  # type: ignore[misc]
+                if not isinstance(key_node, yaml.ScalarNode) or key_node.tag == _YAML_TAG + "merge":
+                    continue  # non-scalar keys are refused by PyYAML; merged keys may be overridden
+                key = (key_node.tag, self.construct_object(key_node))  # type: ignore[attr-defined]
+                if key in first:
+                    line = key_node.start_mark.line + 1
+                    self.duplicate_warnings.append((line, key_node.start_mark.column, (
+                        f"line {line}: duplicate key {key_node.value!r} "
+                        f"(first at line {first[key].start_mark.line + 1}); the last one is used, as LAVA does")))
+                else:
+                    first[key] = key_node
+        super().flatten_mapping(node)  # type: ignore[misc]
 
     def construct_unsupported(self, node: Any) -> Any:
         raise _Reject(f"unsupported YAML tag {_short_tag(node.tag)!r} (convoy reads plain YAML only)", node.start_mark)
@@ -86,34 +112,88 @@ class _StrictConstruction:
             cls.add_constructor(_YAML_TAG + tag, cls.construct_unsupported)  # type: ignore[attr-defined]
 
 
+class _Budget:
+    """Measures a document from its events as if every alias were copied in place.
+
+    Each value counts once, an alias as many values as the anchored one holds;
+    nesting counts open collections plus, at an alias, the anchored one's own.
+    An alias to a collection still open (its own container) is a cycle.
+    """
+
+    def __init__(self) -> None:
+        self.values = 0
+        self.aliases = 0
+        #: open collections: [anchor, values so far, deepest nesting inside]
+        self.stack: list[list[Any]] = []
+        #: closed anchors: (values, nesting)
+        self.anchors: dict[str, tuple[int, int]] = {}
+
+    def feed(self, event: Any) -> None:
+        if isinstance(event, yaml.AliasEvent):
+            self._alias(event)
+        elif isinstance(event, yaml.ScalarEvent):
+            self._add(1, 0, event)
+            if event.anchor is not None:
+                self.anchors[event.anchor] = (1, 0)
+        elif isinstance(event, yaml.CollectionStartEvent):
+            self._count(1, event)
+            if len(self.stack) + 1 > MAX_DEPTH:
+                raise _Reject(_DEPTH_MESSAGE.format(MAX_DEPTH), event.start_mark)
+            self.stack.append([event.anchor, 1, 0])
+        elif isinstance(event, yaml.CollectionEndEvent):
+            anchor, size, inner = self.stack.pop()
+            if anchor is not None:
+                self.anchors[anchor] = (size, inner + 1)
+            self._nest(size, inner + 1)
+        elif isinstance(event, yaml.DocumentStartEvent):
+            self.anchors.clear()  # anchors never reach across documents
+
+    def _alias(self, event: Any) -> None:
+        self.aliases += 1
+        name = event.anchor
+        if any(frame[0] == name for frame in self.stack):
+            raise _Reject(_CYCLE_MESSAGE.format(name), event.start_mark)
+        size, depth = self.anchors.get(name, (1, 0))  # an undefined alias: the composer says so
+        if len(self.stack) + depth > MAX_DEPTH:
+            raise _Reject(_ALIAS_DEPTH_MESSAGE.format(MAX_DEPTH, name), event.start_mark)
+        if self.values + size > MAX_NODES:
+            raise _Reject(_ALIAS_NODES_MESSAGE.format(MAX_NODES, name), event.start_mark)
+        self._add(size, depth, event)
+
+    def _count(self, size: int, event: Any) -> None:
+        self.values += size
+        if self.values > MAX_NODES:
+            raise _Reject(_NODES_MESSAGE.format(MAX_NODES), event.start_mark)
+
+    def _add(self, size: int, depth: int, event: Any) -> None:
+        self._count(size, event)
+        self._nest(size, depth)
+
+    def _nest(self, size: int, depth: int) -> None:
+        if self.stack:
+            frame = self.stack[-1]
+            frame[1] += size
+            frame[2] = max(frame[2], depth)
+
+
 class _PyLoader(_StrictConstruction, yaml.SafeLoader):
-    """Pure-Python loader (when libyaml is missing): limits enforced while composing."""
+    """Pure-Python loader (when libyaml is missing): limits enforced on each event as it is composed."""
 
     def __init__(self, stream: Any) -> None:
         super().__init__(stream)
-        self._depth = 0
-        self._nodes = 0
+        self.budget = _Budget()
 
-    def compose_node(self, parent: Any, index: Any) -> Any:
-        event = self.peek_event()
-        if isinstance(event, yaml.AliasEvent):
-            raise _Reject(_ALIAS_MESSAGE.format(event.anchor), event.start_mark)
-        self._nodes += 1
-        if self._nodes > MAX_NODES:
-            raise _Reject(_NODES_MESSAGE.format(MAX_NODES), event.start_mark)
-        collection = isinstance(event, yaml.CollectionStartEvent)  # nesting counts collections, as _scan_events
-        self._depth += collection
-        try:
-            if self._depth > MAX_DEPTH:
-                raise _Reject(_DEPTH_MESSAGE.format(MAX_DEPTH), event.start_mark)
-            return super().compose_node(parent, index)
-        finally:
-            self._depth -= collection
+    def get_event(self) -> Any:
+        event = super().get_event()
+        self.budget.feed(event)
+        return event
 
 
-_ALIAS_MESSAGE = "YAML aliases/anchors are not allowed (found *{})"
+_CYCLE_MESSAGE = "recursive alias *{0}: it refers to the collection &{0} that contains it"
 _NODES_MESSAGE = "document has too many values (limit {})"
+_ALIAS_NODES_MESSAGE = "document has too many values (limit {}) once alias *{} is expanded"
 _DEPTH_MESSAGE = "document is nested too deeply (limit {} levels)"
+_ALIAS_DEPTH_MESSAGE = "document is nested too deeply (limit {} levels) once alias *{} is expanded"
 _LONG_NUMBER_MESSAGE = "number too long (more than 4300 digits)"
 _PyLoader._register()
 
@@ -127,25 +207,15 @@ else:  # pragma: no cover - libyaml ships with PyYAML's wheels
     _CLoader = None  # type: ignore[assignment,misc]
 
 
-def _scan_events(text: str | bytes, loader: type) -> None:
-    """Reject aliases, deep nesting and too many nodes before anything is built.
+def _scan_events(text: str | bytes, loader: type) -> _Budget:
+    """Refuse cycles, deep nesting and too many values (aliases expanded) before anything is built.
 
     libyaml's composer recurses in C, so nesting must be refused before it runs.
     """
-    depth = nodes = 0
+    budget = _Budget()
     for event in yaml.parse(text, Loader=loader):
-        if isinstance(event, yaml.AliasEvent):
-            raise _Reject(_ALIAS_MESSAGE.format(event.anchor), event.start_mark)
-        if isinstance(event, yaml.NodeEvent):
-            nodes += 1
-            if nodes > MAX_NODES:
-                raise _Reject(_NODES_MESSAGE.format(MAX_NODES), event.start_mark)
-        if isinstance(event, yaml.CollectionStartEvent):
-            depth += 1
-            if depth > MAX_DEPTH:
-                raise _Reject(_DEPTH_MESSAGE.format(MAX_DEPTH), event.start_mark)
-        elif isinstance(event, yaml.CollectionEndEvent):
-            depth -= 1
+        budget.feed(event)
+    return budget
 
 
 def _explain_libyaml_error(text: str | bytes, mark: Any) -> None:
@@ -168,20 +238,34 @@ def _explain_libyaml_error(text: str | bytes, mark: Any) -> None:
         return
 
 
-def _parse(text: str | bytes) -> Any:
+def _parse(text: str | bytes) -> tuple[Any, list[str]]:
     if _CLoader is None:
         loader: Any = _PyLoader(text)
+        budget = loader.budget  # fed while composing
     else:
         try:
-            _scan_events(text, _CLoader)
+            budget = _scan_events(text, _CLoader)
         except yaml.MarkedYAMLError as exc:
             _explain_libyaml_error(text, exc.problem_mark or exc.context_mark)
             raise
         loader = _CLoader(text)
+    loader.duplicate_warnings = []
     try:
-        return loader.get_single_data()
+        data = loader.get_single_data()
     finally:
         loader.dispose()
+    if budget.aliases:  # PyYAML shares one object between an anchor and its aliases: give each place its own
+        data = _unshared(data)
+    return data, [warning for _, _, warning in sorted(loader.duplicate_warnings)]  # in the document's order
+
+
+def _unshared(value: Any) -> Any:
+    """A copy in which no dict or list appears twice (bounded: the budget counted every copy)."""
+    if isinstance(value, dict):
+        return {key: _unshared(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_unshared(item) for item in value]
+    return value
 
 
 def _check_size(size: int, source: str) -> None:
@@ -199,13 +283,27 @@ def _text_size(text: str | bytes) -> int:
 
 
 def load_yaml(text: str | bytes, *, source: str = "<string>") -> Any:
-    """Parse one YAML document safely; raise JobValidationError saying what and where."""
+    """Parse one YAML document safely; raise JobValidationError saying what and where.
+
+    Warnings (duplicate keys) are dropped: callers that show them use :func:`load_yaml_with_warnings`.
+    """
+    return load_yaml_with_warnings(text, source=source)[0]
+
+
+def load_yaml_with_warnings(text: str | bytes, *, source: str = "<string>") -> tuple[Any, list[str]]:
+    """Parse one YAML document safely; return it with the warnings a user should see.
+
+    Each warning names the source (unless it is ``<string>``) and the lines, e.g.
+    ``job.yaml: line 12: duplicate key 'timeout' (first at line 9); the last one is used, as LAVA does``.
+    Raise JobValidationError saying what and where for anything refused.
+    """
     if not isinstance(text, (str, bytes)):
         raise _fail(f"expected YAML text, got {type(text).__name__}")
     _check_size(_text_size(text), source)
     prefix = "" if source == "<string>" else f"{source}: "
     try:
-        return _parse(text)
+        data, warnings = _parse(text)
+        return data, [prefix + warning for warning in warnings]
     except _Reject as exc:
         raise _fail(f"{prefix}{exc.message} at {_where(exc.mark)}") from None
     except yaml.MarkedYAMLError as exc:
@@ -278,7 +376,7 @@ def _looks_like_path(text: str) -> bool:
     return "\n" not in text and text.strip().lower().endswith(_DOC_SUFFIXES)
 
 
-def _read_file(path: Path) -> Any:
+def _read_file(path: Path) -> tuple[Any, list[str]]:
     name = str(path)
     try:
         size = path.stat().st_size
@@ -294,8 +392,8 @@ def _read_file(path: Path) -> Any:
     except ValueError as exc:  # e.g. a NUL byte in the name
         raise _fail(f"cannot read {name!r}: {exc}") from None
     if path.suffix.lower() == ".json":
-        return load_json(data, source=name)
-    return load_yaml(data, source=name)
+        return load_json(data, source=name), []
+    return load_yaml_with_warnings(data, source=name)
 
 
 def _is_file(text: str) -> bool:
@@ -312,20 +410,25 @@ def read_document(source: Any) -> Any:
     ``os.PathLike``, is read as a file; any other ``str`` (or ``bytes``) is
     YAML text -- except that a one-line text ending in one of those suffixes
     that parses to just itself is reported as a missing file, since that is
-    what the user meant.
+    what the user meant.  Warnings are dropped (see :func:`read_document_with_warnings`).
     """
+    return read_document_with_warnings(source)[0]
+
+
+def read_document_with_warnings(source: Any) -> tuple[Any, list[str]]:
+    """:func:`read_document`, with the warnings to show the user (duplicate keys, naming their lines)."""
     if isinstance(source, dict):
-        return source
+        return source, []
     if isinstance(source, os.PathLike):
         return _read_file(Path(source))
     if isinstance(source, str):
         stripped = source.strip()
         if _looks_like_path(source) and _is_file(stripped):
             return _read_file(Path(stripped))
-        data = load_yaml(source)
+        data, warnings = load_yaml_with_warnings(source)
         if _looks_like_path(source) and data == stripped:
             raise _fail(f"file not found: {stripped}")
-        return data
+        return data, warnings
     if isinstance(source, bytes):
-        return load_yaml(source)
-    return source  # validators report "must be a mapping, got ..."
+        return load_yaml_with_warnings(source)
+    return source, []  # validators report "must be a mapping, got ..."

@@ -128,8 +128,8 @@ def test_every_problem_is_reported_with_its_path():
      [("devices[0].config.address", "not an IPv4 address: 'nope'")]),
     ("devices: [{name: a, queue: 3}]\n", [("devices[0].queue", "must be of string type")]),
     ("devices: [{queue: q}]\n", [("devices[0].name", "required field")]),
-    ("devices: &d [{name: a, queue: q}]\nmore: *d\n",
-     [("", "YAML aliases/anchors are not allowed (found *d) at line 2, column 7")]),
+    ("devices: &d [{name: a, queue: q}, *d]\n",
+     [("", "recursive alias *d: it refers to the collection &d that contains it at line 1, column 35")]),
     ("devices: [{name: a, queue: q, config: !!python/object/apply:os.system [true]}]\n",
      [("", "unsupported YAML tag '!!python/object/apply:os.system' (convoy reads plain YAML only) "
            "at line 1, column 39")]),

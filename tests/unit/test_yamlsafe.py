@@ -4,9 +4,19 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import yaml
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from convoy.config import yamlsafe
-from convoy.config.yamlsafe import MAX_BYTES, load_json, load_yaml, read_document
+from convoy.config.yamlsafe import (
+    MAX_BYTES,
+    load_json,
+    load_yaml,
+    load_yaml_with_warnings,
+    read_document,
+    read_document_with_warnings,
+)
 from convoy.errors import JobValidationError
 
 
@@ -37,6 +47,7 @@ e: &e [*d,*d,*d,*d,*d,*d,*d,*d,*d]
 f: &f [*e,*e,*e,*e,*e,*e,*e,*e,*e]
 g: &g [*f,*f,*f,*f,*f,*f,*f,*f,*f]
 """
+RECURSIVE = "recursive alias *a: it refers to the collection &a that contains it"
 
 
 @pytest.mark.parametrize("text, expected", [
@@ -45,6 +56,10 @@ g: &g [*f,*f,*f,*f,*f,*f,*f,*f,*f]
     ("a: 2024-01-01\nb: 2024-01-01T10:00:00Z\n", {"a": "2024-01-01", "b": "2024-01-01T10:00:00Z"}),
     ("a: &x 1\nb: 2\n", {"a": 1, "b": 2}),
     ("<<: {a: 1}\nb: 2\n", {"a": 1, "b": 2}),
+    ("a: &x [1, {k: v}]\nb: *x\n", {"a": [1, {"k": "v"}], "b": [1, {"k": "v"}]}),
+    ("base: &b {t: 1, u: 2}\njob:\n  <<: *b\n  u: 3\n", {"base": {"t": 1, "u": 2}, "job": {"t": 1, "u": 3}}),
+    ("a: &a {x: 1}\nb: &b {y: 2}\nc: {<<: [*a, *b], z: 3}\n",
+     {"a": {"x": 1}, "b": {"y": 2}, "c": {"x": 1, "y": 2, "z": 3}}),
     ("", None),
     ("# only a comment\n", None),
     ("- 1\n- x\n", [1, "x"]),
@@ -54,8 +69,10 @@ def test_plain_documents(loader, text, expected):
 
 
 @pytest.mark.parametrize("text, expected", [
-    (BILLION_LAUGHS, "YAML aliases/anchors are not allowed (found *a) at line 2, column 8"),
-    ("a: &a [*a]\n", "YAML aliases/anchors are not allowed (found *a) at line 1, column 8"),
+    (BILLION_LAUGHS, "document has too many values (limit 100000) once alias *e is expanded at line 6, column 8"),
+    ("a: &a [*a]\n", f"{RECURSIVE} at line 1, column 8"),
+    ("a: &a {b: {c: *a}}\n", f"{RECURSIVE} at line 1, column 15"),
+    ("x: 1\na: &a\n  <<: *a\n", f"{RECURSIVE} at line 3, column 7"),  # a merge key too
     ("x: !!python/object/apply:os.system ['true']\n",
      "unsupported YAML tag '!!python/object/apply:os.system' (convoy reads plain YAML only) at line 1, column 4"),
     ("x: !!python/name:os.system\n", "unsupported YAML tag '!!python/name:os.system'"),
@@ -63,7 +80,6 @@ def test_plain_documents(loader, text, expected):
     ("x: !!binary aGVsbG8=\n", "unsupported YAML tag '!!binary'"),
     ("x: !!set {a, b}\n", "unsupported YAML tag '!!set'"),
     ("x: !!omap [a: 1]\n", "unsupported YAML tag '!!omap'"),
-    ("a: 1\nb: 2\na: 3\n", "duplicate key 'a' at line 3, column 1"),
     ("a: " + "1" * 5000 + "\n", "number too long (more than 4300 digits) at line 1, column 4"),
 ])
 def test_rejected_by_convoys_rules(loader, text, expected):
@@ -199,3 +215,101 @@ def test_read_document(tmp_path: Path):
         read_document(str(tmp_path / "nope.yaml"))
     with pytest.raises(JobValidationError, match="file not found"):
         read_document(tmp_path / "nope.yaml")
+
+
+# ------------------------------------------------ LAVA's loader rules: duplicate keys, anchors and aliases
+def test_duplicate_key_last_one_wins_with_a_warning_naming_both_lines(loader):
+    text = "job_queue: rpi4b\ntimeout: 5\nname: x\ntimeout: 9\n"
+    doc, warnings = load_yaml_with_warnings(text, source="job.yaml")
+    assert doc == {"job_queue": "rpi4b", "timeout": 9, "name": "x"}  # as PyYAML (so LAVA) reads it
+    assert warnings == [
+        "job.yaml: line 4: duplicate key 'timeout' (first at line 2); the last one is used, as LAVA does"]
+    assert load_yaml(text) == doc  # the plain function still returns just the document
+
+
+def test_duplicate_keys_nested_repeated_and_in_anchored_mappings(loader):
+    text = ("a:\n  b: 1\n  b: 2\n  b: 3\n"          # lines 1-4: nested, three times
+            "base: &base {t: 1, t: 2}\n"          # line 5: one warning, however often it is used
+            "x: *base\ny: {<<: *base, t: 3}\n"    # a merged key overridden is no duplicate
+            "1: one\n0x1: also one\n")            # the same key written two ways, as the dict sees it
+    doc, warnings = load_yaml_with_warnings(text)
+    assert doc == {"a": {"b": 3}, "base": {"t": 2}, "x": {"t": 2}, "y": {"t": 3}, 1: "also one"}
+    assert [w.split(";")[0] for w in warnings] == [
+        "line 3: duplicate key 'b' (first at line 2)",
+        "line 4: duplicate key 'b' (first at line 2)",
+        "line 5: duplicate key 't' (first at line 5)",
+        "line 9: duplicate key '0x1' (first at line 8)",
+    ]
+
+
+def test_no_warnings_for_a_clean_document(loader):
+    assert load_yaml_with_warnings("a: &x {b: 1}\nc: *x\n") == ({"a": {"b": 1}, "c": {"b": 1}}, [])
+
+
+def test_read_document_with_warnings_names_the_file(tmp_path: Path):
+    path = tmp_path / "job.yaml"
+    path.write_text("job_queue: a\njob_queue: b\n")
+    warning = f"{path}: line 2: duplicate key 'job_queue' (first at line 1); the last one is used, as LAVA does"
+    assert read_document_with_warnings(path) == ({"job_queue": "b"}, [warning])
+    assert read_document_with_warnings(str(path)) == ({"job_queue": "b"}, [warning])
+    assert read_document_with_warnings("a: 1\na: 2\n")[1] == [
+        "line 2: duplicate key 'a' (first at line 1); the last one is used, as LAVA does"]
+    assert read_document_with_warnings({"a": 1}) == ({"a": 1}, [])
+    assert read_document(path) == {"job_queue": "b"}
+
+
+def test_aliases_give_each_place_its_own_copy(loader):
+    """PyYAML shares one object between an anchor and its aliases; a job edited in one place must not change
+    another."""
+    doc = load_yaml("a: &x {k: [1]}\nb: *x\nc: {<<: *x}\n")
+    assert doc["a"] == doc["b"] == doc["c"] == {"k": [1]}
+    assert doc["a"] is not doc["b"] and doc["a"]["k"] is not doc["b"]["k"] and doc["a"]["k"] is not doc["c"]["k"]
+
+
+def test_aliases_count_as_copies_against_the_value_limit(loader, monkeypatch):
+    monkeypatch.setattr(yamlsafe, "MAX_NODES", 100)
+    base = "a: &a [" + ", ".join(["x"] * 9) + "]\n"  # 3 values (mapping, key, sequence) + 9 = 12
+    fits = base + "".join(f"k{i}: *a\n" for i in range(8))  # + 8 x (key + 10) = 100
+    assert len(load_yaml(fits)) == 9
+    over = base + "".join(f"k{i}: *a\n" for i in range(7)) + "k7: [*a]\n"  # 12 + 7 x 11 + 2, then 10 more
+    assert message(over) == "document has too many values (limit 100) once alias *a is expanded at line 9, column 6"
+
+
+def test_aliases_count_against_the_depth_limit(loader):
+    depth = yamlsafe.MAX_DEPTH
+    anchored = "a: &a " + "[" * (depth - 2) + "x" + "]" * (depth - 2) + "\n"  # the mapping + depth-2 levels
+    assert load_yaml(anchored + "b: *a\n")["b"]  # depth - 1 levels
+    assert load_yaml(anchored + "b: [*a]\n")["b"]  # exactly the limit
+    assert message(anchored + "b: [[*a]]\n") == (
+        f"document is nested too deeply (limit {depth} levels) once alias *a is expanded at line 2, column 6")
+
+
+def test_alias_bomb_is_refused_quickly_whatever_its_size(loader):
+    """Sixty levels of nine (9^59 strings): refused at the alias where it passes the limit, never expanded."""
+    lines = ['l0: &l0 ["lol"]'] + [f"l{i}: &l{i} [" + ", ".join([f"*l{i - 1}"] * 9) + "]" for i in range(1, 60)]
+    found = message("\n".join(lines) + "\n")
+    assert found.startswith("document has too many values (limit 100000) once alias *l4 is expanded at line 6, ")
+
+
+def test_undefined_alias_and_duplicate_anchor_are_yaml_errors(loader):
+    assert message("a: *nope\n").startswith("invalid YAML at line 1, column 4: found undefined alias")
+    assert message("a: &x 1\nb: &x 2\nc: *x\n").startswith("invalid YAML at line 2, column 4: ")
+    assert "found duplicate anchor" in message("a: &x 1\nb: &x 2\nc: *x\n")
+
+
+YAML_PIECES = st.sampled_from([
+    "a", "b", "1", "x y", "'q'", ": ", ", ", "- ", "\n", "  ", "[", "]", "{", "}", "&a ", "&b ", "*a", "*b",
+    "<<: ", "? ", "#c", "---", "!!str ", "!!python/name:os.system ",
+])
+
+
+@given(st.lists(YAML_PIECES, max_size=40).map("".join))
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+def test_hostile_yaml_never_crashes_and_reads_as_pyyaml_does(loader, text):
+    """Anything is either refused with convoy's error or read exactly as PyYAML's SafeLoader reads it."""
+    try:
+        doc, _ = load_yaml_with_warnings(text)
+    except JobValidationError as exc:
+        assert exc.errors and exc.errors[0].message
+        return
+    assert doc == yaml.load(text, Loader=yaml.SafeLoader)
