@@ -84,7 +84,9 @@ def test_run_with_an_agent_file_uses_exactly_its_devices(tmp_path):
                              str(REPO / "config" / "agents" / "emulated.yaml"), "--artifacts", str(tmp_path)],
                             capture_output=True, text=True, timeout=300, env=env)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    assert "starting 2 device(s): emulated-1" in result.stdout
+    assert "convoy run: starting 2 device(s)" in result.stdout
+    (served,) = [line for line in result.stdout.splitlines() if line.startswith("convoy run: devices ")]
+    assert "emulated-1 (" in served and "emulated-2 (" in served, served  # each with the address it is served on
     (job_dir,) = list(tmp_path.iterdir())
     results = json.loads((job_dir / "results.json").read_text())
     assert results["device"] in ("emulated-1", "emulated-2")
