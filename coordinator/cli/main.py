@@ -57,9 +57,21 @@ def validate(job_file: str) -> None:
     """Check a job file without a server; print the normalised job."""
     from convoy.config.jobs import load_job
 
-    job = load_job(_existing(job_file))
+    job = load_job(_read_with_warnings(job_file))
     click.echo(f"{job_file}: valid")
     _print_json(job)
+
+
+def _read_with_warnings(path: str) -> Any:
+    """The job file's document, after printing the loader's warnings (e.g. duplicate keys) on stderr."""
+    from pathlib import Path
+
+    from convoy.config.yamlsafe import read_document_with_warnings
+
+    doc, warnings = read_document_with_warnings(Path(_existing(path)))
+    for warning in warnings:
+        click.echo(f"warning: {warning}", err=True)
+    return doc
 
 
 def _existing(path: str) -> str:
@@ -75,11 +87,9 @@ def _existing(path: str) -> str:
 @click.option("--poll", is_flag=True, help="Follow the job live until it ends.")
 def submit(job_file: str, poll: bool) -> None:
     """Submit a job file; print its id."""
-    from pathlib import Path
-
     from convoy.coordinator.api import submit_job
 
-    job_id = submit_job(Path(_existing(job_file)))
+    job_id = submit_job(_read_with_warnings(job_file))
     click.echo(job_id)
     if poll:
         sys.exit(_follow(job_id))
