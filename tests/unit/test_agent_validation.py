@@ -64,7 +64,7 @@ devices:
   - name: dev-1
     queues: [rpi4b, multi, "two words"]
     config:
-      address: 10.0.0.1
+      address: 8.8.8.8
       port: 0
       colour: red
       provision_delay: -1
@@ -97,7 +97,8 @@ def test_every_problem_is_reported_with_its_path():
         ("devices[0].queues[1]", "'multi' is reserved for multi jobs; a device cannot serve it"),
         ("devices[0].queues[2]", "invalid queue name 'two words': use letters, digits, '.', '_', ':' or '-', "
                                  "starting with a letter or digit, at most 128 characters"),
-        ("devices[0].config.address", "an emulated device lives on a loopback address (127.0.0.0/8), got 10.0.0.1"),
+        ("devices[0].config.address", "an emulated device lives on a loopback address (127.0.0.0/8) or, sandboxed, "
+                                      "on a private lab address (e.g. 10.x.y.z), got 8.8.8.8"),
         ("devices[0].config.colour", "unknown field"),
         ("devices[0].config.port", "min value is 1"),
         ("devices[0].config.provision_delay", "must not be negative, got -1"),
