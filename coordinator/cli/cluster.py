@@ -13,7 +13,7 @@ from typing import Any
 
 import click
 
-from convoy.coordinator.cli.main import EXIT_CANCELLED, EXIT_FAIL, _existing, cli, exit_code
+from convoy.coordinator.cli.main import EXIT_CANCELLED, EXIT_FAIL, _existing, _read_with_warnings, cli, exit_code
 from convoy.errors import ConvoyError
 
 #: how long an interrupted ``convoy run`` waits for its cancelled job's cleanup
@@ -100,7 +100,7 @@ def run(job_file: str, agent_file: str | None, artifacts: str | None, state_dir:
     from convoy.config.jobs import job_queues, job_tags, load_job
     from convoy.workers.embedded.cluster import EmbeddedCluster, emulated_devices
 
-    job = load_job(Path(_existing(job_file)))
+    job = load_job(_read_with_warnings(job_file))
     devices = _agent_devices(agent_file) if agent_file else emulated_devices(job_queues(job), tags=job_tags(job))
     own_dir = state_dir is None
     base = Path(state_dir) if state_dir else Path(tempfile.mkdtemp(prefix="convoy-run-"))

@@ -100,3 +100,15 @@ def test_a_multi_job_runs_with_another_broker(tmp_path):
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     (job_dir,) = list(tmp_path.iterdir())
     assert json.loads((job_dir / "results.json").read_text())["outcome"] == "pass"
+
+
+def test_run_warns_of_a_duplicate_key_and_uses_the_last_value(tmp_path):
+    """``convoy run`` reads a job as LAVA's loader does: the last of two equal keys wins, with a warning."""
+    job = tmp_path / "dup.yaml"
+    job.write_text("job_queue: emulated\nprovision_data: {distro: focal}\nprovision_data: {distro: jammy}\n"
+                   "test_data:\n  test_cmds: ssh ubuntu@$DEVICE_IP grep -q IMAGE=jammy os-release\n")
+    env = {k: v for k, v in os.environ.items() if k not in ("CONVOY_REDIS_URL", "CONVOY_STATE_DIR")}
+    result = subprocess.run([CONVOY, "run", str(job), "--artifacts", str(tmp_path / "artifacts")],
+                            capture_output=True, text=True, timeout=300, env=env)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert f"warning: {job}: line 3: duplicate key 'provision_data' (first at line 2)" in result.stderr
