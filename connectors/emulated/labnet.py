@@ -132,6 +132,11 @@ def collect_garbage() -> int:
     removed = 0
     claimed = set()
     for path in sorted(CLAIMS.glob("*_*")) if CLAIMS.is_dir() else []:
+        if path.suffix == ".tmp":  # add_claimant's half-written copy: litter once its writer died
+            writer = path.name.rsplit(".", 2)[-2]
+            if writer.isdigit() and not _alive(int(writer)):
+                path.unlink(missing_ok=True)
+            continue
         claim = _read_claim(path)
         pids = claim.get("pids") or []
         if pids and any(_alive(int(p)) for p in pids):

@@ -270,3 +270,19 @@ def _answers_ssh(address: str) -> bool:
             return sock.recv(8).startswith(b"SSH-")
     except OSError:
         return False
+
+
+def test_a_claim_copy_left_by_a_dead_writer_is_removed_and_a_live_ones_is_kept() -> None:
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    labnet.CLAIMS.mkdir(parents=True, exist_ok=True)
+    litter = labnet.CLAIMS / f"10.254.254.0_24.{dead.pid}.tmp"
+    live = labnet.CLAIMS / f"10.254.253.0_24.{os.getpid()}.tmp"
+    litter.write_text("")
+    live.write_text("")
+    try:
+        labnet.collect_garbage()
+        assert not litter.exists() and live.exists()
+    finally:
+        litter.unlink(missing_ok=True)
+        live.unlink(missing_ok=True)
