@@ -34,9 +34,16 @@ Accepted and ignored: the other actions' ``timeout``, ``name``/``namespace``,
 ``parse``.  ``install.deps`` go to the device's package manager (on emulated
 devices a stand-in that records what was asked).
 
-Deploy methods (``to:``) accepted, all meaning "provision the device with the
-image/os named" (the emulated connector uses ``os`` as the image name):
-see :data:`DEPLOY_METHODS`.  Rejected, each with a ``JobValidationError``
+Every LAVA deploy method (``to:``) and boot ``method:`` but ``docker`` and
+``lxc`` is accepted, meaning "provision the device with the image/os named"
+(the emulated connector uses ``os`` as the image name); the method is kept in
+``provision_data`` (``deploy``, ``boot``) for a connector that can honour
+only some to refuse the others by name.  An action's ``protocols:
+lava-multinode`` takes a request or a list of them in every form LAVA
+documents: ``{request, messageID, message, timeout}`` (``action:``, the
+pipeline action making the call, is ignored), the older ``{api, id, key}``,
+and ``{request: lava-start, expect_role: R}`` (wait for ``lava_start`` from
+every member of R: ``lava-wait-all lava_start R``).  Rejected, each with a ``JobValidationError``
 naming the field: test definitions that are not ``from: inline``, ``git``
 or ``url`` (``bzr``, ``tar``), ``interactive`` and
 ``monitors`` tests, deploy or boot to ``lxc``/``docker`` (LAVA's dispatcher
@@ -65,6 +72,7 @@ from convoy.config.durations import MAX_DURATION, DurationError, as_seconds, par
 from convoy.config.schemas import (
     DEFINITION_NAME_RE,
     ENV_NAME_RE,
+    LAVA_START,
     ROLE_RE,
     SSH_CONNECTION,
     join_path,
@@ -78,10 +86,11 @@ __all__ = ["DEFINITION_NAME_RE", "DEPLOY_METHODS", "MULTINODE", "ActionTranslato
 
 MULTINODE = "lava-multinode"
 
-#: ``deploy: to:`` methods translated as "provision with the image/os named"
+#: LAVA's ``deploy: to:`` methods convoy knows by name; every other method (but docker and lxc) is accepted
+#: too, all meaning "provision the device with the image/os named", and recorded in ``provision_data.deploy``
 DEPLOY_METHODS = frozenset({
     "tftp", "nfs", "tmpfs", "ssh", "overlay", "download", "flasher", "fastboot", "usb", "sata", "nbd",
-    "iso-installer", "u-boot-ums", "uuu", "recovery", "removeable", "vemsd", "mps", "musca",
+    "iso-installer", "u-boot-ums", "uuu", "recovery", "removeable", "vemsd", "mps", "musca", "usbg-ms",
 })
 #: deploy and boot methods that need LAVA's dispatcher itself
 _CONTAINER_METHODS = {
@@ -89,7 +98,9 @@ _CONTAINER_METHODS = {
     "docker": "docker runs on LAVA's dispatcher; convoy has no connector for it",
 }
 _DURATION_UNITS = {"days": 86400, "hours": 3600, "minutes": 60, "seconds": 1}
-_API_REQUESTS = {"lava-send", "lava-wait", "lava-wait-all", "lava-sync"}
+_API_REQUESTS = {"lava-send", "lava-wait", "lava-wait-all", "lava-sync", LAVA_START}
+#: the message a delayed start waits for (``lava-send lava_start`` on the expected role)
+_START_MESSAGE = "lava_start"
 _TEST_REJECTED = {
     "interactive": "interactive tests drive a device's console; convoy runs shell test definitions only",
     "monitors": "monitors watch a device's console; convoy runs shell test definitions only",
@@ -204,9 +215,8 @@ class ActionTranslator:
         if method in _CONTAINER_METHODS:
             self.error(f"{path}.to", _CONTAINER_METHODS[method])
             return
-        if method not in DEPLOY_METHODS:
-            self.error(f"{path}.to", f"deploy method {shown(method)} cannot be translated "
-                                     f"(accepted: {', '.join(sorted(DEPLOY_METHODS))})")
+        if not method or not method.isprintable() or any(c.isspace() for c in method):
+            self.error(f"{path}.to", f"must be the deploy method's name (tftp, nfs, ...), got {shown(method)}")
             return
         provision: dict[str, Any] = {"deploy": method}
         if "os" in body:
@@ -232,6 +242,10 @@ class ActionTranslator:
             return
         if method in _CONTAINER_METHODS:
             self.error(f"{path}.method", _CONTAINER_METHODS[method])
+            return
+        if isinstance(method, str) and (not method or not method.isprintable()
+                                        or any(c.isspace() for c in method)):
+            self.error(f"{path}.method", f"must be the boot method's name (u-boot, qemu, ...), got {shown(method)}")
             return
         for role in roles:
             if not role.guest and isinstance(method, str):
@@ -440,20 +454,30 @@ class ActionTranslator:
         return commands
 
     def request(self, request: Any, path: str) -> str | None:
-        """One MultiNode request as the command line of the same API call."""
+        """One MultiNode request as the command line of the same API call.
+
+        LAVA's forms: ``{request, messageID, message, timeout}`` (``role`` for ``lava-wait-all``;
+        ``action`` names the pipeline action that makes the call and is ignored), the older
+        ``{api, id, key, timeout}``, and ``{request: lava-start, expect_role: R}``: wait until every
+        member of R has sent ``lava_start``.
+        """
         if not isinstance(request, dict):
             self.error(path, f"must be a mapping (request, messageID, message), got {kind_of(request)}")
             return None
-        kind, mid = request.get("request"), request.get("messageID")
+        kind_key = "request" if "request" in request or "api" not in request else "api"
+        mid_key = "messageID" if "messageID" in request or "id" not in request else "id"
+        kind, mid = request.get(kind_key), request.get(mid_key)
         if not isinstance(kind, str) or kind not in _API_REQUESTS:
-            self.error(f"{path}.request", f"must be one of {', '.join(sorted(_API_REQUESTS))} (got {shown(kind)})")
+            self.error(f"{path}.{kind_key}", f"must be one of {', '.join(sorted(_API_REQUESTS))} (got {shown(kind)})")
             return None
+        if kind == LAVA_START:
+            return self.start_request(request, path)
         if mid is None:
             self.error(f"{path}.messageID", "required: the message id")
             return None
         problem = message_id_problem(mid) if isinstance(mid, str) else f"must be a string, got {kind_of(mid)}"
         if problem:
-            self.error(f"{path}.messageID", problem)
+            self.error(f"{path}.{mid_key}", problem)
             return None
         words = [kind]
         if "timeout" in request and kind != "lava-send":
@@ -469,6 +493,22 @@ class ActionTranslator:
                 self.error(f"{path}.role", f"must be a role name, got {shown(role)}")
             else:
                 words.append(role)
+        return " ".join(shlex.quote(word) for word in words)
+
+    def start_request(self, request: dict[str, Any], path: str) -> str | None:
+        """``request: lava-start`` in an action: wait for ``lava_start`` from every member of ``expect_role``."""
+        role = request.get("expect_role")
+        if not isinstance(role, str) or not ROLE_RE.fullmatch(role):
+            self.error(f"{path}.expect_role", "required (with request: lava-start): the role whose lava_start "
+                                              "this action waits for" if role is None
+                       else f"must be a role name, got {shown(role)}")
+            return None
+        words = ["lava-wait-all"]
+        if "timeout" in request:
+            seconds = self.seconds(request["timeout"], f"{path}.timeout")
+            if seconds is not None:
+                words += ["--timeout", str(seconds)]
+        words += [_START_MESSAGE, role]
         return " ".join(shlex.quote(word) for word in words)
 
     def message(self, message: Any, path: str) -> list[str]:

@@ -15,6 +15,7 @@ role ``device_type``                            child ``job_queue`` (a device ty
 role ``timeout``                                child ``timeouts.multinode`` (and, with
                                                 ``request: lava-start``, the start timeout)
 role ``request: lava-start``, ``expect_role``   child ``multinode: {request, expect_role, timeout}``
+                                                (``expect_role`` alone: accepted, no delay, as LAVA)
 role ``connection: ssh``, ``host_role``         a guest child (no device, no queue)
 role ``context``                                child ``provision_data.context``
 ==============================================  =============================================
@@ -32,7 +33,8 @@ the job also gives convoy's own ``job_priority``.  A role's (or the job's)
 ``device_type`` and ``tags`` are what the scheduler selects its devices by
 (child ``device_type`` and ``tags``; ``job_queue`` repeats the type for display).
 
-Accepted and ignored: ``visibility``, ``metadata`` (a mapping, as in LAVA),
+Accepted and ignored: ``protocols.lava-multinode.target_group`` (LAVA's
+group id; convoy makes its own), ``visibility``, ``metadata`` (a mapping, as in LAVA),
 ``notify``, ``logging_level``, ``secrets``, ``reboot_to_fastboot``,
 ``timeouts`` other than ``job``, role ``essential`` (in convoy every member is
 essential: a failing member fails every wait of the group).  convoy's own
@@ -254,8 +256,8 @@ class _Translator(ActionTranslator):
             self.error(path, f"must be a mapping (roles, timeout), got {kind_of(group)}")
             return []
         for key in group:
-            if key not in ("roles", "timeout"):
-                self.error(join_path(path, key), "unknown field (lava-multinode takes roles and timeout)")
+            if key not in ("roles", "timeout", "target_group"):  # target_group: LAVA's group id, convoy makes its own
+                self.error(join_path(path, key), "unknown field (lava-multinode takes roles, timeout, target_group)")
         roles = group.get("roles")
         if not isinstance(roles, dict) or not roles:
             self.error(f"{path}.roles", "required: a mapping of role name to its devices "
@@ -331,7 +333,7 @@ class _Translator(ActionTranslator):
         timeout = self.duration(spec["timeout"], f"{role.path}.timeout") if "timeout" in spec else None
         if timeout is not None:
             child["timeouts"] = {"multinode": timeout}
-        if "request" in spec or "expect_role" in spec:
+        if "request" in spec:  # as in LAVA, expect_role without request: lava-start delays nothing
             child["multinode"] = {k: spec[k] for k in ("request", "expect_role") if k in spec}
             if timeout is not None and spec.get("request") == LAVA_START:
                 child["multinode"]["timeout"] = timeout

@@ -293,7 +293,8 @@ def test_other_test_definition_sources_are_rejected(source, path, text):
 @pytest.mark.parametrize("action, path, text", [
     ({"deploy": {"to": "lxc", "os": "debian"}}, "actions[0].deploy.to", "lava-lxc"),
     ({"deploy": {"to": "docker", "image": "debian"}}, "actions[0].deploy.to", "docker"),
-    ({"deploy": {"to": "teleport"}}, "actions[0].deploy.to", "deploy method 'teleport' cannot be translated"),
+    ({"deploy": {"to": "two words"}}, "actions[0].deploy.to", "must be the deploy method's name"),
+    ({"boot": {"method": ""}}, "actions[0].boot.method", "must be the boot method's name"),
     ({"deploy": {"os": "debian"}}, "actions[0].deploy.to", "required"),
     ({"boot": {"method": "lxc"}}, "actions[0].boot.method", "lava-lxc"),
     ({"test": {"interactive": [{"name": "uboot"}]}}, "actions[0].test.interactive", "interactive"),
@@ -307,7 +308,13 @@ def test_other_test_definition_sources_are_rejected(source, path, text):
     ({"deploy": {"to": "ssh", "protocols": {"lava-vland": [{}]}}}, "actions[0].deploy.protocols.lava-vland",
      "only the lava-multinode protocol"),
     ({"deploy": {"to": "ssh", "protocols": {"lava-multinode": [{"request": "lava-start", "messageID": "x"}]}}},
+     "actions[0].deploy.protocols.lava-multinode[0].expect_role", "required (with request: lava-start)"),
+    ({"deploy": {"to": "ssh", "protocols": {"lava-multinode": [{"request": "lava-stop", "messageID": "x"}]}}},
      "actions[0].deploy.protocols.lava-multinode[0].request", "must be one of"),
+    ({"deploy": {"to": "ssh", "protocols": {"lava-multinode": {"api": "lava-wait"}}}},
+     "actions[0].deploy.protocols.lava-multinode.messageID", "required: the message id"),
+    ({"deploy": {"to": "ssh", "protocols": {"lava-multinode": {"api": "lava-wait", "id": "a b"}}}},
+     "actions[0].deploy.protocols.lava-multinode.id", "invalid message id"),
 ])
 def test_actions_convoy_cannot_translate_are_rejected_with_their_path(action, path, text):
     found = the_problem(lava_job(TWO_ROLES, [action]))
@@ -564,3 +571,53 @@ def test_git_and_url_definitions_are_kept_for_the_worker_with_their_source_and_p
 def test_git_and_url_definitions_are_checked_naming_the_field(definition, path, text):
     found = the_problem(lava_job({"peer": {"device_type": "qemu"}}, [lava_test(definition)]))
     assert found[0] == f"actions[0].test.definitions[0].{path}" and text in found[1], found
+
+
+@pytest.mark.parametrize("method", ["usbg-ms", "jlink", "minimal", "grub-efi", "some-new-method"])
+def test_every_lava_deploy_and_boot_method_but_containers_is_provisioning_with_the_method_recorded(method):
+    job = validate_job(lava_job(TWO_ROLES, [{"deploy": {"to": method, "os": "debian"}}, {"boot": {"method": method}}]))
+    for child in children(job):
+        assert child["provision_data"]["deploy"] == method and child["provision_data"]["boot"] == method
+
+
+def test_every_documented_request_form_of_an_action_becomes_its_api_call():
+    action = {"deploy": {"to": "ssh", "role": ["client"], "protocols": {"lava-multinode": [
+        # the secondary-connections page: the pipeline action named, a message template on a wait
+        {"action": "prepare-scp-overlay", "request": "lava-wait", "messageID": "ipv4",
+         "message": {"ipaddr": "$ipaddr"}, "timeout": {"minutes": 5}},
+        # delayed start from an action
+        {"request": "lava-start", "expect_role": "server", "timeout": {"minutes": 1}},
+        {"request": "lava-start", "expect_role": "server"}]}}}
+    older = {"boot": {"method": "ssh", "role": ["client"], "protocols": {"lava-multinode": {
+        "api": "lava-wait", "id": "ready", "key": "ipaddr", "timeout": {"minutes": 10}}}}}
+    client = children(validate_job(lava_job(TWO_ROLES, [action, older])))[1]
+    assert lava_requests(client) == [["lava-wait --timeout 300 ipv4", "lava-wait-all --timeout 60 lava_start server",
+                                      "lava-wait-all lava_start server", "lava-wait --timeout 600 ready"]]
+
+
+def test_expect_role_without_lava_start_delays_nothing_as_in_lava():
+    roles = {"host": {"device_type": "qemu"}, "guest": {"connection": "ssh", "host_role": "host",
+                                                        "expect_role": "host", "count": 2}}
+    guest = children(validate_job(lava_job(roles)))[1]
+    assert "multinode" not in guest or "request" not in guest["multinode"]
+
+
+def test_target_group_is_accepted_and_convoy_makes_its_own_group():
+    doc = lava_job(TWO_ROLES)
+    doc["protocols"]["lava-multinode"]["target_group"] = "arbitrary-group-id"
+    assert [c["role"] for c in children(validate_job(doc))] == ["server", "client", "client"]
+
+
+PEER = ROOT / "tests" / "data" / "peer_jobs" / "lava"
+
+
+@pytest.mark.parametrize("name", ["first-multinode-job", "second-multinode-job", "kvm-multinode", "bbb-bbb-group",
+                                  "mustang-ssh-guest", "multinode-iperf-api", "qemu-ssh-guest"])
+def test_the_peer_corpus_validates(name):
+    assert children(load_job(PEER / f"{name}.yaml"))
+
+
+@pytest.mark.parametrize("name", ["docker-test-multinode", "jlink-multiple-flash-multinode"])
+def test_the_peer_corpus_docker_jobs_are_refused_naming_docker_only(name):
+    found = problems(PEER / f"{name}.yaml")
+    assert found and all("docker" in message for _, message in found), found
