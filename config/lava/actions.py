@@ -7,7 +7,8 @@ The actions are read in the order written; each fills in the roles it names
 LAVA                                            convoy
 ==============================================  =============================================
 ``deploy`` of a role                            ``provision_data``: ``deploy`` (the ``to:``
-                                                method), ``os``, ``images`` (name → url)
+                                                method), ``os``, ``images`` (name → url),
+                                                ``authorize`` (``ssh``)
 ``boot`` of a role                              ``provision_data.boot`` (the method)
 ``test`` action of a role                      one entry of ``test_data.lava_tests``:
                                                 ``{definitions, timeout, requests}``, in order
@@ -221,6 +222,8 @@ class ActionTranslator:
         provision: dict[str, Any] = {"deploy": method}
         if "os" in body:
             provision["os"] = body["os"]
+        if isinstance(body.get("authorize"), str):  # LAVA's authorize: ssh, kept for the connector to honour
+            provision["authorize"] = body["authorize"]
         images = _images(body)
         if images:
             provision["images"] = images

@@ -140,7 +140,7 @@ def test_complete_secondary_connections_job_without_git_translates_every_part():
     host, *guests = children(job)
     assert job["name"] == "bbb-guest-ssh" and job["global_timeout"] == 1800  # timeouts.job: 30 minutes
     assert host["provision_data"] == {
-        "deploy": "tftp", "os": "debian", "boot": "u-boot",
+        "deploy": "tftp", "os": "debian", "boot": "u-boot", "authorize": "ssh",
         "images": {"kernel": "https://images.validation.linaro.org/functional-test-images/bbb/zImage",
                    "nfsrootfs": "https://images.validation.linaro.org/debian-jessie-rootfs.tar.gz",
                    "dtb": "https://images.validation.linaro.org/functional-test-images/bbb/am335x-bone.dtb"}}
@@ -578,6 +578,12 @@ def test_every_lava_deploy_and_boot_method_but_containers_is_provisioning_with_t
     job = validate_job(lava_job(TWO_ROLES, [{"deploy": {"to": method, "os": "debian"}}, {"boot": {"method": method}}]))
     for child in children(job):
         assert child["provision_data"]["deploy"] == method and child["provision_data"]["boot"] == method
+
+
+def test_a_deploys_authorize_is_kept_for_the_connector():
+    job = validate_job(lava_job(TWO_ROLES, [{"deploy": {"to": "tftp", "authorize": "ssh", "role": ["server"]}}]))
+    assert children(job)[0]["provision_data"]["authorize"] == "ssh"
+    assert "authorize" not in children(job)[1].get("provision_data", {})
 
 
 def test_every_documented_request_form_of_an_action_becomes_its_api_call():
