@@ -3,6 +3,9 @@
 Provisioning only proves the machine is reachable over SSH and reports its
 address; cleanup leaves it as it is.  Config keys: ``device_ip`` (required),
 ``port`` (22), ``username`` (``ubuntu``), ``key_file`` (default: the agent key).
+A LAVA job's deploy method other than ``to: ssh`` is refused, naming it: this
+connector installs nothing.  (``authorize: ssh`` holds already: the machine
+trusts the key convoy logs in with.)
 """
 from __future__ import annotations
 
@@ -14,6 +17,7 @@ from convoy.config.devices import DeviceConfig
 
 from convoy.connectors.base import Connector, Log, SSHTarget, validated_config
 from convoy.connectors.ssh import check_ssh
+from convoy.errors import DeviceError
 
 #: the ``config`` of a ``connector: noprovision`` device (agent files are checked against it too)
 CONFIG_SCHEMA: dict[str, Any] = {
@@ -22,6 +26,11 @@ CONFIG_SCHEMA: dict[str, Any] = {
     "username": {"type": "string", "check_with": "unix_user"},
     "key_file": {"type": "string", "empty": False},
 }
+
+
+#: LAVA deploy methods (``provision_data.deploy``) a machine that is already installed honours: ``to: ssh``
+#: is LAVA's own "connect to what is there"; every other method installs something
+HONOURED_DEPLOYS = frozenset({"ssh"})
 
 
 class NoProvisionConnector(Connector):
@@ -44,6 +53,10 @@ class NoProvisionConnector(Connector):
         return SSHTarget(host=self.device_ip, port=self.port, username=self.username)
 
     def provision(self, provision_data: dict[str, Any], cancel: threading.Event, log: Log) -> dict[str, Any]:
+        deploy = provision_data.get("deploy")
+        if deploy is not None and deploy not in HONOURED_DEPLOYS:
+            raise DeviceError(self.device.name, f"the noprovision connector cannot honour LAVA's deploy to: {deploy} "
+                              "(it installs nothing on a machine that is already installed; deploy to: ssh fits it)")
         log(f"checking that {self.username}@{self.device_ip}:{self.port} is reachable over SSH")
         check_ssh(self.device.name, self.device_ip, self.port, self.username, self.key_file,
                   attempts=self.ssh_attempts, timeout=self.ssh_timeout, cancel=cancel)

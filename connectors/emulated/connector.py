@@ -8,10 +8,13 @@ directly (see :mod:`convoy.connectors.emulated.image`), then proves the
 result over real SSH with the agent key, as a connector for a physical
 board would.  The device's address is the one its farm reports (a lab
 address when sandboxed), else ``config.address``.  Test knobs (``provision_delay``, ``provision_fail``,
-``cleanup_delay``) come from the agent file, never from jobs.
+``cleanup_delay``) come from the agent file, never from jobs.  A LAVA
+deploy's ``authorize: ssh`` writes root's ``authorized_keys`` inside a
+sandboxed device (and is refused on one that is not).
 """
 from __future__ import annotations
 
+import shlex
 import threading
 import time
 from pathlib import Path
@@ -24,7 +27,7 @@ from convoy.connectors.emulated import control
 from convoy.connectors.emulated.processes import kill_device_processes
 from convoy.connectors.emulated.image import (CONFIG_SCHEMA, clear_home, device_paths, device_settings,
                                               image_name, reset_home)
-from convoy.connectors.ssh import check_ssh_banner
+from convoy.connectors.ssh import authorized_keys_script, check_ssh_banner, run_ssh
 from convoy.connectors.sshkeys import read_public_key
 from convoy.errors import DeviceError
 
@@ -98,9 +101,33 @@ class EmulatedConnector(Connector):
         check_ssh_banner(name, self.address, self.port, attempts=self.ssh_attempts,
                          timeout=self.ssh_timeout, cancel=cancel,
                          hint=" (is the device farm serving it? see `convoy devices`)")
+        if provision_data.get("authorize") is not None:
+            self._authorize(provision_data["authorize"], agent_pub, log)
         log(f"{name} is ready")
         return {"device_ip": self.address, "ssh_port": self.port, "ssh_username": self.settings.username,
                 "device_name": name, "image": image, "sandboxed": self.sandboxed}
+
+    def _authorize(self, method: Any, key: str, log: Log) -> None:
+        """LAVA's deploy ``authorize: ssh``: root's ``authorized_keys`` on the device trusts the key the lab
+        logs in with.  Only inside a sandbox: an unsandboxed device's ``/root`` is its host's."""
+        name = self.device.name
+        if method != "ssh":
+            raise DeviceError(name, f"the emulated connector cannot honour deploy authorize: {method} (only ssh)")
+        if not self.sandboxed:
+            raise DeviceError(name, "the emulated connector honours deploy authorize: ssh only on a sandboxed device "
+                              "(this one's /root is its host's; see `convoy devices`)")
+        script = authorized_keys_script([key])
+        target = self.ssh_target()
+        try:
+            result = run_ssh(target.host, target.port, target.username, self.agent_key,
+                             f"HOME=/root sh -c {shlex.quote(script)}", connect_timeout=self.ssh_timeout, timeout=30)
+        except Exception as exc:  # noqa: BLE001 - any connection failure is this device's provisioning error
+            raise DeviceError(name, "authorize: ssh: cannot log in to write /root/.ssh/authorized_keys: "
+                              f"{exc}") from None
+        if result.status != 0:
+            raise DeviceError(name, f"authorize: ssh: writing /root/.ssh/authorized_keys failed: "
+                              f"{result.stderr.strip()[-300:] or f'exit {result.status}'}")
+        log(f"authorize: ssh: root's authorized_keys on {name} trusts the lab's key")
 
     def cleanup(self, log: Log) -> None:
         """Wipe the home; only the agent key stays authorised (reservation keys go)."""

@@ -88,7 +88,7 @@ def _sandboxes(devices: list[DeviceConfig], state_dir: Path, lab: labnet.Lab) ->
     for index, device in enumerate(d for d in devices if d.connector == "emulated"):
         paths = device_paths(device, state_dir)
         found[device.name] = Sandbox(device.name, index, device.config["address"], lab, paths.home,
-                                     paths.root / "sandbox", masks)
+                                     paths.root / "sandbox", masks, packages=device_settings(device).packages)
     return found
 
 

@@ -61,6 +61,9 @@ CONFIG_SCHEMA: dict[str, Any] = {
     "provision_delay": _DELAY,
     "provision_fail": {"type": "boolean"},
     "cleanup_delay": _DELAY,
+    # a flat apt repository on the host (its .deb files and a Packages index) that a sandboxed device's
+    # package manager installs from, as a lab without internet mirrors its distribution
+    "packages": {"type": "string", "empty": False},
 }
 
 
@@ -75,6 +78,7 @@ class DeviceSettings:
     provision_delay: float = 0.0
     provision_fail: bool = False
     cleanup_delay: float = 0.0
+    packages: Path | None = None
 
 
 @dataclass(frozen=True)
@@ -112,6 +116,7 @@ def device_settings(device: DeviceConfig) -> DeviceSettings:
         provision_delay=float(config.get("provision_delay", 0.0)),
         provision_fail=config.get("provision_fail", False),
         cleanup_delay=float(config.get("cleanup_delay", 0.0)),
+        packages=Path(config["packages"]).expanduser().resolve() if config.get("packages") else None,
     )
 
 

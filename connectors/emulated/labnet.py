@@ -2,8 +2,13 @@
 
 The host side of the bridge holds the gateway address (``.1``), so the
 host (workers, the coordinator, tests) reaches every device and devices
-reach each other over the bridge; devices get no default route, so nothing
-beyond the lab is reachable from them.
+reach each other over the bridge.  A device's default route is on-link
+(``default dev eth0``, no gateway), as a lab's images have one: software that
+asks for its outgoing address (``ip route get 8.8.8.8``) gets its lab address,
+while an nftables rule in the device's namespace refuses every packet for
+beyond the lab (on-link, the host's own addresses would answer), so nothing
+beyond the lab is reachable from a device.  (Without nftables: no default
+route.)
 
 Several farms may run at once on one machine (tests start clusters
 concurrently), so each farm claims its subnet with a file created
@@ -250,19 +255,22 @@ def attach(lab: Lab, index: int, pid: int, address: str) -> None:
               f"link set {veth} master {lab.bridge} up\n")
     _ip(batch=f"link set lo up\naddr add {address}/{lab.network.prefixlen} dev eth0\nlink set eth0 up\n",
         netns_pid=pid)
-    _guard_gateway(lab, pid)
+    if _guard(lab, pid):  # only behind the guard: on-link, the host's own addresses would answer
+        _ip("route", "add", "default", "dev", "eth0", netns_pid=pid)
 
 
 _warned: set[str] = set()
 
 
-def _guard_gateway(lab: Lab, pid: int) -> None:
-    """Refuse connections the device opens to the gateway (the host's services on 0.0.0.0).
+def _guard(lab: Lab, pid: int) -> bool:
+    """Refuse what the device sends beyond its lab, and connections it opens to the gateway (the host's
+    services on 0.0.0.0); whether the guard is in place.
 
     The host reaches the device (its replies pass); the device, lacking
-    CAP_NET_ADMIN, cannot lift the rule.  Without nftables the gateway stays reachable (said once).
+    CAP_NET_ADMIN, cannot lift the rules.  Without nftables the gateway stays reachable (said once).
     """
     rules = (f"table ip convoy {{\n chain out {{\n  type filter hook output priority 0; policy accept;\n"
+             f"  oifname \"eth0\" ip daddr != {lab.network} reject with icmp type admin-prohibited\n"
              f"  ip daddr {lab.gateway} tcp flags & (syn | ack) == syn reject with tcp reset\n"
              f"  ip daddr {lab.gateway} meta l4proto udp reject\n }}\n}}\n")
     problem = "nft (nftables) is not installed" if shutil.which("nft") is None else None
@@ -272,7 +280,9 @@ def _guard_gateway(lab: Lab, pid: int) -> None:
         problem = result.stderr.strip() if result.returncode else None
     if problem and problem not in _warned:
         _warned.add(problem)
-        log.warning("sandboxed devices can reach the host's gateway address: %s", problem)
+        log.warning("sandboxed devices can reach the host's gateway address and have no default route: %s",
+                    problem)
+    return problem is None
 
 
 def detach(lab: Lab, index: int) -> None:

@@ -5,7 +5,8 @@ farm's lab bridge, see :mod:`.labnet`, and its own loopback), mount
 namespace (root = a copy-on-write overlay of the host's ``/`` on a tmpfs,
 fresh ``/proc``, ``/sys``, ``/tmp``, ``/run``, a minimal ``/dev``
 (no disks), convoy's state directory and ``/root/.ssh`` masked, the device's
-home bind-mounted read-write at the same path), UTS namespace (hostname =
+home bind-mounted read-write at the same path; with ``config.packages``, the
+lab's apt repository as its only package source), UTS namespace (hostname =
 device name), IPC and pid namespaces.  Its pid 1 is
 :mod:`.sandbox_init`; killing it ends every process the device started and
 drops every write outside the home: that is a reboot.
@@ -98,9 +99,9 @@ class Sandbox:
     """One device's namespaces and pid 1; :meth:`start`, :meth:`restart`, :meth:`stop` (blocking)."""
 
     def __init__(self, name: str, index: int, address: str, lab: labnet.Lab, home: Path, scratch: Path,
-                 masks: list[Path]) -> None:
+                 masks: list[Path], *, packages: Path | None = None) -> None:
         self.name, self.index, self.address, self.lab = name, index, address, lab
-        self.home, self.scratch, self.masks = home, scratch, masks
+        self.home, self.scratch, self.masks, self.packages = home, scratch, masks, packages
         self.pid: int | None = None  # the init's pid on the host
         self._proc: subprocess.Popen[bytes] | None = None
         self._watch_w: int | None = None
@@ -112,7 +113,8 @@ class Sandbox:
         report_r, report_w = os.pipe()
         watch_r, self._watch_w = os.pipe()
         spec = {"hostname": self.name, "scratch": str(self.scratch), "home": str(self.home),
-                "masks": [str(m) for m in self.masks], "report_fd": report_w, "watch_fd": watch_r}
+                "masks": [str(m) for m in self.masks], "report_fd": report_w, "watch_fd": watch_r,
+                "packages": str(self.packages) if self.packages else None}
         argv = ["unshare", "--net", "--mount", "--uts", "--ipc", "--pid", "--fork", "--kill-child", "--",
                 sys.executable, "-I", "-S", str(INIT), json.dumps(spec)]
         try:

@@ -11,7 +11,9 @@ the device's pid namespace: that is how a device "reboots".
 
 SPEC is JSON: ``hostname``, ``scratch`` (an empty directory to mount the
 tmpfs on), ``home`` (bind-mounted read-write at the same path), ``masks``
-(paths hidden under an empty tmpfs), ``report_fd``, ``watch_fd``.
+(paths hidden under an empty tmpfs), ``report_fd``, ``watch_fd``, ``packages``
+(a flat apt repository on the host that becomes the device's only package
+source, or null).
 """
 from __future__ import annotations
 
@@ -27,6 +29,8 @@ import sys
 MS_RDONLY, MS_NOSUID, MS_NODEV, MS_NOEXEC = 1, 2, 4, 8
 MS_REMOUNT, MS_BIND, MS_REC = 32, 4096, 16384
 MNT_DETACH = 2
+#: where a device sees its lab's package repository (``spec["packages"]``)
+LAB_PACKAGES = "/var/lib/convoy-lab-packages"
 #: pivot_root(2) has no libc wrapper; else the util-linux binary is used
 PIVOT_ROOT_SYSCALL = {"x86_64": 155, "aarch64": 41, "riscv64": 41, "ppc64le": 203, "s390x": 217}
 
@@ -109,6 +113,8 @@ def build_root(spec: dict) -> None:
     home = spec["home"]
     os.makedirs(inside(home), exist_ok=True)
     mount(home, inside(home), None, MS_BIND)
+    if spec.get("packages"):
+        use_lab_packages(root, spec["packages"])
     name = spec["hostname"].encode()
     _check(_libc.sethostname(name, ctypes.c_size_t(len(name))), "sethostname")
     name_itself(root, spec["hostname"])
@@ -118,6 +124,33 @@ def build_root(spec: dict) -> None:
     os.chdir("/")
     _check(_libc.umount2(b"/oldroot", MNT_DETACH), "umount /oldroot")
     os.rmdir("/oldroot")
+
+
+def use_lab_packages(root: str, packages: str) -> None:
+    """Make the lab's apt repository (read-only) the device's only package source, as an image built for a
+    lab without internet has; no service starts while packages install (``policy-rc.d``, as in containers)."""
+    if not any(os.path.isfile(os.path.join(packages, name)) for name in ("Packages", "Packages.gz", "Packages.xz")):
+        raise OSError(f"the package repository {packages} has no Packages index (dpkg-scanpackages . > Packages)")
+    target = os.path.join(root, LAB_PACKAGES.lstrip("/"))
+    os.makedirs(target, exist_ok=True)
+    mount(packages, target, None, MS_BIND)
+    mount(packages, target, None, MS_BIND | MS_REMOUNT | MS_RDONLY)
+    apt = os.path.join(root, "etc/apt")
+    os.makedirs(os.path.join(apt, "sources.list.d"), exist_ok=True)
+    for name in os.listdir(os.path.join(apt, "sources.list.d")):  # whited out in the overlay only
+        os.remove(os.path.join(apt, "sources.list.d", name))
+    with open(os.path.join(apt, "sources.list"), "w") as handle:
+        handle.write(f"# the lab's package repository (convoy's emulated device config.packages)\n"
+                     f"deb [trusted=yes] file:{LAB_PACKAGES} ./\n")
+    os.makedirs(os.path.join(apt, "apt.conf.d"), exist_ok=True)
+    with open(os.path.join(apt, "apt.conf.d", "99convoy-lab"), "w") as handle:
+        # apt's download methods run as root: the device's root lacks the capabilities apt's _apt user
+        # switch expects of its list directories (as in chroots and containers)
+        handle.write('APT::Sandbox::User "root";\n')
+    policy = os.path.join(root, "usr/sbin/policy-rc.d")
+    with open(policy, "w") as handle:
+        handle.write("#!/bin/sh\n# a device being installed starts no service (convoy's sandbox)\nexit 101\n")
+    os.chmod(policy, 0o755)
 
 
 def name_itself(root: str, hostname: str) -> None:

@@ -62,6 +62,14 @@ def test_provision_checks_reachability_and_reports_the_address(machine) -> None:
     assert "nothing to clean up" in lines[-1]
 
 
+def test_a_lava_deploy_that_installs_something_is_refused_naming_method_and_connector(machine) -> None:
+    connector = noprovision(machine)
+    with pytest.raises(DeviceError, match="noprovision connector cannot honour LAVA's deploy to: tftp"):
+        connector.provision({"deploy": "tftp", "boot": "u-boot"}, threading.Event(), lambda line: None)
+    info = connector.provision({"deploy": "ssh", "authorize": "ssh"}, threading.Event(), lambda line: None)
+    assert info["device_name"] == "np"  # deploy to: ssh is what an installed machine is for
+
+
 def test_an_unauthorised_key_file_is_a_device_error(machine) -> None:
     connector = noprovision(machine, key_file=str(machine[2]))
     with pytest.raises(DeviceError, match="not reachable over SSH") as caught:

@@ -25,6 +25,7 @@ from convoy.connectors.emulated.farm import DeviceFarm
 from convoy.connectors.emulated.processes import MARKER
 from convoy.connectors.emulated.sandbox import sandbox_problem
 from convoy.connectors.sshkeys import ensure_agent_key
+from convoy.errors import DeviceError
 from convoy.workers.embedded.lab import wait_until
 
 pytestmark = [pytest.mark.integration,
@@ -46,8 +47,8 @@ class Lab:
                                f"{target.username}@{target.host}", command],
                               capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL)
 
-    def provision(self, name: str) -> dict:
-        return self.connectors[name].provision({}, threading.Event(), lambda line: None)
+    def provision(self, name: str, **provision_data) -> dict:
+        return self.connectors[name].provision(provision_data, threading.Event(), lambda line: None)
 
 
 @pytest.fixture(scope="module")
@@ -126,17 +127,20 @@ def test_a_device_is_a_machine_of_its_own(lab: Lab) -> None:
     home = lab.connectors["sbx-a"].paths.home
     result = lab.ssh("sbx-a", "hostname; getent hosts sbx-a | awk '{print $1}'; pwd; "
                               "cat /proc/1/cmdline | tr '\\0' ' '; echo; "
-                              "ip -4 -o addr show dev eth0 | awk '{print $4}'; ip route | grep -c default; "
+                              "ip -4 -o addr show dev eth0 | awk '{print $4}'; "
+                              "ip route get 8.8.8.8 | grep -o 'dev.*src [0-9.]*'; "
                               "echo in-home > made.txt; ls /dev | tr '\\n' ' '; echo; tty -s </dev/ptmx; "
                               "python3 -c 'import os; os.openpty()' && echo pty-ok")
     assert result.returncode == 0, result.stderr
-    hostname, resolved, cwd, init, address, defaults, dev, pty = result.stdout.splitlines()
+    hostname, resolved, cwd, init, address, route, dev, pty = result.stdout.splitlines()
     assert set(dev.split()) == {"null", "zero", "full", "random", "urandom", "tty", "ptmx", "pts", "shm",
                                 "fd", "stdin", "stdout", "stderr"}, "no disk of the host's"
     assert pty == "pty-ok"
     assert hostname == "sbx-a" and resolved == "127.0.1.1" and cwd == str(home)
     assert "sandbox_init" in init  # its own pid namespace: pid 1 is the device's init
-    assert address == f"{lab.connectors['sbx-a'].ssh_target().host}/24" and defaults == "0"
+    device_ip = lab.connectors["sbx-a"].ssh_target().host
+    assert address == f"{device_ip}/24"
+    assert route.split() == ["dev", "eth0", "src", device_ip]  # an on-link default route: no gateway beyond
     assert (home / "made.txt").read_text() == "in-home\n"  # the home is shared with the host
 
 
@@ -152,6 +156,21 @@ def test_a_device_cannot_read_secrets_unmask_or_touch_the_host_kernel(lab: Lab) 
                               "mknod disk b 8 0 2>/dev/null && echo node-made; echo done")
     assert result.returncode == 0, result.stderr
     assert result.stdout.split() == ["devices", "sbx-a", "0", "done"]
+
+
+def test_lavas_authorize_ssh_gives_the_devices_root_the_labs_key_until_the_next_boot(lab: Lab) -> None:
+    lab.provision("sbx-a", deploy="tftp", authorize="ssh")
+    listed = lab.ssh("sbx-a", "stat -c %a /root/.ssh /root/.ssh/authorized_keys; cat /root/.ssh/authorized_keys")
+    assert listed.returncode == 0, listed.stderr
+    key = Path(f"{lab.key}.pub").read_text().split()[:2]
+    assert listed.stdout.split()[:2] == ["700", "600"] and listed.stdout.split()[2:4] == key
+    hosts = Path("/root/.ssh/authorized_keys")
+    assert not hosts.exists() or key[1] not in hosts.read_text()  # the host's root trusts nothing new
+    lab.provision("sbx-a")  # a new boot without it: gone
+    again = lab.ssh("sbx-a", "ls -A /root/.ssh 2>/dev/null | wc -l")
+    assert again.stdout.split() == ["0"], again.stdout + again.stderr
+    with pytest.raises(DeviceError, match="cannot honour deploy authorize: keys"):
+        lab.provision("sbx-a", authorize="keys")
 
 
 def test_devices_reach_each_other_over_the_lab(lab: Lab) -> None:
