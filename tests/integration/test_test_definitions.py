@@ -187,13 +187,21 @@ def test_parse_pattern_with_fixupdict_records_test_cases(start_cluster, upstream
     assert "not a result line\n" in out and "boot-time: PASS 3.5 s\n" in out  # the lines are shown too
 
 
-def test_an_unreachable_repository_fails_the_test_action_saying_why(start_cluster, upstream):
+def test_an_unreachable_repository_fails_one_case_of_its_own_saying_why(start_cluster, upstream):
     qemu = unique_queue("qemu")
     start_cluster({qemu: 1})
+    after = {"from": "inline", "name": "after", "repository": {
+        "metadata": {"format": "Lava-Test Test Definition 1.0", "name": "after"},
+        "run": {"steps": ["lava-test-case still-runs --result pass"]}}}
     job_id = submit_job(single_job(qemu, {"from": "git", "repository": UPSTREAM + "absent.git", "path": "x.yaml",
-                                          "name": "absent"}))
+                                          "name": "absent"}, after))
     assert wait_for_job(job_id, timeout=120) == "complete"
     results, out = job_results(job_id), output(job_id)
-    assert results["outcome"] == "fail", out
-    if results["device_info"].get("sandboxed"):
-        assert f"test definition 0_absent (from: git {UPSTREAM}absent.git): git clone failed" in out, out
+    if not results["device_info"].get("sandboxed"):  # a peer definition runs on no unsandboxed device
+        assert results["outcome"] == "fail" and "is not a sandbox" in out, out
+        return
+    assert f"*** test definition 0_absent (from: git {UPSTREAM}absent.git): git clone failed" in out, out
+    found = {(c["suite"], c["case"]): c["result"] for c in cases(get_store().client, job_id)}
+    assert found[("0_absent", "fetch-definition")] == "fail"  # the definition fails as a test case ...
+    assert found[("1_after", "still-runs")] == "pass", found  # ... and the rest of the action runs
+    assert results["outcome"] == "pass", out  # as in LAVA, a failed case does not fail the job

@@ -7,13 +7,21 @@ from __future__ import annotations
 
 import os
 import re
+import shlex
 import subprocess
 from pathlib import Path
 
 import pytest
 
 from convoy.errors import ConvoyError
-from convoy.tasks.run.testshell.fetch import FetchError, GitCache, fetch_url, resolve_definitions
+from convoy.tasks.run.testshell.fetch import (
+    UNFETCHED_CASE,
+    FetchError,
+    GitCache,
+    fetch_url,
+    resolve_definition,
+    resolve_definitions,
+)
 from convoy.tasks.run.testshell.markers import TestCase
 from convoy.tasks.run.testshell.overlay import build_overlay, definition_script
 from convoy.tasks.run.testshell.parse import parser_of
@@ -131,17 +139,25 @@ def test_resolved_definitions_name_definition_repository_and_problem(upstream, t
                        ("scripts/greet.sh", "is not a test definition")):
         tests[0]["definitions"][1]["path"] = path
         with pytest.raises(FetchError) as info:
-            resolve_definitions(tests, cache_dir=tmp_path / "cache", work_dir=tmp_path / "defs")
+            resolve_definition(tests[0]["definitions"][1], "1_smoke", cache=GitCache(tmp_path / "cache"),
+                               dest=tmp_path / "defs" / "1_smoke")
         assert str(info.value).startswith(f"test definition 1_smoke (from: git {url}): ") and text in str(info.value)
+        # in a job, it fails one test case of its own and the rest of the action runs
+        (action,) = resolve_definitions(tests, cache_dir=tmp_path / "cache", work_dir=tmp_path / "defs")
+        first, failing = action["definitions"]
+        assert first == tests[0]["definitions"][0] and failing["fetch_error"] == str(info.value)
+        script = definition_script("1_smoke", failing)
+        assert shlex.quote(f"*** {info.value} ***") in script
+        assert f"lava-test-case {UNFETCHED_CASE} --result fail" in script
 
 
 def test_a_definition_with_bad_yaml_or_no_steps_is_refused(tmp_path):
     (tmp_path / "bad.yaml").write_text("run: {steps: [unclosed\n")
     (tmp_path / "nosteps.yaml").write_text("metadata: {name: x}\nrun: {}\n")
     for name, text in (("bad.yaml", "invalid YAML"), ("nosteps.yaml", "run.steps: required")):
-        tests = [{"definitions": [{"from": "url", "name": "d", "repository": (tmp_path / name).as_uri()}]}]
+        definition = {"from": "url", "name": "d", "repository": (tmp_path / name).as_uri()}
         with pytest.raises(FetchError, match=re.escape(text)):
-            resolve_definitions(tests, cache_dir=tmp_path / "cache", work_dir=tmp_path / "defs")
+            resolve_definition(definition, "0_d", cache=GitCache(tmp_path / "cache"), dest=tmp_path / "defs" / "0_d")
 
 
 def test_url_definitions_are_downloaded_with_a_size_cap(tmp_path):
@@ -167,7 +183,7 @@ def test_the_overlay_carries_the_repository_files_and_skips_install_parts(upstre
     test_dir = tmp_path / "overlay" / "0" / "tests" / "0_smoke"
     assert "stable" in (test_dir / "scripts" / "greet.sh").read_text() and (test_dir / ".git").is_dir()
     script = (test_dir / "run.sh").read_text()
-    assert "convoy-pkg-install" not in script and "echo installing" in script
+    assert "lava-install-packages" not in script and "echo installing" in script
     assert overlay.parsers == {}
     for skip in (True, ["all"], "all"):
         resolved[0]["definitions"][0]["skip_install"] = skip

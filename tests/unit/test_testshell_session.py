@@ -175,7 +175,7 @@ def test_run_sh_exports_parameters_the_job_overrides_and_installs_deps():
     lines = script.splitlines()
     assert lines.index("export A=1") < lines.index("export B='it'\"'\"'s'") < lines.index("set -e")
     assert "export TESTRUN_ID=3_smoke" in lines
-    assert lines[-3:] == ["convoy-pkg-install curl iperf3", "echo $A $B",
+    assert lines[-3:] == ["lava-install-packages curl iperf3", "echo $A $B",
                           'echo "<LAVA_SIGNAL_ENDRUN $TESTRUN_ID $UUID>"']
 
 
@@ -190,4 +190,4 @@ def test_the_device_environment_holds_no_secret_and_says_when_the_device_is_no_s
     job = {"test_data": {"env": {"MODE": "fast"}}, "multinode": {}}
     assert device_environment(job, sandboxed=True, device_ip="10.0.0.2") == {"MODE": "fast"}
     assert device_environment(job, sandboxed=False, device_ip="127.1.2.3") == {
-        "MODE": "fast", "CONVOY_DEVICE_IP": "127.1.2.3", "CONVOY_PRIVATE_CACHE": "1"}
+        "MODE": "fast", "CONVOY_SHARED_HOST": "1", "CONVOY_DEVICE_IP": "127.1.2.3", "CONVOY_PRIVATE_CACHE": "1"}

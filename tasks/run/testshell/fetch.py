@@ -16,7 +16,9 @@ low-speed limit, no prompts, and an overall timeout per command.
 ``from: url``: the YAML downloaded (http, https, file; a size cap and a
 timeout).  Either way the definition goes through convoy's safe YAML loader
 and the checks an inline definition gets, and is then run like one, its
-repository's files (``scripts/`` ...) in its directory.
+repository's files (``scripts/`` ...) in its directory.  A definition that
+cannot be fetched or loaded fails one test case (``fetch-definition``, in its
+own suite) and nothing else, as a missing script would.
 """
 from __future__ import annotations
 
@@ -24,6 +26,7 @@ import fcntl
 import hashlib
 import os
 import re
+import shlex
 import shutil
 import subprocess
 import tempfile
@@ -39,7 +42,9 @@ from typing import Any
 from convoy.config.yamlsafe import load_yaml
 from convoy.errors import ConvoyError
 
-__all__ = ["FETCHED", "FetchError", "GitCache", "fetch_url", "resolve_definitions", "uses_peer_definitions"]
+__all__ = ["FETCHED", "UNFETCHED_CASE", "FetchError", "GitCache", "fetch_url", "resolve_definition",
+           "resolve_definitions",
+           "unfetched_definition", "uses_peer_definitions"]
 
 #: the definition sources fetched by the worker ("peer" definitions: not written in the job itself)
 FETCHED = frozenset({"git", "url"})
@@ -48,6 +53,8 @@ LOCK_TIMEOUT_SECONDS = 600.0
 URL_TIMEOUT_SECONDS = 30.0
 MAX_DEFINITION_BYTES = 1 << 20
 URL_SCHEMES = ("http", "https", "file")
+#: the test case a definition that could not be fetched fails (in its own suite)
+UNFETCHED_CASE = "fetch-definition"
 _SHA_RE = re.compile(r"[0-9a-f]{40}|[0-9a-f]{64}")
 #: git never waits for a user and gives up on a connection that stalls (a lab's own settings win)
 _GIT_ENV = {"GIT_TERMINAL_PROMPT": "0", "GIT_HTTP_LOW_SPEED_LIMIT": "1000", "GIT_HTTP_LOW_SPEED_TIME": "30",
@@ -249,9 +256,21 @@ def resolve_definition(definition: Mapping[str, Any], testrun: str, *, cache: Gi
     return resolved
 
 
+def unfetched_definition(definition: Mapping[str, Any], error: FetchError) -> dict[str, Any]:
+    """What runs in place of a definition that could not be fetched: it prints why and fails one test case
+    (``fetch-definition``), so the rest of the action (and its MultiNode calls) still runs."""
+    repository = {"metadata": {"format": "Lava-Test Test Definition 1.0", "name": str(definition.get("name")),
+                               "description": "a definition convoy could not fetch"},
+                  "run": {"steps": [f"echo {shlex.quote(f'*** {error} ***')}",
+                                    f"lava-test-case {UNFETCHED_CASE} --result fail"]}}
+    return {"from": "inline", "name": definition.get("name"), "repository": repository,
+            "source": str(definition.get("repository")), "fetch_error": str(error)}
+
+
 def resolve_definitions(lava_tests: Sequence[Mapping[str, Any]], *, cache_dir: Path,
                         work_dir: Path) -> list[dict[str, Any]]:
-    """``lava_tests`` with every git/url definition fetched into ``work_dir`` and given as data."""
+    """``lava_tests`` with every git/url definition fetched into ``work_dir`` and given as data; one that
+    cannot be fetched (a missing path, an unreachable repository) fails as a test case of its own."""
     cache = GitCache(cache_dir / "git")
     resolved, index = [], 0
     for action in lava_tests:
@@ -259,7 +278,10 @@ def resolve_definitions(lava_tests: Sequence[Mapping[str, Any]], *, cache_dir: P
         for definition in action.get("definitions") or []:
             testrun = f"{index}_{definition.get('name')}"
             if definition.get("from") in FETCHED:
-                definition = resolve_definition(definition, testrun, cache=cache, dest=work_dir / testrun)
+                try:
+                    definition = resolve_definition(definition, testrun, cache=cache, dest=work_dir / testrun)
+                except FetchError as exc:
+                    definition = unfetched_definition(definition, exc)
             definitions.append(dict(definition))
             index += 1
         resolved.append({**action, "definitions": definitions})

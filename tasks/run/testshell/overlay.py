@@ -46,7 +46,7 @@ __all__ = ["HELPERS", "Overlay", "build_overlay", "definition_script", "overlay_
 HELPERS = ("lava-test-runner", "lava-multi-node.lib", "lava-test-case", "lava-test-set", "lava-test-raise",
            "lava-test-reference", "lava-background-process-start", "lava-background-process-stop",
            "lava-send", "lava-wait", "lava-wait-all", "lava-sync", "lava-group", "lava-role", "lava-self",
-           "lava-network", "lava-echo-ipv4", "convoy-pkg-install")
+           "lava-network", "lava-echo-ipv4", "lava-install-packages")
 
 
 @dataclass
@@ -129,7 +129,7 @@ def definition_script(testrun: str, definition: Mapping[str, Any]) -> str:
               'export LAVA_RESULT_DIR="$(pwd)/results"', 'mkdir -p "$LAVA_RESULT_DIR"',
               'echo "<LAVA_SIGNAL_STARTRUN $TESTRUN_ID $UUID>"']
     if deps and not skip & {"deps", "all"}:
-        lines.append("convoy-pkg-install " + " ".join(shlex.quote(d) for d in deps))
+        lines.append("lava-install-packages " + " ".join(shlex.quote(d) for d in deps))
     install_steps = _steps(install.get("steps"), f"test definition {testrun}: install.steps")
     if not skip & {"steps", "all"}:
         lines += install_steps

@@ -29,8 +29,8 @@ __all__ = ["device_environment", "make_relay", "run_lava_tests"]
 
 def device_environment(job: Mapping[str, Any], *, sandboxed: bool, device_ip: str | None) -> dict[str, str]:
     """The variables the test shell sets on the device: the job's ``test_data.env``, the MultiNode cache
-    path it chose, and on a device that is no machine of its own, its address (``lava-echo-ipv4``) and a
-    private cache file.  Nothing secret: no Redis URL, no password, no key.
+    path it chose, and on a device that is no machine of its own, that it is not (``CONVOY_SHARED_HOST``),
+    its address (``lava-echo-ipv4``) and a private cache file.  Nothing secret: no Redis URL, no password, no key.
     """
     test_data = job.get("test_data") or {}
     env = {str(k): str(v) for k, v in (test_data.get("env") or {}).items()}
@@ -38,6 +38,7 @@ def device_environment(job: Mapping[str, Any], *, sandboxed: bool, device_ip: st
     if cache:
         env["LAVA_MULTI_NODE_CACHE"] = str(cache)
     if not sandboxed:
+        env["CONVOY_SHARED_HOST"] = "1"  # lava-install-packages installs nothing on the host
         if device_ip:
             env["CONVOY_DEVICE_IP"] = device_ip
         if not cache:
