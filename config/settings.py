@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
 COORDINATOR_QUEUE = "convoy.coordinator"
@@ -34,6 +35,10 @@ class Settings:
     visibility_timeout: int = 48 * 3600
     #: the longest reservation this deployment grants (Testflinger's max_reservation_time)
     max_reservation: float = 6 * 3600
+    #: how long a host keeps a final job's directory (seconds; CONVOY_KEEP_JOB_DIRS, a duration)
+    keep_job_dirs: float = 3 * 86400
+    #: the largest packed ``artifacts/`` (tar.gz) a job's record holds (CONVOY_MAX_ARTIFACT_BYTES)
+    max_artifact_bytes: int = 64 * 1024 * 1024
 
     @property
     def effective_broker_url(self) -> str:
@@ -48,8 +53,14 @@ class Settings:
         return self.state_dir / "keys"
 
 
+def _duration(text: str) -> float:
+    from convoy.config.durations import parse_duration
+
+    return parse_duration(text, field="CONVOY_KEEP_JOB_DIRS")
+
+
 #: environment variable -> (Settings field, conversion)
-_FROM_ENV: dict[str, tuple[str, type]] = {
+_FROM_ENV: dict[str, tuple[str, Callable[[str], object]]] = {
     "CONVOY_REDIS_URL": ("redis_url", str),
     "CONVOY_BROKER_URL": ("broker_url", str),
     "CONVOY_STATE_DIR": ("state_dir", Path),
@@ -58,6 +69,8 @@ _FROM_ENV: dict[str, tuple[str, type]] = {
     "CONVOY_LAUNCHPAD_KEYS_URL": ("launchpad_keys_url", str),
     "CONVOY_MAX_RESERVATION": ("max_reservation", float),
     "CONVOY_VISIBILITY_TIMEOUT": ("visibility_timeout", int),
+    "CONVOY_KEEP_JOB_DIRS": ("keep_job_dirs", _duration),
+    "CONVOY_MAX_ARTIFACT_BYTES": ("max_artifact_bytes", int),
 }
 
 
