@@ -7,8 +7,9 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
+from typing import Any
 
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
 COORDINATOR_QUEUE = "convoy.coordinator"
@@ -60,7 +61,7 @@ def _duration(text: str) -> float:
 
 
 #: environment variable -> (Settings field, conversion)
-_FROM_ENV: dict[str, tuple[str, Callable[[str], object]]] = {
+_FROM_ENV: dict[str, tuple[str, Callable[[str], Any]]] = {
     "CONVOY_REDIS_URL": ("redis_url", str),
     "CONVOY_BROKER_URL": ("broker_url", str),
     "CONVOY_STATE_DIR": ("state_dir", Path),

@@ -48,6 +48,11 @@ def job_once(job_id: str, what: str) -> str:
     return f"{PREFIX}:job:{job_id}:once:{what}"
 
 
+def job_artifacts(job_id: str) -> str:
+    """String (binary): the tar.gz of what the job's commands left in ``artifacts/``."""
+    return f"{PREFIX}:job:{job_id}:artifacts"
+
+
 def job_step_lease(job_id: str) -> str:
     """String with a TTL (a lease): the coordinator running one of the parent's steps now."""
     return f"{PREFIX}:job:{job_id}:step-lease"
