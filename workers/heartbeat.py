@@ -3,7 +3,9 @@
 ``convoy agents`` and ``convoy queue-status`` read a device's mark to tell
 online, busy and offline devices apart (:mod:`convoy.coordinator.state.presence`).
 The same beat renews a device worker's lock
-(:mod:`convoy.coordinator.state.leases`).
+(:mod:`convoy.coordinator.state.leases`) and, every so often, removes this
+host's old job directories (:mod:`convoy.workers.retention`: every worker
+process on every host beats, so every host cleans its own).
 """
 from __future__ import annotations
 
@@ -15,6 +17,7 @@ import redis
 
 from convoy.coordinator.state.leases import DeviceLock, renew_held
 from convoy.coordinator.state.presence import AliveMark
+from convoy.workers.retention import JobDirRetention
 
 log = logging.getLogger(__name__)
 
@@ -34,8 +37,10 @@ class Heartbeat:
 
     def __init__(self, client: redis.Redis, mark: AliveMark, *,
                  lock: DeviceLock | None = None, on_lost: Callable[[], None] | None = None,
-                 on_beat: Callable[[], None] | None = None) -> None:
+                 on_beat: Callable[[], None] | None = None, retention: JobDirRetention | None = None) -> None:
         self.client = client
+        #: this host's job directories' retention (None: from the settings, at the first beat)
+        self.retention = retention
         self.mark = mark
         self.lock = lock
         self.on_lost = on_lost
@@ -71,6 +76,9 @@ class Heartbeat:
             renew_held()
             if self._alive and self.on_beat is not None:
                 self.on_beat()
+            if self._alive:
+                self.retention = self.retention or JobDirRetention.from_settings()
+                self.retention.maybe_sweep()
         except redis.RedisError:
             pass  # Redis is back soon or the device shows offline: both are right
         except Exception:  # the beat must go on whatever one check does
