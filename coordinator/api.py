@@ -167,3 +167,18 @@ def wait_for_job(job_id: str, timeout: float | None = None, *, settings: Setting
         return store.state(job_id)
     except redis.RedisError as exc:
         raise ServiceUnavailable(redact_url(settings.redis_url), f"{exc} (while waiting for job {job_id})") from None
+
+
+def job_artifacts(job_id: str, *, settings: Settings | None = None) -> bytes | None:
+    """The tar.gz of what the job's test commands left in ``artifacts/`` (entries ``artifacts/...``), or None.
+
+    One job's own archive, as Testflinger serves ``GET /v1/result/<id>/artifact``: a multi job's parent
+    and each child have their own (``job_results(...)["children"]`` lists the children).  The record's
+    ``artifacts`` field says why there is none (``none``, ``too large: ...``, ``failed: ...``).  Raises
+    JobNotFound for an unknown job.
+    """
+    from convoy.coordinator.state.artifacts import load_artifacts
+
+    store = get_store(settings)
+    store.state(job_id)  # JobNotFound
+    return load_artifacts(store.client, job_id)

@@ -31,6 +31,7 @@ from convoy.coordinator.state.control import ControlWatcher
 from convoy.tasks.run.runtime import DeviceRuntime, current_device
 from convoy.coordinator.state.devices import (MAX_PROVISION_FAILURES, claim_device, provision_failed,
                                               provision_succeeded, release_device, unassign_device)
+from convoy.tasks.run.artifacts import upload_artifacts
 from convoy.tasks.run.delayed_start import start_request, wait_for_start
 from convoy.tasks.run.env import command_env, multinode_files, multinode_timeout, secrets_of
 from convoy.tasks.run.global_timeout import remaining, test_deadline
@@ -190,6 +191,8 @@ class DeviceJob:
 
         status = run.run(body)
         self.store.set_fields(self.job_id, script_pgid="")  # ended: nothing for a recovery to kill
+        if script:  # what test_cmds left in artifacts/ of their cwd (self.dir), stored before the job ends
+            upload_artifacts(self.store, self.job_id, self.dir, self.settings.max_artifact_bytes, run.out)
         if status != 0 and self.parent_id:
             what = "test_cmds exited" if script else "its LAVA test actions ended"
             self.fail_member("was cancelled" if self.cancelled else f"failed: {what} {status}")

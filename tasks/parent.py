@@ -23,7 +23,7 @@ from celery import Task
 
 from convoy.tasks.celery import app
 from convoy.config.jobs import is_guest
-from convoy.config.settings import Settings
+from convoy.config.settings import Settings, load_settings
 from convoy.config.steps import ParentStep
 from convoy.errors import ConvoyError, JobNotFound
 from convoy.tasks import canvas
@@ -36,6 +36,7 @@ from convoy.tasks import events as states
 from convoy.coordinator.state.control import ControlWatcher
 from convoy.coordinator.state.schedule import clear_deadline
 from convoy.tasks.steps import advance, run_step
+from convoy.tasks.run.artifacts import upload_artifacts
 from convoy.tasks.run.env import device_targets, multinode_files, multinode_timeout, parent_dir, parent_test_env
 from convoy.tasks.run.relay import relay_env
 from convoy.tasks.run.global_timeout import remaining, test_deadline
@@ -219,6 +220,8 @@ def _test(store: JobStore, parent_id: str, run: PhaseRun) -> None:
                                     on_start=lambda pid: store.set_fields(parent_id, script_pgid=pid,
                                                                           script_host=socket.gethostname()))
             store.set_fields(parent_id, script_pgid="")  # ended: nothing for a re-run to stop
+            # what test_cmds left in artifacts/ of their cwd (the parent's directory on this coordinator)
+            upload_artifacts(store, parent_id, parent_dir(parent_id), load_settings().max_artifact_bytes, run.out)
         if testing:
             status = max(status, _wait_children_tests(store, testing, deadline, run.out))
         for gid, guest in zip(guests, guest_runs):

@@ -8,6 +8,7 @@ import signal
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -87,7 +88,7 @@ class InterruptGuard:
 @click.option("--agent", "agent_file", type=click.Path(dir_okay=False),
               help="Use exactly the devices this agent file declares.")
 @click.option("--artifacts", type=click.Path(file_okay=False),
-              help="Leave DIR/<job_id>/ with results.json, phase output and job_list.json.")
+              help="Leave DIR/<job_id>/ with results.json, phase output, job_list.json and artifacts/.")
 @click.option("--state-dir", type=click.Path(file_okay=False), help="Keep the cluster's files here.")
 @click.option("--quiet", is_flag=True, help="Do not show the job's output live.")
 def run(job_file: str, agent_file: str | None, artifacts: str | None, state_dir: str | None, quiet: bool) -> None:
@@ -157,15 +158,18 @@ def _run_job(job: dict[str, Any], artifacts: str | None, quiet: bool, guard: Int
     guard.patient = False
     results = job_results(job_id)
     if artifacts:
-        write_artifacts(Path(artifacts), job_id, results)
+        write_artifacts(Path(artifacts), job_id, results, report=lambda line: click.echo(f"convoy run: {line}"))
         click.echo(f"convoy run: artifacts in {Path(artifacts) / job_id}")
     click.echo(f"convoy run: job {job_id} {results['job_state']} ({results['outcome']})"
                + (f": {results['message']}" if results.get("message") else ""))
     return EXIT_CANCELLED if guard.interrupted else exit_code(results)
 
 
-def write_artifacts(root: Path, job_id: str, results: dict[str, Any]) -> Path:
-    """DIR/<job_id>/: results.json (parent and children), <phase>.log, job_list.json."""
+def write_artifacts(root: Path, job_id: str, results: dict[str, Any],
+                    report: Callable[[str], None] | None = None) -> Path:
+    """DIR/<job_id>/: results.json (parent and children), <phase>.log, job_list.json, and what the
+    job's test commands left in ``artifacts/``: the job's own in DIR/<job_id>/artifacts/, each child's in
+    DIR/<job_id>/children/<child id>/artifacts/.  ``report`` hears one line per job about its artifacts."""
     from convoy.config.settings import load_settings
     from convoy.coordinator.state.connection import get_store
     from convoy.coordinator.results import job_results
@@ -178,12 +182,36 @@ def write_artifacts(root: Path, job_id: str, results: dict[str, Any]) -> Path:
         full["children"] = [job_results(store, child["job_id"]) for child in results["children"]]
     (target / "results.json").write_text(json.dumps(full, indent=2) + "\n")
     _write_phase_logs(target, results)
+    _write_job_artifacts(target, job_id, report)
     for child in full.get("children", []):
         _write_phase_logs(target / "children" / child["job_id"], child)
+        _write_job_artifacts(target / "children" / child["job_id"], child["job_id"], report)
     job_list = load_settings().jobs_dir / job_id / "job_list.json"
     if job_list.is_file():
         shutil.copy(job_list, target / "job_list.json")
     return target
+
+
+def _write_job_artifacts(target: Path, job_id: str, report: Callable[[str], None] | None) -> None:
+    """One job's stored ``artifacts/`` unpacked into ``target`` (safely: tarfile's ``data`` filter)."""
+    import tarfile
+
+    from convoy.coordinator.api import job_artifacts
+    from convoy.coordinator.state.connection import get_store
+    from convoy.tasks.run.artifacts import unpack_artifacts
+
+    data = job_artifacts(job_id)
+    if data is None:
+        note = get_store().fields([job_id], "artifacts")[0]["artifacts"] or "none: its test commands have not ended"
+        if report is not None:
+            report(f"job {job_id}: no artifacts ({note})")
+        return
+    try:
+        names = unpack_artifacts(data, target)
+    except (tarfile.TarError, OSError) as exc:
+        raise ConvoyError(f"job {job_id}: its artifacts cannot be unpacked safely into {target}: {exc}") from None
+    if report is not None:
+        report(f"job {job_id}: {len(names)} entries in {target / 'artifacts'}")
 
 
 def _write_phase_logs(target: Path, results: dict[str, Any]) -> None:
@@ -191,6 +219,18 @@ def _write_phase_logs(target: Path, results: dict[str, Any]) -> None:
     for key, value in results.items():
         if key.endswith("_output"):
             (target / f"{key[:-len('_output')]}.log").write_text(value)
+
+
+@cli.command("artifacts")
+@click.argument("job_id")
+@click.argument("directory", type=click.Path(file_okay=False))
+def artifacts_command(job_id: str, directory: str) -> None:
+    """Write DIRECTORY/<job_id>/: the artifacts/ the job's test commands left (a multi job's parent's, and
+    each child's in children/<child id>/artifacts/), results.json and each phase's log."""
+    from convoy.coordinator.api import job_results
+
+    target = write_artifacts(Path(directory), job_id, job_results(job_id), report=click.echo)
+    click.echo(f"job {job_id}: written to {target}")
 
 
 @cli.command()
