@@ -45,8 +45,13 @@ class EmbeddedCluster:
 
     def __init__(self, state_dir: Path, devices: list[DeviceConfig], *, redis_url: str | None = None,
                  coordinator: bool = True, log: Callable[[str], None] = print,
-                 configure_process: bool = True) -> None:
+                 configure_process: bool = True, worker_redis_url: str | None = None,
+                 coordinator_redis_url: str | None = None) -> None:
+        """``worker_redis_url``, ``coordinator_redis_url``: what device workers and the coordinator use
+        (their ACL users, ``convoy redis-acl``); default ``redis_url``, which this process uses."""
         self.state_dir = Path(state_dir)
+        self.worker_redis_url = worker_redis_url
+        self.coordinator_redis_url = coordinator_redis_url
         self.devices = devices
         self.redis_url = redis_url
         self.coordinator = coordinator
@@ -77,12 +82,14 @@ class EmbeddedCluster:
                 self.devices = [served.get(d.name, d) for d in self.devices]
             self.supervisor = Supervisor(log=self.log)
             log_dir = self.state_dir / "logs"
+            worker_env = {**self.env, "CONVOY_REDIS_URL": self.worker_redis_url or self.redis_url}
             for device in self.devices:
-                self.supervisor.add_device(device, log_dir, self.env)
+                self.supervisor.add_device(device, log_dir, worker_env)
             if self.coordinator:
                 log_dir.mkdir(parents=True, exist_ok=True)
+                coordinator_env = {**self.env, "CONVOY_REDIS_URL": self.coordinator_redis_url or self.redis_url}
                 self.supervisor.add("coordinator", coordinator_command(COORDINATOR_QUEUE, log_dir / "coordinator.log"),
-                                    self.env, output=log_dir / "coordinator.out")
+                                    coordinator_env, output=log_dir / "coordinator.out")
             self.supervisor.start()
             self.wait_ready()
         except BaseException:
