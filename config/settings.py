@@ -6,8 +6,8 @@ so that no other module looks at ``os.environ`` for configuration.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +36,10 @@ class Settings:
     visibility_timeout: int = 48 * 3600
     #: the longest reservation this deployment grants (Testflinger's max_reservation_time)
     max_reservation: float = 6 * 3600
+    #: TLS (``rediss://`` URLs): the CA that signed Redis's certificate, this client's certificate and key
+    redis_tls_ca: str | None = None
+    redis_tls_cert: str | None = None
+    redis_tls_key: str | None = None
     #: how long a host keeps a final job's directory (seconds; CONVOY_KEEP_JOB_DIRS, a duration)
     keep_job_dirs: float = 3 * 86400
     #: the largest packed ``artifacts/`` (tar.gz) a job's record holds (CONVOY_MAX_ARTIFACT_BYTES)
@@ -70,6 +74,9 @@ _FROM_ENV: dict[str, tuple[str, Callable[[str], Any]]] = {
     "CONVOY_LAUNCHPAD_KEYS_URL": ("launchpad_keys_url", str),
     "CONVOY_MAX_RESERVATION": ("max_reservation", float),
     "CONVOY_VISIBILITY_TIMEOUT": ("visibility_timeout", int),
+    "CONVOY_REDIS_TLS_CA": ("redis_tls_ca", str),
+    "CONVOY_REDIS_TLS_CERT": ("redis_tls_cert", str),
+    "CONVOY_REDIS_TLS_KEY": ("redis_tls_key", str),
     "CONVOY_KEEP_JOB_DIRS": ("keep_job_dirs", _duration),
     "CONVOY_MAX_ARTIFACT_BYTES": ("max_artifact_bytes", int),
 }

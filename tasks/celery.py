@@ -17,6 +17,7 @@ never subscribes.
 """
 from __future__ import annotations
 
+import ssl
 from typing import Any
 
 from celery import Celery
@@ -44,9 +45,31 @@ def backend_url(redis_url: str) -> str:
     return f"{BACKEND_PATH}+{redis_url}"
 
 
+def tls_options(settings: Settings) -> dict[str, Any]:
+    """kombu's and Celery's Redis TLS options (``broker_use_ssl``, ``redis_backend_use_ssl``) from the
+    settings: the server's certificate always verified, a client certificate sent when set."""
+    options: dict[str, Any] = {"ssl_cert_reqs": ssl.CERT_REQUIRED}
+    for name, value in (("ssl_ca_certs", settings.redis_tls_ca), ("ssl_certfile", settings.redis_tls_cert),
+                        ("ssl_keyfile", settings.redis_tls_key)):
+        if value:
+            options[name] = value
+    return options
+
+
+def _tls_config(settings: Settings) -> dict[str, Any]:
+    """TLS for a ``rediss://`` broker or result backend (nothing for plain URLs)."""
+    config: dict[str, Any] = {}
+    if settings.effective_broker_url.startswith("rediss://"):
+        config["broker_use_ssl"] = tls_options(settings)
+    if settings.redis_url.startswith("rediss://"):
+        config["redis_backend_use_ssl"] = tls_options(settings)
+    return config
+
+
 def celery_config(settings: Settings) -> dict[str, Any]:
     """Celery settings: JSON only, late acks, one message at a time, events on."""
     return {
+        **_tls_config(settings),
         "broker_url": settings.effective_broker_url,
         "result_backend": backend_url(settings.redis_url),
         # JSON only: a pickle payload would let a broker writer run code on workers.

@@ -30,7 +30,7 @@ import threading
 import time
 import weakref
 from typing import TYPE_CHECKING, Callable, TypeVar
-from urllib.parse import quote
+from urllib.parse import parse_qsl, quote, urlencode, urlsplit
 
 import redis
 from redis.backoff import ExponentialWithJitterBackoff
@@ -63,6 +63,34 @@ CONNECTION_ERRORS: tuple[type[Exception], ...] = (redis.ConnectionError, redis.T
 _URLS: weakref.WeakKeyDictionary[redis.Redis, str] = weakref.WeakKeyDictionary()
 
 
+def tls_query(settings: Settings) -> dict[str, str]:
+    """redis-py's TLS options from the settings, as URL query parameters (``rediss://`` URLs only).
+
+    The server's certificate is always verified (against ``CONVOY_REDIS_TLS_CA``, else the system's
+    CAs); a client certificate and key are sent when set."""
+    query = {"ssl_cert_reqs": "required"}
+    for name, value in (("ssl_ca_certs", settings.redis_tls_ca), ("ssl_certfile", settings.redis_tls_cert),
+                        ("ssl_keyfile", settings.redis_tls_key)):
+        if value:
+            query[name] = value
+    return query
+
+
+def with_tls(url: str, settings: Settings | None = None) -> str:
+    """``url`` with the configured TLS options in its query when it is a ``rediss://`` URL (else as is).
+
+    Options the URL gives itself win.  The URL keeps them, so every client
+    made from it (``client_url``, the MultiNode store's) uses TLS alike."""
+    parts = urlsplit(url)
+    if parts.scheme != "rediss":
+        return url
+    query = dict(parse_qsl(parts.query))
+    added = {k: v for k, v in tls_query(settings or load_settings()).items() if k not in query}
+    if not added:
+        return url
+    return parts._replace(query=urlencode({**query, **added})).geturl()
+
+
 def make_client(url: str, *, decode_responses: bool = True, single_connection: bool = False,
                 name: str | None = None) -> redis.Redis:
     """A Redis client with convoy's timeouts (see the module docstring for why).
@@ -70,7 +98,9 @@ def make_client(url: str, *, decode_responses: bool = True, single_connection: b
     ``single_connection``: the client keeps one connection of its own, for a
     thread that blocks on it (and can be woken with ``CLIENT UNBLOCK``).
     ``name`` shows in ``CLIENT LIST`` (who holds which connection).
+    A ``rediss://`` URL gets the TLS settings (``with_tls``).
     """
+    url = with_tls(url)
     client = redis.Redis.from_url(
         url, decode_responses=decode_responses, single_connection_client=single_connection,
         client_name=safe_client_name(name) if name else None,
