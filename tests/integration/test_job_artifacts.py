@@ -14,14 +14,12 @@ import shutil
 import subprocess
 import tarfile
 import uuid
-from pathlib import Path
 
 import pytest
 
 from convoy.config.settings import load_settings
-from convoy.coordinator.api import job_artifacts, job_results, submit_job, wait_for_job
+from convoy.coordinator.api import cancel_job, job_artifacts, job_results, submit_job, wait_for_job
 from convoy.coordinator.state.connection import get_store
-
 from helpers import CONVOY, unique_queue, wait_for, wait_for_state
 
 pytestmark = pytest.mark.integration
@@ -166,3 +164,21 @@ def test_convoy_run_artifacts_includes_the_jobs_artifacts(tmp_path):
     assert (job_dir / "artifacts" / "sub" / "made.txt").read_text() == "made on the device host\n"
     assert json.loads((job_dir / "results.json").read_text())["outcome"] == "pass"
     assert f"job {job_dir.name}: " in result.stdout
+
+
+def test_artifacts_of_a_failed_and_of_a_cancelled_test_are_stored(start_cluster):
+    q1, q2 = unique_queue("artfail"), unique_queue("artcancel")
+    start_cluster({q1: 1, q2: 1})
+    failed = submit_job({"job_queue": q1, "test_data": {
+        "test_cmds": "mkdir artifacts\necho why > artifacts/why\nexit 3"}})
+    cancelled = submit_job({"job_queue": q2, "test_data": {
+        "test_cmds": "mkdir artifacts\necho partial > artifacts/partial\nwhile true; do sleep 0.1; done"}})
+    jobs_dir = load_settings().jobs_dir
+    wait_for(lambda: (jobs_dir / cancelled / "artifacts" / "partial").is_file(), JOB_TIMEOUT, "the test running")
+    cancel_job(cancelled)
+    assert wait_for_job(failed, timeout=JOB_TIMEOUT) == "complete"
+    assert wait_for_job(cancelled, timeout=JOB_TIMEOUT) == "cancelled"
+    assert job_results(failed)["test_status"] == 3
+    for job_id, name in ((failed, "artifacts/why"), (cancelled, "artifacts/partial")):
+        data = job_artifacts(job_id)
+        assert data is not None and name in archive_names(data), job_id
