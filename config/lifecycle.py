@@ -40,6 +40,8 @@ class Signal(StrEnum):
     START = "start"
     #: the job's global_timeout ran out and its runner did not stop it: stop the test, not the job
     TIMEOUT = "timeout"
+    #: a holding child: have the device trust the parent's published SSH key (tasks/run/jobkeys.py)
+    AUTHORIZE = "authorize"
 
 
 class Outcome(StrEnum):

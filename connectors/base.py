@@ -66,6 +66,49 @@ class Connector(ABC):
     def ssh_target(self) -> SSHTarget:
         """The device's SSH address, for the test commands' SSH client config."""
 
+    #: cleanup leaves the device trusting the agent key alone (a fresh home): nothing to revoke first
+    cleanup_resets_keys: ClassVar[bool] = False
+
+    def login_key(self) -> Path:
+        """The private key this connector logs in to its device with (the agent key unless configured)."""
+        return self.agent_key
+
+    def authorize(self, key_lines: list[str], log: Log) -> None:
+        """Trust ``key_lines`` (a job's keys, reserved users' keys) for the device's login user, over SSH.
+
+        Raises :class:`DeviceError` naming the device, where it was reached and the key it refused.
+        """
+        from convoy.connectors.ssh import add_authorized_keys
+
+        target, key = self.ssh_target(), self.login_key()
+        try:
+            added = add_authorized_keys(target.host, target.port, target.username, key, key_lines)
+        except Exception as exc:  # noqa: BLE001 - whatever failed, the device is not ready for the job
+            raise DeviceError(self.device.name, f"cannot authorise the job's key on "
+                              f"{target.username}@{target.host}:{target.port}: {refusal(key, exc)}") from None
+        log(f"authorised {added} key(s) on {self.device.name}")
+
+    def revoke(self, blobs: list[str], log: Log) -> None:
+        """Stop trusting the keys ``blobs`` (``type base64``) on the device: what cleanup removes."""
+        from convoy.connectors.ssh import remove_authorized_keys
+
+        if not blobs or self.cleanup_resets_keys:
+            return
+        target, key = self.ssh_target(), self.login_key()
+        try:
+            removed = remove_authorized_keys(target.host, target.port, target.username, key, blobs)
+        except Exception as exc:  # noqa: BLE001
+            raise DeviceError(self.device.name, f"cannot remove the job's keys from "
+                              f"{target.username}@{target.host}:{target.port}: {refusal(key, exc)}") from None
+        log(f"removed {removed} key(s) the job authorised on {self.device.name}")
+
+
+def refusal(key: Path, exc: BaseException) -> str:
+    """Why a login failed, naming the key offered and this host."""
+    from convoy.connectors.sshkeys import describe_key
+
+    return f"{str(exc).strip() or type(exc).__name__} (offered {describe_key(key)})"
+
 
 def validated_config(device: DeviceConfig, schema: dict[str, Any] | None) -> dict[str, Any]:
     """``device.config`` checked against ``schema`` and normalised (defaults, ``1m`` -> 60).

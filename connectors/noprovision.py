@@ -52,6 +52,9 @@ class NoProvisionConnector(Connector):
     def ssh_target(self) -> SSHTarget:
         return SSHTarget(host=self.device_ip, port=self.port, username=self.username)
 
+    def login_key(self) -> Path:
+        return self.key_file
+
     def provision(self, provision_data: dict[str, Any], cancel: threading.Event, log: Log) -> dict[str, Any]:
         deploy = provision_data.get("deploy")
         if deploy is not None and deploy not in HONOURED_DEPLOYS:

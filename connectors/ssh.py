@@ -107,8 +107,11 @@ def check_ssh(device: str, host: str, port: int, username: str, key_file: Path, 
     reason = _retry_until_ready(device, attempt, _transient_errors(), attempts=attempts,
                                 retry_delay=retry_delay, cancel=cancel)
     if reason is not None:
+        from convoy.connectors.sshkeys import describe_key
+
         raise DeviceError(device, f"not reachable over SSH as {username}@{host}:{port} "
-                                  f"after {max(1, attempts)} attempt(s): {reason}{hint}")
+                                  f"after {max(1, attempts)} attempt(s): {reason} (offered "
+                                  f"{describe_key(key_file)}){hint}")
 
 
 def check_ssh_banner(device: str, host: str, port: int, *, attempts: int = 5, timeout: float = 5.0,
@@ -195,6 +198,43 @@ def add_authorized_keys(host: str, port: int, username: str, key_file: Path, key
     if result.status != 0:
         detail = (result.stderr.strip().splitlines() or [""])[-1]
         raise RuntimeError(f"adding the keys exited with status {result.status}" + (f": {detail}" if detail else ""))
+    try:
+        return int(result.stdout.strip().splitlines()[-1])
+    except (IndexError, ValueError):
+        return 0
+
+
+def remove_authorized_keys_script(blobs: Iterable[str]) -> str:
+    """A POSIX sh script that removes every ``authorized_keys`` line holding one of ``blobs`` (``type base64``),
+    whatever its options or comment; it prints how many lines it removed.  A missing file removes nothing."""
+    fields = [blob.split() for blob in blobs if len(blob.split()) == 2]
+    args = " ".join(f"{shlex.quote(t)} {shlex.quote(b)}" for t, b in fields)
+    return "\n".join([
+        "set -e",
+        'file="$HOME/.ssh/authorized_keys"',
+        '[ -f "$file" ] || { echo 0; exit 0; }',
+        f"set -- {args}",
+        'drop=""',
+        'while [ "$#" -ge 2 ]; do drop="$drop $1:$2"; shift 2; done',
+        'tmp="$file.convoy.$$"',
+        "awk -v drop=\"$drop\" 'BEGIN {n = split(drop, d, \" \"); for (i = 1; i <= n; i++) gone[d[i]] = 1}"
+        " {for (i = 1; i < NF; i++) if ((($i \":\" $(i + 1)) in gone)) {removed++; next}; print}"
+        " END {print removed + 0 > \"/dev/stderr\"}' \"$file\" > \"$tmp\" 2> \"$tmp.count\"",
+        'chmod 600 "$tmp"',
+        'mv "$tmp" "$file"',
+        'cat "$tmp.count"; rm -f "$tmp.count"',
+        "",
+    ])
+
+
+def remove_authorized_keys(host: str, port: int, username: str, key_file: Path, blobs: Iterable[str], *,
+                           connect_timeout: float = 15.0, command_timeout: float = 60.0) -> int:
+    """Remove the keys ``blobs`` from ``username``'s ``authorized_keys`` on the device; how many lines went."""
+    result = run_ssh(host, port, username, key_file, f"sh -c {shlex.quote(remove_authorized_keys_script(blobs))}",
+                     connect_timeout=connect_timeout, timeout=command_timeout)
+    if result.status != 0:
+        detail = (result.stderr.strip().splitlines() or [""])[-1]
+        raise RuntimeError(f"removing the keys exited with status {result.status}" + (f": {detail}" if detail else ""))
     try:
         return int(result.stdout.strip().splitlines()[-1])
     except (IndexError, ValueError):

@@ -35,6 +35,8 @@ from convoy.tasks.run.artifacts import upload_artifacts
 from convoy.tasks.run.delayed_start import start_request, wait_for_start
 from convoy.tasks.run.env import command_env, multinode_files, multinode_timeout, secrets_of
 from convoy.tasks.run.global_timeout import remaining, test_deadline
+from convoy.tasks.run.jobkeys import (authorize_job_key, authorize_parent_key, forget_job_key, job_key,
+                                      revoke_job_keys)
 from convoy.tasks.run.output import patient_writer, patiently
 from convoy.tasks.run.phase import PhaseRun
 from convoy.tasks.run.relay import relay_env
@@ -140,9 +142,10 @@ class DeviceJob:
             if self.cancelled:
                 out("provisioning stopped: job cancelled")
                 return STOPPED_EXIT_CODE
+            self.device_info = info  # the connector's SSH target is known from here on
+            authorize_job_key(self.store, self.job_id, self.dir, self.runtime.connector, out)
             provision_succeeded(self.store.client, self.runtime.name)
             self.store.set_fields(self.job_id, device_info=info)
-            self.device_info = info
             out(f"device {self.runtime.name} ready at {info.get('device_ip')}")
             return 0
 
@@ -210,7 +213,7 @@ class DeviceJob:
                     "its host's files and network")
         device_ip = str(self.device_info.get("device_ip", target.host))
         role = (self.record.get("role") or self.job["job_queue"]) if self.parent_id else None
-        ssh_bin = write_ssh_setup(self.dir, self.runtime.agent_key, [target])
+        ssh_bin = write_ssh_setup(self.dir, job_key(self.dir, self.job_id), [target])
         relay = make_relay(self.store.client, group_id=self.parent_id, job_id=self.job_id, role=role,
                            timeout=multinode_timeout(self.job), cancel=self.control.stop_test_event)
         return run_lava_tests(
@@ -232,7 +235,7 @@ class DeviceJob:
         return command_env(
             os.environ, self.job, job_id=self.job_id,
             secrets=secrets_of(self.settings.redis_url, self.settings.broker_url),
-            ssh_bin=write_ssh_setup(self.dir, self.runtime.agent_key, [target]),
+            ssh_bin=write_ssh_setup(self.dir, job_key(self.dir, self.job_id), [target]),
             device_ip=str(self.device_info.get("device_ip", target.host)), group_id=self.parent_id,
             role=(self.record.get("role") or self.job["job_queue"]) if self.parent_id else None)
 
@@ -242,6 +245,7 @@ class DeviceJob:
 
         def body() -> int:
             out = run.out
+            revoke_job_keys(self.store, self.job_id, self.runtime.connector, out)
             self.runtime.connector.cleanup(out)
             out(f"device {self.runtime.name} cleaned up")
             return 0
@@ -251,6 +255,7 @@ class DeviceJob:
         finally:
             release_device(self.store.client, self.runtime.name, self.job_id)
             shutil.rmtree(self.dir / ".convoy-ssh", ignore_errors=True)
+            forget_job_key(self.dir)
 
     def finish(self, final: JobState) -> None:
         """End the job from its last phase run, with the outcome its phases and any cancel give."""
@@ -307,9 +312,14 @@ class DeviceJob:
         """Hold the device until the parent releases it, running test_cmds when told to."""
         assert self.control is not None
         while True:
-            signal = self.control.wait_any((Signal.CANCEL, Signal.RELEASE, Signal.TEST), timeout=HOLD_CHECK_SECONDS)
+            signal = self.control.wait_any((Signal.CANCEL, Signal.RELEASE, Signal.TEST, Signal.AUTHORIZE),
+                                           timeout=HOLD_CHECK_SECONDS)
             if signal in (Signal.CANCEL, Signal.RELEASE):
                 return
+            if signal == Signal.AUTHORIZE:
+                self.control.clear(Signal.AUTHORIZE)
+                self.authorize_parent_key()
+                continue
             if signal == Signal.TEST:
                 self.test()
                 self.store.transition(self.job_id, JobState.ALLOCATED, allowed_from=[JobState.TEST])
@@ -318,6 +328,15 @@ class DeviceJob:
             if self.parent_id and self.store.state(self.parent_id) in FINAL_STATES:
                 self.logger(Phase.CLEANUP)("parent job ended without releasing this device; releasing it")
                 return
+
+    def authorize_parent_key(self) -> None:
+        """Have the device trust the parent's key (its commands, guests and reservations reach it so)."""
+        assert self.parent_id is not None
+        log_line = self.logger(Phase.PROVISION)
+        try:
+            authorize_parent_key(self.store, self.job_id, self.parent_id, self.runtime.connector, log_line)
+        except DeviceError as exc:  # the parent's wait names this device; the reason is in its output
+            log_line(f"could not authorise the parent's key: {exc}")
 
     def _abort_parent(self) -> None:
         if self.parent_id and self.store.state(self.parent_id) in ALLOCATING:

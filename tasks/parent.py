@@ -41,6 +41,7 @@ from convoy.tasks.run.env import device_targets, multinode_files, multinode_time
 from convoy.tasks.run.relay import relay_env
 from convoy.tasks.run.global_timeout import remaining, test_deadline
 from convoy.tasks.run.guests import start_guest
+from convoy.tasks.run.jobkeys import forget_job_key, parent_key
 from convoy.tasks.run.phase import PhaseRun
 from convoy.tasks.run.script import kill_process_group, run_script
 
@@ -202,6 +203,13 @@ def _test(store: JobStore, parent_id: str, run: PhaseRun) -> None:
         return
     run.transition(JobState.TEST)
     run.start()
+    if test_data.get("test_cmds") or guests:
+        try:  # every device trusts the parent's key before its commands or guests reach them
+            parent_key(store, parent_id, parent_dir(parent_id), run.out)
+        except ConvoyError as exc:
+            run.out(f"*** {exc}; the test phase fails ***")
+            run.end(1)
+            return
     for cid in testing:
         store.signal(cid, Signal.TEST)
     status = 0
@@ -209,7 +217,7 @@ def _test(store: JobStore, parent_id: str, run: PhaseRun) -> None:
     with ControlWatcher(store.client, parent_id) as control:
         guest_runs = [start_guest(store, parent_id, gid, control.cancel_event) for gid in guests]
         if test_data.get("test_cmds"):
-            env = parent_test_env(store, parent_id, job)
+            env = parent_test_env(store, parent_id, job, out=run.out)
             with relay_env(store.client, parent_dir(parent_id), group_id=parent_id, job_id=parent_id, role=None,
                            timeout=multinode_timeout(job), cancel=control.stop_test_event) as relay:
                 status = run_script(test_data["test_cmds"], cwd=parent_dir(parent_id), env={**env, **relay},
@@ -345,6 +353,7 @@ def _cleanup(task: Task, store: JobStore, parent_id: str) -> None:
                 store.transition(cid, JobState.CANCELLED, outcome=Outcome.FAIL, message="did not release in time")
                 status = 1
     out(f"released {len(children)} device(s)")
+    forget_job_key(parent_dir(parent_id))  # no device trusts it any more
     ends = store.child_ends(children)
     for end in ends:
         if (reason := child_failure(end)) is not None:

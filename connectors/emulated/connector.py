@@ -40,6 +40,8 @@ class EmulatedConnector(Connector):
     #: SSH reachability check after provisioning
     ssh_attempts: int = 5
     ssh_timeout: float = 5.0
+    #: cleanup resets the home: the job's and reserved users' keys go with it
+    cleanup_resets_keys: ClassVar[bool] = True
 
     def __init__(self, device: DeviceConfig, agent_key: Path, *, state_dir: Path | None = None) -> None:
         super().__init__(device, agent_key)

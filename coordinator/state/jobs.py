@@ -24,7 +24,7 @@ from convoy.errors import JobNotFound
 
 EVENTS_MAXLEN = 20000
 #: record fields stored as JSON (decoded when read)
-_JSON_FIELDS = ("document", "device_info", "chord_part", "device_children")
+_JSON_FIELDS = ("document", "device_info", "chord_part", "device_children", "reserved_keys")
 
 # The atomic transition (KEYS, ARGV and reply in its header), installed beside this module.
 _TRANSITION = (Path(__file__).parent / "lua" / "transition.lua").read_text(encoding="utf-8")

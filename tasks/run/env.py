@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -132,19 +132,21 @@ def ssh_target(info: dict[str, Any], username: str) -> SSHTarget:
 
 
 def parent_test_env(store: JobStore, parent_id: str, job: dict[str, Any],
-                    work_dir: Path | None = None) -> dict[str, str]:
+                    work_dir: Path | None = None, out: Callable[[str], None] = print) -> dict[str, str]:
     """Environment of commands run on the coordinator: DEVICE_IP_1..N, SSH set up for every device.
 
     ``job`` is the document whose ``test_data`` (user name, env) applies: the
     parent's, or a guest's; ``work_dir`` holds the SSH set-up (default: the
-    parent's directory).
+    parent's directory).  The SSH set-up uses the parent's own key, which
+    every device of the job trusts (:func:`~convoy.tasks.run.jobkeys.parent_key`;
+    raises ConvoyError naming the devices that would not).
     """
-    from convoy.connectors.sshkeys import ensure_agent_key
+    from convoy.tasks.run.jobkeys import parent_key
 
     settings = load_settings()
     username = (job.get("test_data") or {}).get("test_username", DEFAULT_TEST_USERNAME)
     infos = [info for _, info in device_targets(store, parent_id)]
-    key = ensure_agent_key(settings.keys_dir)
+    key = parent_key(store, parent_id, parent_dir(parent_id), out)
     bin_dir = write_ssh_setup(work_dir or parent_dir(parent_id), key,
                               [ssh_target(i, username) for i in infos if i.get("device_ip")])
     return command_env(os.environ, job, job_id=parent_id, ssh_bin=bin_dir,

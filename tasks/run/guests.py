@@ -78,13 +78,17 @@ def run_guest(store: JobStore, parent_id: str, guest_id: str, cancel: threading.
     test.start()
     work_dir = parent_dir(parent_id) / f"guest-{guest_id}"
     work_dir.mkdir(parents=True, exist_ok=True)
-    env = parent_test_env(store, parent_id, job, work_dir)
+    status = 0
+    try:
+        env = parent_test_env(store, parent_id, job, work_dir, out=out)
+    except ConvoyError as exc:
+        out(f"*** {exc} ***")
+        env, status = {}, 1
     host = host_device_info(store, parent_id, job["host_role"])
     host_ip = None if host is None else str(host.get("device_ip"))
     env.update({"CONVOY_JOB_ID": guest_id, "CONVOY_ROLE": record.get("role") or "guest",
                 "DEVICE_IP": host_ip or ""})
-    status = 0
-    if host_ip is None:
+    if status == 0 and host_ip is None:
         out(f"no device of host role {job['host_role']!r} is allocated")
         status = 1
     spec = start_request(job)

@@ -174,8 +174,9 @@ def run_reservation(store: Any, parent_id: str, job: dict[str, Any], control: An
 
 def _run(store: Any, parent_id: str, job: dict[str, Any], control: Any, out: Out, settings: Settings,
          policy: RetryPolicy, on_reserved: Callable[[list[Device], float], None] | None) -> int:
-    from convoy.connectors.sshkeys import ensure_agent_key
+    from convoy.connectors.sshkeys import key_blob
     from convoy.tasks.run.env import parent_dir
+    from convoy.tasks.run.jobkeys import parent_key
 
     job_list = parent_dir(parent_id) / "job_list.json"
     if not job_list.is_file():
@@ -207,7 +208,9 @@ def _run(store: Any, parent_id: str, job: dict[str, Any], control: Any, out: Out
         return 1
 
     out(f"copying {len(keys)} key(s) to {len(devices)} device(s)")
-    failed = copy_to_all(devices, keys, ensure_agent_key(settings.keys_dir), out)
+    for device in devices:  # recorded first: each device's cleanup removes them, even after a crash
+        store.set_fields(device.job_id, reserved_keys=[key_blob(k.line) for k in keys])
+    failed = copy_to_all(devices, keys, parent_key(store, parent_id, parent_dir(parent_id), out), out)
     if cancel.is_set():
         out("reservation ended early by cancel")
         return 0

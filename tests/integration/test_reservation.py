@@ -14,6 +14,10 @@ from pathlib import Path
 
 import pytest
 
+from convoy.config.devices import DeviceConfig
+from convoy.connectors.emulated.connector import EmulatedConnector
+from convoy.connectors.emulated.farm import DeviceFarm
+from convoy.connectors.sshkeys import ensure_agent_key
 from convoy.coordinator.api import cancel_job, job_results, submit_job, wait_for_job
 from convoy.coordinator.state.connection import get_store
 from convoy.workers.embedded.cluster import emulated_devices
@@ -170,3 +174,39 @@ def test_a_reservation_ends_by_itself_at_its_timeout(start_cluster, users):
     assert "reservation timed out after 1 seconds" in results["reserve_output"]
     assert states_seen(parent) == ["waiting", "provision", "allocated", "reserve", "cleanup", "complete"]
     assert_all_released(parent)
+
+
+def authorized(home: Path) -> list[str]:
+    return (home / ".ssh" / "authorized_keys").read_text().split("\n")[:-1]
+
+
+def test_a_noprovision_machine_forgets_the_jobs_and_reserved_users_keys(start_cluster, users, cluster_redis_url,
+                                                                        tmp_path):
+    state = tmp_path / "machine-host"
+    machine_key = ensure_agent_key(state / "keys")
+    with DeviceFarm([DeviceConfig("machine", ("m",))], state) as farm:
+        emulated = EmulatedConnector(farm.devices[0], machine_key, state_dir=state)
+        emulated.cleanup(lambda line: None)  # installed: it trusts its own host's key alone
+        home, target = emulated.paths.home, emulated.ssh_target()
+        before = authorized(home)
+        queue = unique_queue("np")
+        device = DeviceConfig(f"np-{os.getpid()}", (queue,), "noprovision",
+                              {"device_ip": target.host, "port": target.port, "key_file": str(machine_key)})
+        start_cluster(devices=[device])
+        parent = submit_job({"job_queue": "multi", "provision_data": {"jobs": [{"job_queue": queue}]},
+                             "reserve_data": {"ssh_keys": ["gh:alice"], "timeout": "600"},
+                             "test_data": {"test_username": "ubuntu"}})
+        wait_reserved(parent)
+        info = get_store().get(get_store().children(parent)[0])["device_info"]
+        assert ssh(users.alice, info).returncode == 0
+        held = authorized(home)
+        assert len(held) == len(before) + 3  # the child's key, the parent's (it copied alice's) and alice's
+        release = subprocess.run([CONVOY, "release", parent], capture_output=True, text=True, timeout=60,
+                                 env={**os.environ, "CONVOY_REDIS_URL": cluster_redis_url})
+        assert release.returncode == 0, release.stderr
+        assert wait_for_job(parent, timeout=JOB_TIMEOUT) == "complete"
+        assert_all_released(parent)
+        assert authorized(home) == before  # nothing the job brought is trusted any more
+        assert ssh(users.alice, info).returncode == 255
+        cleanup = get_store().output(get_store().children(parent)[0], "cleanup")
+        assert "removed 3 key(s) the job authorised" in cleanup, cleanup

@@ -169,7 +169,7 @@ def test_agent_key_is_created_once_with_private_permissions(tmp_path: Path) -> N
     public = read_public_key(key)
     assert public.startswith("ssh-ed25519 ")
     assert ensure_agent_key(tmp_path / "keys") == key and read_public_key(key) == public
-    assert sorted(os.listdir(tmp_path / "keys")) == [".agent_key.lock", "agent_ed25519", "agent_ed25519.pub"]
+    assert sorted(os.listdir(tmp_path / "keys")) == [".agent_ed25519.lock", "agent_ed25519", "agent_ed25519.pub"]
     public_key_path(key).unlink()
     with pytest.raises(DeviceError, match="cannot read the public key"):
         read_public_key(key, "d1")

@@ -9,7 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from convoy.connectors.ssh import authorized_keys_script
+from convoy.connectors.ssh import authorized_keys_script, remove_authorized_keys_script
+from convoy.connectors.sshkeys import key_blob
 from convoy.errors import KeyImportError
 from convoy.tasks.run.keyimport import (KeyId, PublicKey, RetryPolicy, fetch, import_keys, key_url, parse_key_id,
                                         parse_key_list, parse_public_key, retryable_status)
@@ -265,3 +266,22 @@ def test_the_script_fails_when_the_file_cannot_be_written(tmp_path, real_keys):
     result = subprocess.run(["sh", "-c", authorized_keys_script([parse_public_key(real_keys["rsa"]).line])],
                             env={**os.environ, "HOME": str(tmp_path)}, capture_output=True, text=True)
     assert result.returncode != 0
+
+
+def remove(home: Path, blobs: list[str]) -> int:
+    result = subprocess.run(["sh", "-c", remove_authorized_keys_script(blobs)], env={**os.environ, "HOME": str(home)},
+                            capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    return int(result.stdout.strip())
+
+
+def test_the_removal_script_drops_exactly_the_keys_named_whatever_their_options_or_comment(tmp_path, real_keys):
+    ed, rsa, ecdsa = (real_keys[k] for k in ("ed25519", "rsa", "ecdsa"))
+    (tmp_path / ".ssh").mkdir()
+    file = tmp_path / ".ssh" / "authorized_keys"
+    file.write_text(f"# a comment\n{ed}\nfrom=\"10.0.0.1\" {rsa} reserved # ssh-import-id gh:alice\n{ecdsa}\n")
+    assert remove(tmp_path, [key_blob(rsa), key_blob(ed), "ssh-ed25519 AAAAnotthere"]) == 2
+    assert file.read_text() == f"# a comment\n{ecdsa}\n"
+    assert stat.S_IMODE(file.stat().st_mode) == 0o600
+    assert remove(tmp_path, [key_blob(ed)]) == 0  # gone already: nothing more
+    assert remove(tmp_path / "nowhere", [key_blob(ed)]) == 0  # no file: nothing to remove

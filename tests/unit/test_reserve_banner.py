@@ -56,6 +56,10 @@ def test_reserve_timeout_default_is_an_hour():
 class FakeStore:
     def __init__(self, infos: dict[str, dict]) -> None:
         self.infos = infos
+        self.fields: dict[str, dict] = {}
+
+    def set_fields(self, job_id: str, **fields) -> None:
+        self.fields.setdefault(job_id, {}).update(fields)
 
     def children(self, parent_id: str) -> list[str]:
         return list(self.infos)
@@ -118,13 +122,15 @@ def phase(tmp_path, monkeypatch):
         for name, value in server.env().items():
             monkeypatch.setenv(name, value)
         copied: list[tuple[str, list[str]]] = []
+        recorded: dict[str, dict] = {}
 
         def copy(device, keys, agent_key):
             copied.append((device.host, [k.line for k in keys]))
             return len(keys)
 
         monkeypatch.setattr(reserve, "copy_keys", copy)
-        monkeypatch.setattr("convoy.connectors.sshkeys.ensure_agent_key", lambda keys_dir: tmp_path / "agent")
+        # the parent's own key, which every device trusts (tasks/run/jobkeys.py), copies the users' keys
+        monkeypatch.setattr("convoy.tasks.run.jobkeys.parent_key", lambda *args: tmp_path / "parent-key")
 
         def run(job, control=None, job_list=True):
             from convoy.tasks.parent import parent_dir
@@ -135,8 +141,10 @@ def phase(tmp_path, monkeypatch):
             store = FakeStore({"c1": {"device_ip": "10.0.0.1"}, "c2": {"device_ip": "10.0.0.2", "ssh_port": 2022}})
             control = control or FakeControl()
             status = reserve.run_reservation(store, "p", job, control, lines.append, on_reserved=control.on_reserved)
+            recorded.update(store.fields)
             return status, "\n".join(lines), copied
 
+        run.recorded = recorded  # type: ignore[attr-defined]
         yield run
 
 
@@ -153,6 +161,9 @@ def test_phase_copies_to_every_device_then_asks_to_hold_them_for_the_timeout(pha
     assert "ubuntu@10.0.0.1\nubuntu@10.0.0.2 (ssh -p 2022)\n" in out
     # the hold is the caller's durable deadline: the phase returns at once
     assert control.held == [(["10.0.0.1", "10.0.0.2"], 600)]
+    # each device's record says which keys it got, for its cleanup to remove
+    blob = " ".join(copied[0][1][0].split()[:2])
+    assert phase.recorded == {"c1": {"reserved_keys": [blob]}, "c2": {"reserved_keys": [blob]}}
 
 
 def test_phase_ends_early_on_cancel(phase):
