@@ -7,6 +7,32 @@ callers can act on them without parsing messages.
 """
 from __future__ import annotations
 
+from urllib.parse import parse_qsl, urlencode, urlsplit
+
+#: query parameters of a Redis URL that hold a secret (redis-py passes unknown ones to the connection)
+_SECRET_PARAMS = frozenset({"password", "ssl_password"})
+
+
+def redact_url(url: str) -> str:
+    """``url`` without its password (for messages: secrets never reach output or errors).
+
+    The password of the user part and any ``password=`` query parameter become ``***``; a string
+    that is not a URL comes back as is."""
+    try:
+        parts = urlsplit(url)
+        password = parts.password
+    except ValueError:
+        return url
+    if password is not None:
+        user = parts.username or ""
+        host = parts.netloc.rpartition("@")[2]
+        parts = parts._replace(netloc=f"{user}:***@{host}")
+    query = parse_qsl(parts.query, keep_blank_values=True)
+    if any(name in _SECRET_PARAMS for name, _ in query):
+        parts = parts._replace(query=urlencode([(n, "***" if n in _SECRET_PARAMS else v) for n, v in query],
+                                               safe="*/"))
+    return parts.geturl()
+
 
 class ConvoyError(Exception):
     """Root of every error convoy raises on purpose."""
@@ -78,9 +104,9 @@ class ServiceUnavailable(ConvoyError):
     """Redis (or the broker) cannot be reached."""
 
     def __init__(self, url: str, reason: str) -> None:
-        self.url = url
+        self.url = redact_url(url)  # a password never reaches a message
         self.reason = reason
-        super().__init__(f"cannot reach {url}: {reason}")
+        super().__init__(f"cannot reach {self.url}: {reason}")
 
 
 class DeviceError(ConvoyError):

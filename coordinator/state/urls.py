@@ -1,17 +1,9 @@
 """Redis URLs as people may see them, and names Redis accepts (stdlib only: the ``lava-*`` commands use it)."""
 from __future__ import annotations
 
-from urllib.parse import urlsplit
+from convoy.errors import redact_url
 
-
-def redact_url(url: str) -> str:
-    """``url`` without its password (for messages: secrets never reach output or errors)."""
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    user = parts.username or ""
-    host = parts.netloc.rpartition("@")[2]
-    return parts._replace(netloc=f"{user}:***@{host}").geturl()
+__all__ = ["redact_url", "safe_client_name"]
 
 
 def safe_client_name(name: str) -> str:
