@@ -28,9 +28,10 @@ _PATHS = (("gh", re.compile(r"^/gh/([^/]+)\.keys$")), ("lp", re.compile(r"^/lp/(
 
 
 class KeyServer:
-    """An ``http.server`` on 127.0.0.1 (a free port) in a background thread."""
+    """An ``http.server`` on 127.0.0.1 (or ``host``; a free port) in a background thread."""
 
-    def __init__(self, keys: dict[tuple[str, str], str] | None = None) -> None:
+    def __init__(self, keys: dict[tuple[str, str], str] | None = None, host: str = "127.0.0.1") -> None:
+        self.host = host
         self._keys: dict[tuple[str, str], str] = dict(keys or {})
         self._failures: dict[tuple[str, str], list[int]] = {}
         self._lock = threading.Lock()
@@ -112,7 +113,7 @@ class KeyServer:
             def log_message(self, *args: object) -> None:
                 pass
 
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self._server = ThreadingHTTPServer((self.host, 0), Handler)
         self._server.daemon_threads = True
         self._thread = threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.05},
                                         name="keyserver", daemon=True)

@@ -173,7 +173,8 @@ def serve_devices(devices: list[DeviceConfig], state_dir: Path, ready: threading
     devices = list(devices)
     owned = False
     if lab is not None:
-        labnet.add_claimant(lab, os.getpid())
+        if not lab.external:
+            labnet.add_claimant(lab, os.getpid())
     elif sandbox is not False and use_sandbox(sandbox):
         lab, devices = claim_lab(devices, os.getpid())
         owned = True
@@ -190,7 +191,7 @@ def claim_lab(devices: list[DeviceConfig], pid: int) -> tuple[labnet.Lab, list[D
     labnet.collect_garbage()
     for _ in range(20):
         lab, resolved = labnet.plan_lab(devices)
-        if labnet.claim(lab, pid):
+        if lab.external or labnet.claim(lab, pid):  # the host's own lab bridge is nobody's claim
             return lab, resolved
     raise DeviceError(FARM, f"cannot claim a lab network (another farm holds {lab})")
 
@@ -247,7 +248,7 @@ class DeviceFarm:
             self._claimed = True
         self._config = config = self.state_dir / f"farm-{uuid.uuid4().hex[:8]}.json"
         config.write_text(json.dumps({"devices": [device_to_dict(d) for d in self.devices],
-                                      "sandbox": self.sandboxed, "lab": str(self.lab) if self.lab else None},
+                                      "sandbox": self.sandboxed, "lab": self.lab.describe() if self.lab else None},
                                      indent=1))
         ready_r, ready_w = os.pipe()
         watch_r, self._watch_w = os.pipe()
@@ -343,15 +344,14 @@ def _lab_of(path: Path) -> tuple[bool | None, labnet.Lab | None]:
 
     A config file written by hand says neither: sandbox where possible.
     """
-    import ipaddress
 
     import yaml
 
     data = yaml.safe_load(Path(path).read_text())
     if not isinstance(data, dict):
         return None, None
-    network = data.get("lab")
-    return data.get("sandbox"), labnet.Lab(ipaddress.IPv4Network(network)) if network else None
+    lab = data.get("lab")
+    return data.get("sandbox"), labnet.Lab.from_description(lab) if lab else None
 
 
 def main(argv: list[str] | None = None) -> int:

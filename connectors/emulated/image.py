@@ -64,6 +64,9 @@ CONFIG_SCHEMA: dict[str, Any] = {
     # a flat apt repository on the host (its .deb files and a Packages index) that a sandboxed device's
     # package manager installs from, as a lab without internet mirrors its distribution
     "packages": {"type": "string", "empty": False},
+    # the host's own lab bridge (set up by its admin, holding the host's address on the lab network): the
+    # device joins it at its config.address, reachable from every host of the lab
+    "bridge": {"type": "string", "regex": r"^[A-Za-z0-9_.-]{1,15}$"},
 }
 
 

@@ -64,27 +64,62 @@ def is_lab_address(address: str) -> bool:
 
 @dataclass(frozen=True)
 class Lab:
-    """One farm's lab: its /24, bridge name and gateway."""
+    """One farm's lab: its network, bridge and gateway (the host's address on the bridge).
+
+    A farm's own lab is a private /24 on a bridge it creates and claims.  An
+    *external* lab is the host's own lab network: a bridge the host's admin
+    set up (``config.bridge``, holding the host's address and its link to the
+    lab's switch), which devices on other hosts and the coordinator reach
+    directly; the farm only plugs its devices into it.
+    """
 
     network: ipaddress.IPv4Network
+    external_bridge: str | None = None
+    host_address: str | None = None
+
+    @property
+    def external(self) -> bool:
+        return self.external_bridge is not None
 
     @property
     def bridge(self) -> str:
-        return BRIDGE_PREFIX + self.network.network_address.packed[:3].hex()
+        return self.external_bridge or BRIDGE_PREFIX + self.network.network_address.packed[:3].hex()
 
     @property
     def gateway(self) -> str:
-        return str(self.network.network_address + 1)
+        return self.host_address or str(self.network.network_address + 1)
 
     @property
     def claim_path(self) -> Path:
         return CLAIMS / f"{self.network.network_address}_{self.network.prefixlen}"
 
-    def veth(self, index: int) -> str:
+    def veth(self, index: int, address: str | None = None) -> str:
+        if self.external and address:  # one bridge, several farms: named by the device's address
+            return "cva" + ipaddress.IPv4Address(address).packed.hex()
         return f"cv{self.bridge[len(BRIDGE_PREFIX):]}d{index}"
 
+    def describe(self) -> dict[str, str | None]:
+        """What the farm's child needs to rebuild this (JSON)."""
+        return {"network": str(self.network), "bridge": self.external_bridge, "host_address": self.host_address}
+
+    @classmethod
+    def from_description(cls, data: dict | str) -> Lab:
+        if isinstance(data, str):
+            return cls(ipaddress.IPv4Network(data))
+        return cls(ipaddress.IPv4Network(data["network"]), data.get("bridge"), data.get("host_address"))
+
     def __str__(self) -> str:
-        return str(self.network)
+        return f"{self.network} on {self.bridge}" if self.external else str(self.network)
+
+
+def external_lab(bridge: str) -> Lab:
+    """The lab network of the host's bridge ``bridge``: its IPv4 network and the host's address on it."""
+    for line in _ip("-4", "-o", "addr", "show", "dev", bridge, check=False).splitlines():
+        words = line.split()
+        if "inet" in words:
+            interface = ipaddress.IPv4Interface(words[words.index("inet") + 1])
+            return Lab(interface.network, bridge, str(interface.ip))
+    raise DeviceError(FARM, f"config.bridge {bridge}: no such bridge with an IPv4 address on this host")
 
 
 def _ip(*args: str, batch: str | None = None, netns_pid: int | None = None, check: bool = True) -> str:
@@ -175,6 +210,9 @@ def plan_lab(devices: Iterable[DeviceConfig], *, exclude: Iterable[ipaddress.IPv
     """
     devices = list(devices)
     emulated = [d for d in devices if d.connector == "emulated"]
+    bridges = {d.config.get("bridge") for d in emulated}
+    if bridges - {None}:
+        return _plan_external(devices, emulated, bridges)
     if len(emulated) > MAX_DEVICES:
         raise DeviceError(FARM, f"a sandboxed farm serves at most {MAX_DEVICES} devices, got {len(emulated)}")
     given = {d.name: d.config["address"] for d in emulated if is_lab_address(str(d.config.get("address") or ""))}
@@ -215,6 +253,29 @@ def plan_lab(devices: Iterable[DeviceConfig], *, exclude: Iterable[ipaddress.IPv
     return lab, resolved
 
 
+def _plan_external(devices: list[DeviceConfig], emulated: list[DeviceConfig],
+                   bridges: set) -> tuple[Lab, list[DeviceConfig]]:
+    """Devices on the host's own lab bridge, each at the address its agent file gives."""
+    if len(bridges) > 1:
+        raise DeviceError(FARM, "the emulated devices of one host share one config.bridge (or none gives one)")
+    lab = external_lab(str(bridges.pop()))
+    seen: set[str] = set()
+    for device in emulated:
+        address = str(device.config.get("address") or "")
+        if not address:
+            raise DeviceError(device.name, f"config.address is required on the lab bridge {lab.bridge}")
+        ip = ipaddress.IPv4Address(address)
+        if ip not in lab.network or ip in (lab.network.network_address, lab.network.broadcast_address):
+            raise DeviceError(device.name, f"config.address {address} is not a host address of {lab.network}, "
+                                           f"the network of {lab.bridge}")
+        if address == lab.host_address or address in seen:
+            raise DeviceError(device.name, f"config.address {address} is already taken (the host's or a device's)")
+        seen.add(address)
+    resolved = [dataclasses.replace(d, config={**d.config, "port": 22}) if d.connector == "emulated" else d
+                for d in devices]
+    return lab, resolved
+
+
 def claim(lab: Lab, pid: int) -> bool:
     """Claim ``lab`` for the farm process ``pid``; False if another farm holds it."""
     CLAIMS.mkdir(mode=0o700, parents=True, exist_ok=True)
@@ -238,7 +299,10 @@ def add_claimant(lab: Lab, pid: int) -> None:
 
 
 def create_bridge(lab: Lab) -> None:
-    """The bridge with the gateway address, up (a leftover of a dead farm with that name is replaced)."""
+    """The bridge with the gateway address, up (a leftover of a dead farm with that name is replaced);
+    an external lab's bridge is the host's, already there."""
+    if lab.external:
+        return
     _ip("link", "del", lab.bridge, check=False)
     _ip(batch=f"link add {lab.bridge} type bridge forward_delay 0 stp_state 0\n"
               f"addr add {lab.gateway}/{lab.network.prefixlen} dev {lab.bridge}\n"
@@ -247,7 +311,7 @@ def create_bridge(lab: Lab) -> None:
 
 def attach(lab: Lab, index: int, pid: int, address: str) -> None:
     """Give the network namespace of ``pid`` an ``eth0`` with ``address`` on the lab, and ``lo``."""
-    veth = lab.veth(index)
+    veth = lab.veth(index, address)
     # the same MAC on every boot: the host's ARP entry for the address stays right across reboots
     mac = "02:cb:" + ":".join(f"{octet:02x}" for octet in ipaddress.IPv4Address(address).packed)
     _ip("link", "del", veth, check=False)  # the previous boot's, if its namespace still lingers
@@ -285,11 +349,14 @@ def _guard(lab: Lab, pid: int) -> bool:
     return problem is None
 
 
-def detach(lab: Lab, index: int) -> None:
-    _ip("link", "del", lab.veth(index), check=False)
+def detach(lab: Lab, index: int, address: str | None = None) -> None:
+    _ip("link", "del", lab.veth(index, address), check=False)
 
 
 def release(lab: Lab) -> None:
-    """Delete the bridge, then the claim (in that order: an unclaimed bridge is garbage)."""
+    """Delete the bridge, then the claim (in that order: an unclaimed bridge is garbage); an external
+    lab's bridge stays (the devices' veths went with their namespaces)."""
+    if lab.external:
+        return
     _ip("link", "del", lab.bridge, check=False)
     lab.claim_path.unlink(missing_ok=True)

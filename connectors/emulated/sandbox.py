@@ -187,7 +187,7 @@ class Sandbox:
         if self._watch_w is not None:
             os.close(self._watch_w)
             self._watch_w = None
-        labnet.detach(self.lab, self.index)
+        labnet.detach(self.lab, self.index, self.address)
         self.pid = None
         return running
 
