@@ -193,11 +193,18 @@ def add_authorized_keys(host: str, port: int, username: str, key_file: Path, key
     Raises whatever the connection raises, or :class:`RuntimeError` if the
     command fails on the device.
     """
-    result = run_ssh(host, port, username, key_file, f"sh -c {shlex.quote(authorized_keys_script(key_lines))}",
+    return _run_counting(host, port, username, key_file, authorized_keys_script(key_lines), "adding the keys",
+                         connect_timeout=connect_timeout, command_timeout=command_timeout)
+
+
+def _run_counting(host: str, port: int, username: str, key_file: Path, script: str, what: str, *,
+                  connect_timeout: float, command_timeout: float) -> int:
+    """Run one of the ``authorized_keys`` scripts on the device; the count it prints last."""
+    result = run_ssh(host, port, username, key_file, f"sh -c {shlex.quote(script)}",
                      connect_timeout=connect_timeout, timeout=command_timeout)
     if result.status != 0:
         detail = (result.stderr.strip().splitlines() or [""])[-1]
-        raise RuntimeError(f"adding the keys exited with status {result.status}" + (f": {detail}" if detail else ""))
+        raise RuntimeError(f"{what} exited with status {result.status}" + (f": {detail}" if detail else ""))
     try:
         return int(result.stdout.strip().splitlines()[-1])
     except (IndexError, ValueError):
@@ -230,12 +237,5 @@ def remove_authorized_keys_script(blobs: Iterable[str]) -> str:
 def remove_authorized_keys(host: str, port: int, username: str, key_file: Path, blobs: Iterable[str], *,
                            connect_timeout: float = 15.0, command_timeout: float = 60.0) -> int:
     """Remove the keys ``blobs`` from ``username``'s ``authorized_keys`` on the device; how many lines went."""
-    result = run_ssh(host, port, username, key_file, f"sh -c {shlex.quote(remove_authorized_keys_script(blobs))}",
-                     connect_timeout=connect_timeout, timeout=command_timeout)
-    if result.status != 0:
-        detail = (result.stderr.strip().splitlines() or [""])[-1]
-        raise RuntimeError(f"removing the keys exited with status {result.status}" + (f": {detail}" if detail else ""))
-    try:
-        return int(result.stdout.strip().splitlines()[-1])
-    except (IndexError, ValueError):
-        return 0
+    return _run_counting(host, port, username, key_file, remove_authorized_keys_script(blobs), "removing the keys",
+                         connect_timeout=connect_timeout, command_timeout=command_timeout)
