@@ -9,7 +9,6 @@ git: the server's pinned to a tag (``revision: v1.0``), the client's to a branch
 """
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import subprocess
@@ -18,7 +17,8 @@ from pathlib import Path
 
 import pytest
 
-from helpers import CONVOY, REPO
+from helpers import REPO
+from test_lava_examples import convoy_run
 
 pytestmark = pytest.mark.integration
 
@@ -65,14 +65,7 @@ def test_git_definitions_run_from_the_examples_own_repository_pinned_by_tag_and_
 
     artifacts = tmp_path / "artifacts"
     artifacts.mkdir()
-    env = {k: v for k, v in os.environ.items() if k not in ("CONVOY_REDIS_URL", "CONVOY_STATE_DIR")}
-    result = subprocess.run([CONVOY, "run", str(EXAMPLE), "--artifacts", str(artifacts)],
-                            capture_output=True, text=True, timeout=300, env=env, check=False)
-    assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-3000:]
-    assert "Traceback" not in result.stderr
-    (job_dir,) = list(artifacts.iterdir())
-    results = json.loads((job_dir / "results.json").read_text())
-    assert results["job_state"] == "complete" and results["outcome"] == "pass"
+    results = convoy_run(EXAMPLE.name, artifacts)  # complete, pass, every child and MultiNode call too
 
     children = {child["role"]: child for child in results["children"]}
     assert sorted(children) == ["client", "server"] and len(results["children"]) == 2
