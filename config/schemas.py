@@ -389,6 +389,12 @@ TEST_DATA = {
             "keysrules": {"type": "string", "check_with": "env_name"},
             "valuesrules": {"type": "string", "coerce": "scalar_to_str"},  # NUL: see convoy.config.plain_data
         },
+        # like env, but never shown: stored apart from the job's record, masked (***) in its output
+        "secrets": {
+            "type": "dict",
+            "keysrules": {"type": "string", "check_with": "env_name"},
+            "valuesrules": {"type": "string", "coerce": "scalar_to_str", "empty": False},
+        },
     },
 }
 

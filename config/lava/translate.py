@@ -35,7 +35,7 @@ the job also gives convoy's own ``job_priority``.  A role's (or the job's)
 
 Accepted and ignored: ``protocols.lava-multinode.target_group`` (LAVA's
 group id; convoy makes its own), ``visibility``, ``metadata`` (a mapping, as in LAVA),
-``notify``, ``logging_level``, ``secrets``, ``reboot_to_fastboot``,
+``notify``, ``logging_level``, ``reboot_to_fastboot``,
 ``timeouts`` other than ``job``, role ``essential`` (in convoy every member is
 essential: a failing member fails every wait of the group).  convoy's own
 ``allocation_timeout``, ``reserve_data``, ``job_priority`` and ``multinode``
@@ -81,8 +81,8 @@ def lava_priority(value: object) -> int:
 LAVA_MARKERS = ("protocols", "device_group", "actions")
 
 _TOP_USED = {"job_name", "timeouts", "timeout", "protocols", "device_group", "actions", "device_type", "tags",
-             "context", "priority"}
-_TOP_IGNORED = {"visibility", "metadata", "notify", "logging_level", "secrets", "reboot_to_fastboot",
+             "context", "priority", "secrets"}
+_TOP_IGNORED = {"visibility", "metadata", "notify", "logging_level", "reboot_to_fastboot",
                 "description"}
 _TOP_CONVOY = {"allocation_timeout", "reserve_data", "job_priority", "multinode"}
 _ROLE_KEYS = {"device_type", "count", "tags", "timeout", "context", "request", "expect_role", "connection",
@@ -174,7 +174,7 @@ class _Translator(ActionTranslator):
         for key in sorted(_TOP_CONVOY & doc.keys()):
             job[key] = doc[key]
         if not multinode:
-            return self.single_job(doc, job, roles[0]) if roles else job
+            return self.secrets(doc, self.single_job(doc, job, roles[0]) if roles else job, "")
         job["job_queue"] = "multi"
         protocols = doc.get("protocols")
         group = protocols.get(MULTINODE) if isinstance(protocols, dict) and "device_group" not in doc else None
@@ -184,9 +184,21 @@ class _Translator(ActionTranslator):
             self.origins["timeouts.multinode"] = where
         if "tags" in doc:
             job["tags"] = doc["tags"]
-        job["provision_data"] = {"jobs": [self.child(role, i, job) for i, role in enumerate(roles)]}
+        job["provision_data"] = {"jobs": [self.secrets(doc, self.child(role, i, job), f"provision_data.jobs[{i}].")
+                                          for i, role in enumerate(roles)]}
         self.origins["provision_data.jobs"] = ("device_group" if "device_group" in doc
                                                else f"protocols.{MULTINODE}.roles")
+        return job
+
+    def secrets(self, doc: dict[str, Any], job: dict[str, Any], path: str) -> dict[str, Any]:
+        """LAVA's ``secrets`` (variables of the test shell, never shown) as ``test_data.secrets`` of ``job``."""
+        if "secrets" not in doc:
+            return job
+        if not isinstance(doc["secrets"], dict):
+            self.error("secrets", f"must be a mapping of NAME: value, got {kind_of(doc['secrets'])}")
+            return job
+        job.setdefault("test_data", {})["secrets"] = dict(doc["secrets"])
+        self.origins[f"{path}test_data.secrets"] = "secrets"
         return job
 
     def global_timeout(self, doc: dict[str, Any], job: dict[str, Any]) -> None:

@@ -11,7 +11,8 @@ The roles:
 * ``submitter``: the CLI and ``submit_job()`` & co.: submit, status,
   results, poll, cancel, reservation extend/release.  It reads convoy's
   records (``%R~convoy:*``) and writes only jobs and what putting a job in
-  line or cancelling it writes; it cannot take a device lock, read or
+  line or cancelling it writes; it writes jobs' secrets but cannot read any
+  (``convoy.secret:*``, outside ``convoy:``); it cannot take a device lock, read or
   consume the broker's queues (it may only push to the coordinator's queue:
   cancelling a multi job sends its cleanup step), subscribe to anything, or
   run an admin or dangerous command (``FLUSHALL``, ``CONFIG``, ``KEYS``...).
@@ -58,6 +59,7 @@ _SUBMITTER_COMMANDS = ("+@read", "+@write", "+@blocking", "-@pubsub", "-@admin",
 def _component_keys(coordinator_queue: str) -> tuple[str, ...]:
     return (
         "~convoy:*",                      # convoy's own state (keys.py)
+        "~convoy.secret:*",               # jobs' secrets (the task running a job reads them)
         "~convoy.device.*",               # device queues (with kombu's priority suffixes)
         f"~{coordinator_queue}*",         # the coordinator's queue
         "~_kombu.*",                      # kombu's routing tables and their deadlines
@@ -86,6 +88,7 @@ def _submitter_keys(coordinator_queue: str) -> tuple[str, ...]:
         "~convoy:timers",                 # the allocation deadline of a multi job
         "~convoy:parents:active",         # an aborted allocation's cleanup is watched
         "~convoy:group:*",                # a multi job's MultiNode group, created at submission
+        "%W~convoy.secret:*",             # its jobs' secrets: written, never read back
         f"%W~{coordinator_queue}*",       # push (only) the parent's next step (a cancelled multi job's cleanup)
         f"~_kombu.binding.{coordinator_queue}",    # the route to that queue (kombu declares it as it sends)
         f"~_kombu.binding_permanent.{coordinator_queue}", "~_kombu.binding_deadlines",

@@ -8,7 +8,9 @@ both win.
 """
 from __future__ import annotations
 
+import copy
 import json
+import threading
 import time
 from datetime import datetime, timezone
 from pathlib import Path
@@ -20,6 +22,7 @@ from convoy.config.lifecycle import TRANSITIONS, JobState, Phase
 from convoy.config.outcome import ChildEnd, Verdict, multi_job_outcome
 from convoy.coordinator.state import keys
 from convoy.coordinator.state.connection import BLOCK_SLICE_MS, block_ms_before, reconnecting
+from convoy.coordinator.state.secrets import MASK, mask_chunk, mask_rest
 from convoy.errors import JobNotFound
 
 EVENTS_MAXLEN = 20000
@@ -34,12 +37,38 @@ def now_iso() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="milliseconds")
 
 
+def split_secrets(document: dict[str, Any]) -> tuple[dict[str, Any], dict[str, str]]:
+    """(the document to record, its ``test_data.secrets``): the record names each secret, its value ``***``."""
+    secrets = (document.get("test_data") or {}).get("secrets") or {}
+    if not secrets:
+        return document, {}
+    public = copy.deepcopy(document)
+    public["test_data"]["secrets"] = {name: MASK for name in secrets}
+    return public, {name: str(value) for name, value in secrets.items()}
+
+
+def with_secret_values(document: dict[str, Any], secrets: Mapping[str, str]) -> dict[str, Any]:
+    """``document`` with its secrets' values, in ``test_data.secrets`` and ``test_data.env``."""
+    if not secrets:
+        return document
+    running = copy.deepcopy(document)
+    test_data = running.setdefault("test_data", {})
+    test_data["secrets"] = dict(secrets)
+    test_data["env"] = {**(test_data.get("env") or {}), **secrets}
+    return running
+
+
 class JobStore:
     """Job records in Redis; one instance per process is enough (thread-safe client)."""
 
     def __init__(self, client: redis.Redis) -> None:
         self._r = client
         self._transition = client.register_script(_TRANSITION)
+        #: job id -> its secret values (they never change), for masking its output
+        self._secrets: dict[str, tuple[str, ...]] = {}
+        #: (job id, phase) -> the end of the output written so far that may begin a secret (not yet stored)
+        self._held: dict[tuple[str, str], str] = {}
+        self._held_lock = threading.Lock()
 
     @property
     def client(self) -> redis.Redis:
@@ -64,6 +93,7 @@ class JobStore:
         A child (``parent_job_id``) is appended to its parent's children:
         :meth:`children` lists them in the order they were created.
         """
+        document, secrets = split_secrets(document)
         record = {
             "job_id": job_id,
             "state": JobState.WAITING,
@@ -77,6 +107,8 @@ class JobStore:
         if role:
             record["role"] = role
         target = pipe if pipe is not None else self._r
+        if secrets:
+            target.hset(keys.job_secrets(job_id), mapping=secrets)
         target.hset(keys.job(job_id), mapping=record)
         target.zadd(keys.JOBS, {job_id: time.time()})
         target.zadd(keys.queue_waiting(queue), {job_id: time.time()})
@@ -94,8 +126,12 @@ class JobStore:
         score = self._r.zscore(keys.JOBS, job_id)
         return float(score) if score is not None else 0.0
 
-    def get(self, job_id: str) -> dict[str, Any]:
-        """The job record with JSON fields decoded; raises JobNotFound."""
+    def get(self, job_id: str, *, with_secrets: bool = False) -> dict[str, Any]:
+        """The job record with JSON fields decoded; raises JobNotFound.
+
+        The document's ``test_data.secrets`` values read ``***``; ``with_secrets`` (for the task
+        that runs the job's commands, never for showing) gives the real ones, also in
+        ``test_data.env``, where the commands' environment is made from."""
         raw = self._r.hgetall(keys.job(job_id))
         if not raw:
             raise JobNotFound(job_id)
@@ -103,7 +139,22 @@ class JobStore:
         for field in _JSON_FIELDS:
             if field in record:
                 record[field] = json.loads(record[field])
+        if with_secrets and isinstance(record.get("document"), dict):
+            record["document"] = with_secret_values(record["document"], self._r.hgetall(keys.job_secrets(job_id)))
         return record
+
+    def secret_values(self, job_id: str) -> tuple[str, ...]:
+        """The job's secret values (cached: they never change); none where this user may not read them."""
+        known = self._secrets.get(job_id)
+        if known is None:
+            try:
+                known = tuple(v for v in self._r.hvals(keys.job_secrets(job_id)) if v)
+            except redis.exceptions.NoPermissionError:  # a submitter's ACL user: it writes no job output
+                known = ()
+            if len(self._secrets) > 10000:
+                self._secrets.clear()
+            self._secrets[job_id] = known
+        return known
 
     def exists(self, job_id: str) -> bool:
         """Whether the store knows the job (a record with a state: a late write to a forgotten job's
@@ -173,6 +224,7 @@ class JobStore:
         self._event(job_id, {"type": "phase", "phase": phase, "event": "start"})
 
     def end_phase(self, job_id: str, phase: Phase, status: int) -> None:
+        self._flush_output(job_id, phase)
         previous = self._r.hget(keys.job_phases(job_id), phase)
         data = json.loads(previous) if previous else {}
         data.update({"status": int(status), "ended": now_iso()})
@@ -183,6 +235,31 @@ class JobStore:
         return {k: json.loads(v) for k, v in self._r.hgetall(keys.job_phases(job_id)).items()}
 
     def append_output(self, job_id: str, phase: Phase, text: str) -> None:
+        """Append ``text`` to the phase's output and events, its secrets masked (``***``).
+
+        The end of a chunk that may begin a secret is held back until the next chunk or the
+        phase's end (:meth:`end_phase`); held text is dropped only once stored."""
+        secrets = self.secret_values(job_id) if text else ()
+        if not secrets:
+            self._store_output(job_id, phase, text)
+            return
+        with self._held_lock:
+            held = self._held.get((job_id, phase), "")
+            now, keep = mask_chunk(held, text, secrets)
+            self._store_output(job_id, phase, now)  # raises: nothing consumed, the retry sends it all again
+            if keep:
+                self._held[(job_id, phase)] = keep
+            else:
+                self._held.pop((job_id, phase), None)
+
+    def _flush_output(self, job_id: str, phase: Phase) -> None:
+        with self._held_lock:
+            held = self._held.get((job_id, phase))
+            if held:
+                self._store_output(job_id, phase, mask_rest(held, self.secret_values(job_id)))
+                self._held.pop((job_id, phase), None)
+
+    def _store_output(self, job_id: str, phase: Phase, text: str) -> None:
         if not text:
             return
         pipe = self._r.pipeline(transaction=False)

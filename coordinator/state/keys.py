@@ -58,6 +58,14 @@ def job_step_lease(job_id: str) -> str:
     return f"{PREFIX}:job:{job_id}:step-lease"
 
 
+def job_secrets(job_id: str) -> str:
+    """Hash: the job's ``test_data.secrets`` (name -> value), apart from its record.
+
+    Outside ``convoy:`` on purpose: a submitter's ACL user reads ``convoy:*``
+    (every record) but may only write here (``coordinator/state/acl.py``)."""
+    return f"convoy.secret:job:{job_id}"
+
+
 # --- the scheduler ---------------------------------------------------------
 #: sorted set: top-level jobs waiting for devices -> submission time
 SCHEDULER_WAITING = f"{PREFIX}:scheduler:waiting"

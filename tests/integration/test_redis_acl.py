@@ -75,7 +75,8 @@ def test_roles_run_jobs_with_only_their_permissions(acl_lab, tmp_path: Path):
                               coordinator_redis_url=urls["coordinator"], configure_process=False,
                               log=lambda m: print(f"[cluster] {m}"))
     with cluster:
-        single = submit_job({"job_queue": q, "test_data": {"test_cmds": "echo single-ok"}})
+        single = submit_job({"job_queue": q, "test_data": {"test_cmds": "echo single-ok",
+                                                           "secrets": {"API_TOKEN": "acl-test-secret"}}})
         multi = submit_job({"job_queue": "multi", "test_data": {"test_cmds": "echo parent-ok"},
                             "provision_data": {"jobs": [
                                 {"job_queue": q, "test_data": {"test_cmds": "lava-sync both && echo child-ok"}},
@@ -117,6 +118,8 @@ def test_roles_run_jobs_with_only_their_permissions(acl_lab, tmp_path: Path):
     _refused(submitter, "LRANGE", f"convoy.device.{device}", "0", "-1")
     _refused(submitter, "LPUSH", f"convoy.device.{device}", "forged task")
     _refused(submitter, "HGETALL", "unacked")
+    _refused(submitter, "HGETALL", f"convoy.secret:job:{single}")  # writes secrets, reads none back
+    assert worker.hget(f"convoy.secret:job:{single}", "API_TOKEN") == "acl-test-secret"
     _refused(submitter, "PUBLISH", "convoy:group:x:wake", "forged")  # no group's wake-ups
     _refused(submitter, "PUBLISH", "/0.celery.pidbox", "forged")  # no remote control of workers
     assert submitter.hget(f"convoy:job:{single}", "state") == "complete"  # what it may do

@@ -32,6 +32,8 @@ def test_the_default_user_is_off_and_every_role_has_a_user_with_its_password_has
     ("submitter", "~convoy.device.*", False),    # no device queue, read or written
     ("submitter", "%W~convoy.coordinator*", True),  # pushes (only) to the coordinator's queue
     ("submitter", "~unacked", False),
+    ("submitter", "%W~convoy.secret:*", True),   # writes its jobs' secrets, reads none back
+    ("worker", "~convoy.secret:*", True),
     ("submitter", "+@pubsub", False),
     ("worker", "~convoy:*", True),
     ("worker", "~convoy.device.*", True),
