@@ -44,6 +44,9 @@ class Settings:
     keep_job_dirs: float = 3 * 86400
     #: the largest packed ``artifacts/`` (tar.gz) a job's record holds (CONVOY_MAX_ARTIFACT_BYTES)
     max_artifact_bytes: int = 64 * 1024 * 1024
+    #: the only directories a test definition ``from: url`` may name with ``file://`` (CONVOY_DEFINITION_DIRS,
+    #: separated by ':'): a job must not read the worker's own files (its keys) through a URL
+    definition_dirs: tuple[Path, ...] = ()
 
     @property
     def effective_broker_url(self) -> str:
@@ -79,6 +82,7 @@ _FROM_ENV: dict[str, tuple[str, Callable[[str], Any]]] = {
     "CONVOY_REDIS_TLS_KEY": ("redis_tls_key", str),
     "CONVOY_KEEP_JOB_DIRS": ("keep_job_dirs", _duration),
     "CONVOY_MAX_ARTIFACT_BYTES": ("max_artifact_bytes", int),
+    "CONVOY_DEFINITION_DIRS": ("definition_dirs", lambda text: tuple(Path(p) for p in text.split(os.pathsep) if p)),
 }
 
 

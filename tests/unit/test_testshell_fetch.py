@@ -5,6 +5,7 @@ is), real files; no network.
 """
 from __future__ import annotations
 
+import json
 import os
 import re
 import shlex
@@ -157,21 +158,37 @@ def test_a_definition_with_bad_yaml_or_no_steps_is_refused(tmp_path):
     for name, text in (("bad.yaml", "invalid YAML"), ("nosteps.yaml", "run.steps: required")):
         definition = {"from": "url", "name": "d", "repository": (tmp_path / name).as_uri()}
         with pytest.raises(FetchError, match=re.escape(text)):
-            resolve_definition(definition, "0_d", cache=GitCache(tmp_path / "cache"), dest=tmp_path / "defs" / "0_d")
+            resolve_definition(definition, "0_d", cache=GitCache(tmp_path / "cache"), dest=tmp_path / "defs" / "0_d",
+                               file_dirs=[tmp_path])
 
 
 def test_url_definitions_are_downloaded_with_a_size_cap(tmp_path):
     (tmp_path / "smoke.yaml").write_text(SMOKE)
     tests = [{"definitions": [{"from": "url", "name": "smoke", "repository": (tmp_path / "smoke.yaml").as_uri()}]}]
-    (action,) = resolve_definitions(tests, cache_dir=tmp_path / "cache", work_dir=tmp_path / "defs")
+    (action,) = resolve_definitions(tests, cache_dir=tmp_path / "cache", work_dir=tmp_path / "defs",
+                                    file_dirs=[tmp_path])
     assert action["definitions"][0]["repository"]["run"]["steps"] == ["./scripts/greet.sh"]
     assert (tmp_path / "defs" / "0_smoke" / "smoke.yaml").read_text() == SMOKE
     with pytest.raises(FetchError, match="larger than 10 bytes"):
-        fetch_url((tmp_path / "smoke.yaml").as_uri(), limit=10)
+        fetch_url((tmp_path / "smoke.yaml").as_uri(), limit=10, file_dirs=[tmp_path])
     with pytest.raises(FetchError, match="scheme 'ftp' is not fetched"):
         fetch_url("ftp://x.invalid/a.yaml")
     with pytest.raises(FetchError, match="cannot download it"):
-        fetch_url((tmp_path / "absent.yaml").as_uri())
+        fetch_url((tmp_path / "absent.yaml").as_uri(), file_dirs=[tmp_path])
+
+
+def test_a_file_url_outside_the_definition_dirs_is_refused_and_shows_nothing_of_the_file(tmp_path):
+    secret = tmp_path / "keys" / "agent_ed25519"
+    secret.parent.mkdir()
+    secret.write_text("-----BEGIN OPENSSH PRIVATE KEY-----\nc2VjcmV0: [x\n")
+    (tmp_path / "defs").mkdir()
+    for url in (secret.as_uri(), (tmp_path / "defs" / ".." / "keys" / "agent_ed25519").as_uri()):
+        with pytest.raises(FetchError, match="read only under this host's CONVOY_DEFINITION_DIRS") as info:
+            fetch_url(url, file_dirs=[tmp_path / "defs"])
+        assert "c2VjcmV0" not in str(info.value)
+    tests = [{"definitions": [{"from": "url", "name": "steal", "repository": secret.as_uri()}]}]
+    (action,) = resolve_definitions(tests, cache_dir=tmp_path / "cache", work_dir=tmp_path / "work")
+    assert "c2VjcmV0" not in json.dumps(action)  # it fails as a case of its own, naming the rule only
 
 
 def test_the_overlay_carries_the_repository_files_and_skips_install_parts(upstream, tmp_path):

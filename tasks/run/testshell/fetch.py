@@ -194,11 +194,20 @@ class GitCache:
         return commit
 
 
-def fetch_url(url: str, *, timeout: float = URL_TIMEOUT_SECONDS, limit: int = MAX_DEFINITION_BYTES) -> bytes:
-    """The document at ``url`` (http, https or file), at most ``limit`` bytes; FetchError saying why not."""
-    scheme = urllib.parse.urlsplit(url).scheme.lower()
+def fetch_url(url: str, *, timeout: float = URL_TIMEOUT_SECONDS, limit: int = MAX_DEFINITION_BYTES,
+              file_dirs: Sequence[Path] = ()) -> bytes:
+    """The document at ``url`` (http, https, or file under one of ``file_dirs``), at most ``limit`` bytes;
+    FetchError saying why not.  A ``file`` URL elsewhere is refused: the worker's own files (its keys,
+    other jobs' directories) are no job's to read."""
+    parts = urllib.parse.urlsplit(url)
+    scheme = parts.scheme.lower()
     if scheme not in URL_SCHEMES:
         raise FetchError(f"scheme {scheme or 'none'!r} is not fetched (use {', '.join(URL_SCHEMES)})")
+    if scheme == "file":
+        path = Path(urllib.parse.unquote(parts.path)).resolve()
+        if not any(path.is_relative_to(Path(d).resolve()) for d in file_dirs):
+            raise FetchError("a file: URL is read only under this host's CONVOY_DEFINITION_DIRS "
+                             f"({':'.join(map(str, file_dirs)) or 'none set'})")
     try:
         with urllib.request.urlopen(url, timeout=timeout) as response:  # schemes checked above
             data: bytes = response.read(limit + 1)
@@ -225,7 +234,8 @@ def _load(text: bytes, source: str, name: str) -> dict[str, Any]:
     return document
 
 
-def resolve_definition(definition: Mapping[str, Any], testrun: str, *, cache: GitCache, dest: Path) -> dict[str, Any]:
+def resolve_definition(definition: Mapping[str, Any], testrun: str, *, cache: GitCache, dest: Path,
+                       file_dirs: Sequence[Path] = ()) -> dict[str, Any]:
     """A git/url definition as an inline one: ``repository`` the loaded YAML, ``files`` its directory."""
     source, url = definition.get("from"), str(definition.get("repository"))
     try:
@@ -241,7 +251,7 @@ def resolve_definition(definition: Mapping[str, Any], testrun: str, *, cache: Gi
                 raise FetchError(f"{path} is larger than {MAX_DEFINITION_BYTES} bytes")
             where = f"{path}@{commit[:12]}"
         else:
-            text = fetch_url(url)
+            text = fetch_url(url, file_dirs=file_dirs)
             shutil.rmtree(dest, ignore_errors=True)
             dest.mkdir(parents=True)
             name = Path(urllib.parse.urlsplit(url).path).name or "definition.yaml"
@@ -267,8 +277,8 @@ def unfetched_definition(definition: Mapping[str, Any], error: FetchError) -> di
             "source": str(definition.get("repository")), "fetch_error": str(error)}
 
 
-def resolve_definitions(lava_tests: Sequence[Mapping[str, Any]], *, cache_dir: Path,
-                        work_dir: Path) -> list[dict[str, Any]]:
+def resolve_definitions(lava_tests: Sequence[Mapping[str, Any]], *, cache_dir: Path, work_dir: Path,
+                        file_dirs: Sequence[Path] = ()) -> list[dict[str, Any]]:
     """``lava_tests`` with every git/url definition fetched into ``work_dir`` and given as data; one that
     cannot be fetched (a missing path, an unreachable repository) fails as a test case of its own."""
     cache = GitCache(cache_dir / "git")
@@ -279,7 +289,8 @@ def resolve_definitions(lava_tests: Sequence[Mapping[str, Any]], *, cache_dir: P
             testrun = f"{index}_{definition.get('name')}"
             if definition.get("from") in FETCHED:
                 try:
-                    definition = resolve_definition(definition, testrun, cache=cache, dest=work_dir / testrun)
+                    definition = resolve_definition(definition, testrun, cache=cache, dest=work_dir / testrun,
+                                                    file_dirs=file_dirs)
                 except FetchError as exc:
                     definition = unfetched_definition(definition, exc)
             definitions.append(dict(definition))

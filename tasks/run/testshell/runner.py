@@ -75,8 +75,10 @@ def run_lava_tests(lava_tests: Sequence[Mapping[str, Any]], *, job_id: str, work
             return 1
         out("fetching the test definitions from git and url on the device's host\n")
         try:
-            lava_tests = resolve_definitions(lava_tests, cache_dir=cache_dir or load_settings().state_dir / "cache",
-                                             work_dir=work_dir / "lava-definitions")
+            settings = load_settings()
+            lava_tests = resolve_definitions(lava_tests, cache_dir=cache_dir or settings.state_dir / "cache",
+                                             work_dir=work_dir / "lava-definitions",
+                                             file_dirs=settings.definition_dirs)
         except FetchError as exc:
             out(f"*** {exc} ***\n")
             return 1
