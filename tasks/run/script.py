@@ -9,6 +9,7 @@ when the script must stop (``Timeout``: ``global_timeout``; ``OutputTimeout``:
 from __future__ import annotations
 
 import codecs
+import contextlib
 import functools
 import logging
 import os
@@ -18,8 +19,12 @@ import subprocess
 import threading
 import time
 from pathlib import Path
+from shlex import quote
 from typing import IO, Callable, Mapping
 
+from convoy.coordinator.multinode.commands import SOCKET_ENV
+from convoy.tasks.run import jobuser
+from convoy.tasks.run.jobuser import JobUser
 from convoy.tasks.run.output import GRACE_SECONDS, OutputForwarder, patiently
 
 log = logging.getLogger(__name__)
@@ -84,37 +89,61 @@ def private_mounts_supported() -> bool:
     return probe.returncode == 0
 
 
-#: mounts each "$source" over "$target" given as pairs after the script, then runs the script
-_MOUNT_THEN_RUN = (
-    'script="$1"; shift; '
-    'while [ $# -gt 1 ]; do [ -e "$2" ] || : > "$2"; mount --bind "$1" "$2" || exit 125; shift 2; done; '
-    'exec bash -e "$script"'
-)
-
-
-def script_command(script_path: Path, private_files: Mapping[str, Path] | None = None) -> list[str]:
-    """``bash -e script``; with ``private_files``, each target path shows this job's own file.
+def script_command(script_path: Path, private_files: Mapping[str, Path] | None = None,
+                   user: JobUser | None = None, private_tmp: Path | None = None,
+                   keep_in_tmp: tuple[Path, ...] = ()) -> list[str]:
+    """``bash -e script``; with ``private_files``, each target path shows this job's own file; with
+    ``user``, as that job's own uid (:mod:`~convoy.tasks.run.jobuser`).
 
     LAVA test scripts read ``/tmp/lava_multi_node_cache.txt`` by that literal
     path; giving every job its own file there (a bind mount in a private
-    mount namespace) keeps two jobs on one host from sharing it.
+    mount namespace) keeps two jobs on one host from sharing it.  The mounts
+    are made as root, before the commands become the job's user (who cannot
+    undo them).  With ``user``, the same namespace gives the job
+    ``private_tmp`` as its ``/tmp`` (still showing ``keep_in_tmp``: its
+    directory or relay socket if they are under /tmp) and replaces
+    directories the job's uid could not enter on the way to what it needs
+    (convoy's Python, its directory) by ones showing only that.
     """
-    if not private_files or not private_mounts_supported():
-        return ["bash", "-e", str(script_path)]
-    pairs: list[str] = []
-    for target, source in private_files.items():
-        source.parent.mkdir(parents=True, exist_ok=True)
-        source.touch()
-        pairs += [str(source), target]
-    return ["unshare", "--mount", "--propagation", "private", "sh", "-c", _MOUNT_THEN_RUN, "convoy-script",
-            str(script_path), *pairs]
+    run = ["bash", "-e", str(script_path)]
+    if user is not None:
+        run = jobuser.wrap(run, user.uid)
+    steps: list[str] = []
+    if user is not None and private_tmp is not None:
+        # the job's own /tmp (its TMPDIR), still showing the paths under /tmp it needs (its directory, its relay)
+        tmp = quote(str(private_tmp))
+        for path in keep_in_tmp:
+            inside = quote(str(private_tmp / path.relative_to("/tmp")))
+            first = quote(str(private_tmp / path.relative_to("/tmp").parts[0]))
+            steps.append(f"{{ [ ! -L {first} ] || rm -f {first}; }} && mkdir -p {inside} && "
+                         f"mount --bind {quote(str(path))} {inside} || exit 125")
+        steps.append(f"mount --rbind {tmp} /tmp || exit 125")
+    if user is not None and private_tmp is not None and user.hidden:
+        # a directory the job's uid cannot enter on the way to what it needs: an empty one showing just that
+        stage = "/tmp/.convoy-stage"  # in the job's own /tmp by now
+        steps.append(f"{{ [ ! -L {stage} ] || rm -f {stage}; }} && mkdir -p {stage} || exit 125")
+        for directory, names in user.hidden:
+            keep = " && ".join(f"mkdir -p {stage}/{quote(n)} && mount --rbind {quote(directory + '/' + n)} "
+                               f"{stage}/{quote(n)}" for n in names)
+            steps.append(f"mount -t tmpfs -o mode=755 convoy-job {stage} && {keep} && "
+                         f"mount --move {stage} {quote(directory)} || exit 125")
+    if private_files and private_mounts_supported():
+        for target, source in private_files.items():
+            source.parent.mkdir(parents=True, exist_ok=True)
+            source.touch()
+            steps.append(f"{{ [ -e {quote(target)} ] || : > {quote(target)}; }} && "
+                         f"mount --bind {quote(str(source))} {quote(target)} || exit 125")
+    if not steps:
+        return run
+    return ["unshare", "--mount", "--propagation", "private", "sh", "-c",
+            "; ".join([*steps, 'exec "$@"']), "convoy-script", *run]
 
 
 def run_script(script: str, *, cwd: Path, env: Mapping[str, str], on_output: Callable[[str], None],
                cancel: threading.Event, timeout: float | None = None, output_timeout: float | None = None,
                name: str = "test_cmds", private_files: Mapping[str, Path] | None = None,
                on_start: Callable[[int], None] | None = None, output_grace: float = GRACE_SECONDS,
-               timeout_limit: float | None = None) -> int:
+               timeout_limit: float | None = None, job: str | None = None, job_dir: Path | None = None) -> int:
     """Run ``script`` with ``bash -e`` in ``cwd``; return its exit code.
 
     Output (stdout and stderr together) goes to ``on_output`` exactly as
@@ -131,10 +160,36 @@ def run_script(script: str, *, cwd: Path, env: Mapping[str, str], on_output: Cal
     ``private_files`` ({shared path: job's file}) the script sees its own
     file at each shared path.  ``on_start(pid)`` learns the script's process
     group, so that a worker restarted after a crash can end an orphaned script.
+
+    With ``job`` (the id whose commands these are), the script runs as that
+    job's own uid where the platform allows (:func:`jobuser.job_user`), with
+    ``job_dir`` (default ``cwd``: the job's whole directory, which holds
+    ``cwd``) handed over to it while it runs.  ``TMPDIR`` in ``env``, if in
+    ``cwd``, is created.
     """
     cwd.mkdir(parents=True, exist_ok=True)
     script_path = cwd / f".{name}.sh"
+    with contextlib.suppress(FileNotFoundError):
+        script_path.unlink()  # never write through a link a job's commands left
     script_path.write_text(script if script.endswith("\n") else script + "\n")
+    tmp = Path(env["TMPDIR"]) if env.get("TMPDIR") else None
+    if tmp is not None and tmp.is_relative_to(cwd) and not tmp.is_symlink():
+        tmp.mkdir(parents=True, exist_ok=True, mode=0o700)
+    for source in (private_files or {}).values():  # made before the job's directory is handed over
+        source.parent.mkdir(parents=True, exist_ok=True)
+        source.touch()
+    private_tmp: Path | None = None
+    keep_in_tmp: tuple[Path, ...] = ()
+    if job is None:
+        isolated: contextlib.AbstractContextManager[JobUser | None] = contextlib.nullcontext(None)
+    else:
+        top = job_dir or cwd
+        socket = Path(env[SOCKET_ENV]) if env.get(SOCKET_ENV) else None
+        extra = [socket, socket.parent] if socket is not None and not socket.is_relative_to(top) else []
+        isolated = jobuser.job_user(job, top, extra)
+        private_tmp = tmp if tmp is not None and tmp.is_relative_to(top) and not tmp.is_symlink() else cwd / "tmp"
+        private_tmp.mkdir(parents=True, exist_ok=True, mode=0o700)
+        keep_in_tmp = tuple(p for p in (top, *extra[1:]) if p.is_relative_to("/tmp") and p != Path("/tmp"))
     output = OutputForwarder(on_output, name=name)
     silence = OutputTimeout(output_timeout) if output_timeout else None
     conditions: list[StopCondition] = [c for c in (Timeout(timeout, name, limit=timeout_limit) if timeout else None,
@@ -146,7 +201,9 @@ def run_script(script: str, *, cwd: Path, env: Mapping[str, str], on_output: Cal
         output.write(text)
 
     try:
-        code = _run(script_path, cwd, env, output, write, cancel, conditions, name, private_files, on_start)
+        with isolated as user:
+            command = script_command(script_path, private_files, user, private_tmp, keep_in_tmp)
+            code = _run(command, cwd, env, output, write, cancel, conditions, on_start, user)
     finally:
         lost = output.close(output_grace)
     if lost:
@@ -156,12 +213,13 @@ def run_script(script: str, *, cwd: Path, env: Mapping[str, str], on_output: Cal
     return code
 
 
-def _run(script_path: Path, cwd: Path, env: Mapping[str, str], output: OutputForwarder,
-         write: Callable[[str], None], cancel: threading.Event, conditions: list[StopCondition], name: str,
-         private_files: Mapping[str, Path] | None, on_start: Callable[[int], None] | None) -> int:
-    proc = subprocess.Popen(script_command(script_path, private_files), cwd=cwd, env=dict(env),
+def _run(command: list[str], cwd: Path, env: Mapping[str, str], output: OutputForwarder,
+         write: Callable[[str], None], cancel: threading.Event, conditions: list[StopCondition],
+         on_start: Callable[[int], None] | None, user: JobUser | None = None) -> int:
+    name = output.name
+    proc = subprocess.Popen(command, cwd=cwd, env=dict(env),
                             stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            start_new_session=True)
+                            start_new_session=True, extra_groups=[] if user is not None else None)
     assert proc.stdout is not None
     # the reader holds the pipe's file object, so it stays open for as long as something reads it
     reader = threading.Thread(target=_pump, args=(proc.stdout, write), daemon=True)
