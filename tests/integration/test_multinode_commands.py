@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 import redis as redis_lib
 from convoy.coordinator.state import keys
+from convoy.coordinator.state.urls import redact_url
 from convoy.coordinator.multinode import group as mn_group
 from convoy.tasks.run.relay import MultiNodeRelay, RelayServer
 from convoy.workers.embedded.redis_server import RedisServer, free_port
@@ -225,7 +226,7 @@ def test_redis_gone_until_the_deadline_fails_clearly(tmp_path, servers):
         server.stop()
         code, _, err = finish(waiter, timeout=20)
         assert code == 1
-        assert err.startswith(f"lava-wait: cannot reach {server.url}"), err
+        assert err.startswith(f"lava-wait: cannot reach {redact_url(server.url)}"), err
         assert "gave up waiting for 'never' after 4s" in err and "Traceback" not in err
     finally:
         client.close()
