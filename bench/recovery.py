@@ -62,6 +62,7 @@ import redis
 from common import first, log, machine_line, pct, scratch_dir, state_events, table
 from convoy.config.devices import DeviceConfig
 from convoy.config.lifecycle import FINAL_STATES, JobState
+from convoy.errors import redact_url
 from convoy.config.steps import ParentStep
 from convoy.coordinator.state.connection import make_client
 from convoy.coordinator.state.devices import claim_device, register
@@ -200,7 +201,7 @@ def kills(runs: int, scratch: Path, *, keep: bool) -> None:
                   env={"CONVOY_GITHUB_KEYS_URL": f"http://127.0.0.1:{keys.server_address[1]}/{{user}}.keys"})
         os.environ.update(CONVOY_REDIS_URL=server.url, CONVOY_STATE_DIR=lab.env["CONVOY_STATE_DIR"])
         lab.start(concurrency=2)
-        log(f"kills: lab ready (redis {server.url}, logs in {lab.root})")
+        log(f"kills: lab ready (redis {redact_url(server.url)}, logs in {lab.root})")
         for run in range(runs):
             for phase in PHASES:
                 for fault in FAULTS:
