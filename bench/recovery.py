@@ -62,7 +62,6 @@ import redis
 from common import first, log, machine_line, pct, scratch_dir, state_events, table
 from convoy.config.devices import DeviceConfig
 from convoy.config.lifecycle import FINAL_STATES, JobState
-from convoy.errors import redact_url
 from convoy.config.steps import ParentStep
 from convoy.coordinator.state.connection import make_client
 from convoy.coordinator.state.devices import claim_device, register
@@ -70,7 +69,7 @@ from convoy.coordinator.state.jobs import JobStore
 from convoy.coordinator.state.leases import DeviceLock
 from convoy.coordinator.state.presence import AliveMark, missing
 from convoy.coordinator.state.timers import Timer, set_timer
-from convoy.errors import ConvoyError
+from convoy.errors import ConvoyError, redact_url
 from convoy.workers.embedded.cluster import emulated_devices
 from convoy.workers.embedded.lab import CONVOY, Lab, wait_until
 from convoy.workers.embedded.redis_server import RedisServer
