@@ -18,7 +18,7 @@ from typing import Any, Callable, Iterable, Mapping
 
 import redis
 
-from convoy.config.lifecycle import TRANSITIONS, JobState, Phase
+from convoy.config.lifecycle import FINAL_STATES, TRANSITIONS, JobState, Phase
 from convoy.config.outcome import ChildEnd, Verdict, multi_job_outcome
 from convoy.coordinator.state import keys
 from convoy.coordinator.state.connection import BLOCK_SLICE_MS, block_ms_before, reconnecting
@@ -26,6 +26,8 @@ from convoy.coordinator.state.secrets import MASK, mask_chunk, mask_rest
 from convoy.errors import JobNotFound
 
 EVENTS_MAXLEN = 20000
+#: how long a final job's secrets stay (late output is still masked with them), then Redis drops them
+SECRETS_KEPT_SECONDS = 3600
 #: record fields stored as JSON (decoded when read)
 _JSON_FIELDS = ("document", "device_info", "chord_part", "device_children", "reserved_keys")
 
@@ -215,6 +217,8 @@ class JobStore:
             record = self._r.hget(keys.job(job_id), "job_queue")
             if record and previous == JobState.WAITING:
                 self._r.zrem(keys.queue_waiting(record), job_id)
+            if JobState(to) in FINAL_STATES:  # no command of the job runs any more: its secrets go soon
+                self._r.expire(keys.job_secrets(job_id), SECRETS_KEPT_SECONDS)
         return bool(changed), previous
 
     # --- phases and output ---------------------------------------------------

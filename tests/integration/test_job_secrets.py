@@ -46,6 +46,7 @@ def test_secrets_are_masked_in_output_and_shown_nowhere(start_cluster):
     leaked = [where for where, text in places.items() if SECRET in text]
     assert not leaked, f"the secret is in {leaked}"
     assert store.get(job, with_secrets=True)["document"]["test_data"]["env"]["API_TOKEN"] == SECRET
+    assert 0 < store.client.ttl(keys.job_secrets(job)) <= 3600  # the job is final: its secrets go soon
 
 
 @pytest.mark.xfail(strict=True, reason="the tasks do not read the document with_secrets yet "
