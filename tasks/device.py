@@ -186,7 +186,7 @@ class DeviceJob:
                                         cancel=self.control.stop_test_event, timeout=remaining(deadline),
                                         timeout_limit=self.job.get("global_timeout"),
                                         output_timeout=self.job.get("output_timeout"),
-                                        private_files=multinode_files(self.dir, env),
+                                        private_files=multinode_files(self.dir, env), job=self.job_id,
                                         on_start=lambda pid: self.store.set_fields(self.job_id, script_pgid=pid))
             if status == 0 and lava_tests:  # LAVA's test actions, on the device itself
                 status = self.test_shell(run, lava_tests, deadline)
@@ -233,7 +233,7 @@ class DeviceJob:
     def test_env(self) -> dict[str, str]:
         target = self.runtime.connector.ssh_target()
         return command_env(
-            os.environ, self.job, job_id=self.job_id,
+            os.environ, self.job, job_id=self.job_id, work_dir=self.dir,
             secrets=secrets_of(self.settings.redis_url, self.settings.broker_url),
             ssh_bin=write_ssh_setup(self.dir, job_key(self.dir, self.job_id), [target]),
             device_ip=str(self.device_info.get("device_ip", target.host)), group_id=self.parent_id,

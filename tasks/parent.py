@@ -224,7 +224,7 @@ def _test(store: JobStore, parent_id: str, run: PhaseRun) -> None:
                                     on_output=run.write, cancel=control.stop_test_event,
                                     timeout=remaining(deadline), timeout_limit=job.get("global_timeout"),
                                     output_timeout=job.get("output_timeout"),
-                                    private_files=multinode_files(parent_dir(parent_id), env),
+                                    private_files=multinode_files(parent_dir(parent_id), env), job=parent_id,
                                     on_start=lambda pid: store.set_fields(parent_id, script_pgid=pid,
                                                                           script_host=socket.gethostname()))
             store.set_fields(parent_id, script_pgid="")  # ended: nothing for a re-run to stop

@@ -23,8 +23,12 @@ from convoy.tasks.run.ssh import write_ssh_setup
 #: where LAVA's MultiNode helpers keep their caches (each job gets its own file there)
 CACHE_FILE = "/tmp/lava_multi_node_cache.txt"
 NETWORK_CACHE_FILE = "/tmp/lava_multi_node_network_cache.txt"
-#: never passed on to test commands: the worker's own device configuration and where its Redis is
-WORKER_ONLY = ("CONVOY_DEVICE_JSON", "CONVOY_REDIS_URL", "CONVOY_BROKER_URL")
+#: the worker's variables a test command gets (when set): locale, time zone, terminal, who it runs as
+PASSED_ON = ("LANG", "LANGUAGE", "TZ", "TERM", "USER", "LOGNAME")
+#: the system part of a test command's PATH (after convoy's SSH wrappers and commands)
+SYSTEM_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+#: a test command's private temporary directory, in its working directory
+TMP_DIR = "tmp"
 
 
 def secrets_of(*urls: str | None) -> list[str]:
@@ -75,30 +79,41 @@ def multinode_files(job_dir: Path, env: Mapping[str, str]) -> dict[str, Path]:
 
 
 def command_env(base: Mapping[str, str], job: Mapping[str, Any], *, job_id: str,
-                ssh_bin: Path, device_ip: str | None = None, device_ips: Sequence[str] = (),
-                group_id: str | None = None, role: str | None = None, secrets: Sequence[str] = (),
-                python_bin: Path = Path(sys.executable).parent) -> dict[str, str]:
+                ssh_bin: Path, work_dir: Path | None = None, device_ip: str | None = None,
+                device_ips: Sequence[str] = (), group_id: str | None = None, role: str | None = None,
+                secrets: Sequence[str] = (), python_bin: Path = Path(sys.executable).parent) -> dict[str, str]:
     """The environment a job's test commands run in (plain data in, plain data out).
 
-    ``base`` (the process's environment) without :data:`WORKER_ONLY` and
-    without any variable whose value holds one of ``secrets`` (the Redis and
-    broker URLs and passwords: a test command never reaches Redis, its
-    ``lava-*`` commands ask the job's relay), then the job's
-    ``test_data.env``, then convoy's own variables, which win: ``PATH``
-    with the SSH wrappers in ``ssh_bin`` and convoy's commands first,
-    ``CONVOY_JOB_ID``, ``TEST_USERNAME``, ``DEVICE_IP``
-    (a device's commands) or ``DEVICE_IP_1..N`` (the parent's, in
-    ``provision_data.jobs`` order); for a member of a group (or the parent)
-    ``CONVOY_GROUP_ID``, ``CONVOY_ROLE`` and the MultiNode settings (the
-    runner adds ``CONVOY_MULTINODE_SOCKET`` while it serves the job's relay:
-    ``relay.relay_env``).
+    An allow-list, nothing else of ``base`` (the worker's environment: no
+    Redis or broker URL, no state directory, no credentials):
+
+    * ``PATH``: the SSH wrappers in ``ssh_bin``, convoy's commands
+      (``python_bin``: the ``lava-*`` commands), then :data:`SYSTEM_PATH`;
+    * ``HOME`` (the job's directory, ``work_dir``) and ``TMPDIR`` (``tmp/``
+      in it; the runner creates it);
+    * :data:`PASSED_ON` (``LANG``, ``LC_*``, ``TZ``, ``TERM``, ``USER``,
+      ``LOGNAME``) when ``base`` sets them, unless a value holds one of
+      ``secrets``;
+
+    then the job's ``test_data.env`` (which may set anything, ``PATH``
+    included: it goes after convoy's two directories), then convoy's own
+    variables, which win: ``CONVOY_JOB_ID``, ``TEST_USERNAME``,
+    ``DEVICE_IP`` (a device's commands) or ``DEVICE_IP_1..N`` (the
+    parent's, in ``provision_data.jobs`` order); for a member of a group
+    (or the parent) ``CONVOY_GROUP_ID``, ``CONVOY_ROLE`` and the MultiNode
+    settings (the runner adds ``CONVOY_MULTINODE_SOCKET`` while it serves
+    the job's relay: ``relay.relay_env``).
     """
     hidden = [s for s in secrets if s]
     env = {key: value for key, value in base.items()
-           if key not in WORKER_ONLY and not any(s in value for s in hidden)}
+           if (key in PASSED_ON or key.startswith("LC_")) and not any(s in value for s in hidden)}
+    env["PATH"] = SYSTEM_PATH
+    if work_dir is not None:
+        env["HOME"] = str(work_dir)
+        env["TMPDIR"] = str(work_dir / TMP_DIR)
     test_data = job.get("test_data") or {}
     env.update({str(k): str(v) for k, v in (test_data.get("env") or {}).items()})
-    env["PATH"] = os.pathsep.join([str(ssh_bin), str(python_bin), env.get("PATH", "")])
+    env["PATH"] = os.pathsep.join([str(ssh_bin), str(python_bin), env["PATH"]])
     env["CONVOY_JOB_ID"] = job_id
     env["TEST_USERNAME"] = test_data.get("test_username", DEFAULT_TEST_USERNAME)
     if device_ip is not None:
@@ -147,8 +162,8 @@ def parent_test_env(store: JobStore, parent_id: str, job: dict[str, Any],
     username = (job.get("test_data") or {}).get("test_username", DEFAULT_TEST_USERNAME)
     infos = [info for _, info in device_targets(store, parent_id)]
     key = parent_key(store, parent_id, parent_dir(parent_id), out)
-    bin_dir = write_ssh_setup(work_dir or parent_dir(parent_id), key,
-                              [ssh_target(i, username) for i in infos if i.get("device_ip")])
-    return command_env(os.environ, job, job_id=parent_id, ssh_bin=bin_dir,
+    work_dir = work_dir or parent_dir(parent_id)
+    bin_dir = write_ssh_setup(work_dir, key, [ssh_target(i, username) for i in infos if i.get("device_ip")])
+    return command_env(os.environ, job, job_id=parent_id, ssh_bin=bin_dir, work_dir=work_dir,
                        device_ips=[str(info.get("device_ip", "")) for info in infos], group_id=parent_id,
                        secrets=secrets_of(settings.redis_url, settings.broker_url))

@@ -102,7 +102,8 @@ def run_guest(store: JobStore, parent_id: str, guest_id: str, cancel: threading.
                        timeout=multinode_timeout(job), cancel=cancel) as relay:
             status = run_script((job.get("test_data") or {}).get("test_cmds") or "true", cwd=work_dir,
                                 env={**env, **relay}, on_output=test.write, cancel=cancel,
-                                output_timeout=job.get("output_timeout"), private_files=multinode_files(work_dir, env))
+                                output_timeout=job.get("output_timeout"), private_files=multinode_files(work_dir, env),
+                                job=parent_id, job_dir=parent_dir(parent_id))  # the parent's uid: its key is theirs
     test.end(status)
     if test.failed:
         from convoy.coordinator.multinode.group import fail_member

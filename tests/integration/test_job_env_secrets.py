@@ -2,12 +2,16 @@
 
 Their ``lava-*`` commands reach the group through the job's relay socket
 (``CONVOY_MULTINODE_SOCKET``), so a test command needs neither a Redis URL
-nor a password, and gets none: not convoy's own variables, not any other
-variable of the worker's or coordinator's environment holding the URL.
+nor a password, and gets none: the environment is an allow-list (PATH, HOME
+and TMPDIR in the job's directory, locale, time zone, terminal, user name),
+then the job's ``env``, then convoy's documented variables; nothing else of
+the worker's or coordinator's (no Redis URL, no state directory, no
+variable of some tool's).
 """
 from __future__ import annotations
 
 import os
+import re
 
 import pytest
 
@@ -22,6 +26,8 @@ DUMP = "env | sort\nlava-group >/dev/null\nlava-sync env-dumped"
 
 def test_no_test_command_sees_a_redis_url(start_cluster, cluster_redis_url, monkeypatch):
     monkeypatch.setenv("SOME_TOOL_REDIS", cluster_redis_url)  # inherited by the workers: must not reach jobs
+    monkeypatch.setenv("SOME_TOOL_SETTING", "harmless")  # nor anything else that is not on the allow-list
+    monkeypatch.setenv("TZ", "UTC")  # on it
     q = unique_queue("envdump")
     start_cluster({q: 2})
     parent = submit_job({
@@ -44,9 +50,18 @@ def test_no_test_command_sees_a_redis_url(start_cluster, cluster_redis_url, monk
     assert all(job_results(j)["test_status"] == 0 for j in children), outputs
     assert f"{host}\thost" in outputs[parent] and "socket=/" in outputs[parent]
     assert f"{guest}\nguest\n" in outputs[guest]
-    secret_bits = [cluster_redis_url, "CONVOY_REDIS_URL=", "CONVOY_BROKER_URL=", "SOME_TOOL_REDIS", "redis://"]
+    secret_bits = [cluster_redis_url, "CONVOY_REDIS_URL=", "CONVOY_BROKER_URL=", "SOME_TOOL_REDIS", "redis://",
+                   "CONVOY_STATE_DIR=", "SOME_TOOL_SETTING"]
+    documented = {"PATH", "HOME", "TMPDIR", "TZ", "LANG", "LANGUAGE", "TERM", "USER", "LOGNAME", "PWD", "SHLVL",
+                  "_", "OLDPWD", "CONVOY_JOB_ID", "TEST_USERNAME", "DEVICE_IP", "CONVOY_GROUP_ID", "CONVOY_ROLE",
+                  "CONVOY_MULTINODE_SOCKET", "CONVOY_MULTINODE_TIMEOUT", "CONVOY_MULTINODE_CACHE"}
     for job, out in outputs.items():
-        assert "CONVOY_MULTINODE_SOCKET=/" in out, (job, out)
+        assert "CONVOY_MULTINODE_SOCKET=/" in out and "TZ=UTC" in out, (job, out)
+        names = {line.split("=", 1)[0] for line in out.splitlines() if re.match(r"[A-Z_][A-Z0-9_]*=", line)}
+        extra = {n for n in names if n not in documented and not n.startswith(("LC_", "DEVICE_IP_"))}
+        assert not extra, f"{job}'s environment has {extra}"
+        home = dict(line.split("=", 1) for line in out.splitlines() if line.startswith(("HOME=", "TMPDIR=")))
+        assert home["TMPDIR"] == home["HOME"] + "/tmp" and job in home["HOME"], (job, home)
         leaked = [bit for bit in secret_bits if bit in out]
         assert not leaked, f"{job}'s environment shows {leaked}"
     assert os.environ["SOME_TOOL_REDIS"] == cluster_redis_url

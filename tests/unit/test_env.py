@@ -9,6 +9,7 @@ import pytest
 from convoy.tasks.run.env import (
     CACHE_FILE,
     NETWORK_CACHE_FILE,
+    SYSTEM_PATH,
     command_env,
     multinode_env,
     multinode_files,
@@ -16,20 +17,20 @@ from convoy.tasks.run.env import (
     secrets_of,
 )
 
-BIN, PY = Path("/job/.convoy-ssh/bin"), Path("/venv/bin")
+BIN, PY, JOB = Path("/job/.convoy-ssh/bin"), Path("/venv/bin"), Path("/job")
 BASE = {"PATH": "/usr/bin:/bin", "HOME": "/home/worker", "CONVOY_DEVICE_JSON": '{"name": "d1"}',
         "CONVOY_REDIS_URL": "redis://:s3cret@redis.lab:6379/0", "CONVOY_BROKER_URL": "redis://:s3cret@redis.lab/1"}
 URL = "redis://:s3cret@redis.lab:6379/0"
 
 
 def build(job: dict, **kwargs) -> dict[str, str]:
-    return command_env(BASE, job, job_id=kwargs.pop("job_id", "j1"), ssh_bin=BIN, python_bin=PY,
+    return command_env(BASE, job, job_id=kwargs.pop("job_id", "j1"), ssh_bin=BIN, python_bin=PY, work_dir=JOB,
                        secrets=secrets_of(URL), **kwargs)
 
 
 def test_a_single_device_job_gets_its_device_and_the_ssh_wrappers_first() -> None:
     env = build({}, device_ip="127.1.2.3")
-    assert env == {"PATH": f"{BIN}{os.pathsep}{PY}{os.pathsep}/usr/bin:/bin", "HOME": "/home/worker",
+    assert env == {"PATH": f"{BIN}{os.pathsep}{PY}{os.pathsep}{SYSTEM_PATH}", "HOME": "/job", "TMPDIR": "/job/tmp",
                    "CONVOY_JOB_ID": "j1", "TEST_USERNAME": "ubuntu",
                    "DEVICE_IP": "127.1.2.3"}
 
@@ -75,13 +76,27 @@ def test_the_base_environment_is_not_modified() -> None:
 
 def test_no_redis_url_or_password_reaches_a_test_command() -> None:
     """The lava-* commands ask the job's relay: nothing in a job's environment names Redis or its password."""
-    base = {**BASE, "AWS_SECRET_ACCESS_KEY": "k", "CELERY_BROKER": URL, "MY_PASS": "s3cret", "PLAIN": "1"}
+    base = {**BASE, "AWS_SECRET_ACCESS_KEY": "k", "CELERY_BROKER": URL, "MY_PASS": "s3cret", "PLAIN": "1",
+            "LANG": "C.UTF-8", "LC_ALL": "C.UTF-8", "TZ": "UTC", "TERM": "xterm", "USER": "root",
+            "LOGNAME": "root", "LC_MESSAGES": URL}
     for env in (command_env(base, {}, job_id="j", ssh_bin=BIN, device_ip="h", secrets=secrets_of(URL, None)),
                 command_env(base, {}, job_id="p", ssh_bin=BIN, device_ips=["a"], group_id="p",
                             secrets=secrets_of(URL))):
         assert not [k for k, v in env.items() if "s3cret" in v or "redis://" in v or k == "CONVOY_REDIS_URL"]
-        assert env["AWS_SECRET_ACCESS_KEY"] == "k" and env["PLAIN"] == "1"  # the rest of the environment stays
     assert secrets_of("redis://:ab@h/0") == ["redis://:ab@h/0"]  # too short to look for on its own
+
+
+def test_only_the_allow_list_of_the_worker_environment_is_passed_on() -> None:
+    """Locale, time zone, terminal and user name pass; nothing else of the worker's (its state directory,
+    git configuration, cloud credentials, its HOME and PATH)."""
+    base = {**BASE, "AWS_SECRET_ACCESS_KEY": "k", "PLAIN": "1", "CONVOY_STATE_DIR": "/var/lib/convoy",
+            "GIT_CONFIG_COUNT": "1", "GIT_CONFIG_KEY_0": "safe.directory", "LANG": "C.UTF-8", "LC_ALL": "C",
+            "TZ": "UTC", "TERM": "xterm", "USER": "root", "LOGNAME": "root", "PYTHONPATH": "/w"}
+    env = command_env(base, {}, job_id="j", ssh_bin=BIN, python_bin=PY, work_dir=JOB, device_ip="h")
+    assert env == {"PATH": f"{BIN}{os.pathsep}{PY}{os.pathsep}{SYSTEM_PATH}", "HOME": "/job",
+                   "TMPDIR": "/job/tmp", "LANG": "C.UTF-8", "LC_ALL": "C", "TZ": "UTC", "TERM": "xterm",
+                   "USER": "root", "LOGNAME": "root", "CONVOY_JOB_ID": "j", "TEST_USERNAME": "ubuntu",
+                   "DEVICE_IP": "h"}
 
 
 def test_the_member_default_multinode_timeout() -> None:
