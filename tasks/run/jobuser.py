@@ -232,10 +232,24 @@ def _acquire(owner: str) -> tuple[int, int]:
             if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN):
                 continue
             raise
+        _reclaim_left(fd, uid_base() + slot)
         os.ftruncate(fd, 0)
+        os.lseek(fd, 0, os.SEEK_SET)
         os.write(fd, f"{owner} {os.getpid()}\n".encode())
         return fd, slot
     raise OSError(f"all {SLOTS} job uid slots of this host are in use")
+
+
+def _reclaim_left(fd: int, uid: int) -> None:
+    """What a worker that died holding this slot left: its job's processes and directories (named in the lock)."""
+    kill_uid(uid)
+    lines = os.pread(fd, 1 << 16, 0).decode(errors="replace").splitlines()[1:]
+    for line in lines:
+        job_dir = Path(line)
+        if job_dir.is_absolute() and job_dir.is_dir() and not job_dir.is_symlink() and job_dir.stat().st_uid == uid:
+            log.warning("giving %s back to root: its job's worker died while its commands ran as uid %d", job_dir, uid)
+            _chown_tree(job_dir, 0)
+            _sanitise(job_dir)
 
 
 def _reclaim(held: _Held) -> None:
@@ -271,11 +285,11 @@ def job_user(owner: str, job_dir: Path, extra: Sequence[Path] = ()) -> Iterator[
             needed = [*_convoy_paths(), job_dir, *extra]
             held = _Held(JobUser(uid_base() + slot, slot, hidden_dirs(needed)), fd)
             _held[owner] = held
-            kill_uid(held.user.uid)  # a process left by a job whose worker died holding this slot
         else:
             held.count += 1
         if job_dir not in held.dirs:
             held.dirs.append(job_dir)
+            os.write(held.fd, f"{job_dir}\n".encode())  # for the next holder, should this worker die
         uid = held.user.uid
         try:
             _chown_tree(job_dir, uid)

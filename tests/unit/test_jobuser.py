@@ -83,3 +83,22 @@ def test_a_guest_shares_its_parent_uid_while_both_run(isolation: Path) -> None:
         with jobuser.job_user("other", job_dir.parent / "other") as other:
             assert other is not None and other.uid != first.uid
     assert job_dir.stat().st_uid == 0 and os.path.isdir(job_dir)
+
+
+def test_a_slot_left_by_a_dead_worker_gives_its_job_directory_back_to_root(isolation: Path) -> None:
+    import zlib
+
+    slot = zlib.crc32(b"j2") % jobuser.SLOTS
+    uid = jobuser.uid_base() + slot
+    dead = isolation.parent / "dead"
+    dead.mkdir()
+    (dead / "left.txt").write_text("x")
+    for path in (dead, dead / "left.txt"):
+        os.chown(path, uid, uid)
+    uids = isolation.parent.parent / "uids"
+    uids.mkdir(exist_ok=True)
+    (uids / f"{slot}.lock").write_text(f"j0 1\n{dead}\n")  # the lock a worker that died held
+    with jobuser.job_user("j2", isolation) as user:
+        assert user is not None and user.uid == uid
+        assert {p.stat().st_uid for p in (dead, dead / "left.txt")} == {0}
+        assert (uids / f"{slot}.lock").read_text() == f"j2 {os.getpid()}\n{isolation}\n"
