@@ -79,7 +79,9 @@ def collect(self: Task, results: list[Any] | None, parent_id: str) -> None:
         provision.end(0)
         allocate = _phase(self, store, parent_id, Phase.ALLOCATE)
         allocate.start(announce=False)
-        allocate.out(f"all {len(job_list)} devices allocated; wrote {path}")
+        allocate.out(f"all {len(job_list)} devices allocated; wrote job_list.json for the parent's commands on "
+                     f"coordinator host {socket.gethostname()} ({path}); `convoy results {parent_id}` lists them "
+                     "from anywhere")
         allocate.end(0)
         allocate.announce(JobState.ALLOCATED, devices=len(job_list))
         return True
