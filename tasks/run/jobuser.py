@@ -194,10 +194,11 @@ def kill_uid(uid: int) -> bool:
 def _chown_tree(top: Path, uid: int) -> None:
     """``top`` and everything under it to ``uid``:``uid``, links themselves, never what they point to."""
     os.chown(top, uid, uid, follow_symlinks=False)
-    for here, dirs, files in os.walk(top):
+    # relative to each directory's descriptor: a directory swapped for a link meanwhile never leads it elsewhere
+    for _here, dirs, files, dir_fd in os.fwalk(top):
         for name in dirs + files:
             with contextlib.suppress(FileNotFoundError):
-                os.chown(os.path.join(here, name), uid, uid, follow_symlinks=False)
+                os.chown(name, uid, uid, dir_fd=dir_fd, follow_symlinks=False)
 
 
 def _unlink_links(directory: Path) -> None:
