@@ -67,7 +67,7 @@ class DeviceJob:
         self.runtime = runtime
         self.settings = load_settings()
         self.store = get_store(self.settings)
-        self.record = self.store.get(job_id)
+        self.record = self.store.get(job_id, with_secrets=True)  # its commands get the secrets
         self.job: dict[str, Any] = self.record["document"]
         self.dir = runtime.state_dir / "jobs" / job_id
         self.parent_id: str | None = self.record.get("parent_job_id")

@@ -193,7 +193,7 @@ def test(self: Task, parent_id: str) -> None:
 
 
 def _test(store: JobStore, parent_id: str, run: PhaseRun) -> None:
-    job = store.get(parent_id)["document"]
+    job = store.get(parent_id, with_secrets=True)["document"]  # its commands get the secrets
     test_data = job.get("test_data") or {}
     if (store.phases(parent_id).get(Phase.RESERVE) or {}).get("status", 0) != 0:
         run.out("reserve phase failed; skipping the test phase")

@@ -69,7 +69,7 @@ def guest_test_shell(store: JobStore, guest_id: str, job: dict[str, Any], *, wor
 
 def run_guest(store: JobStore, parent_id: str, guest_id: str, cancel: threading.Event) -> int:
     """Run one guest's test_cmds to the end; return their exit code."""
-    record = store.get(guest_id)
+    record = store.get(guest_id, with_secrets=True)  # its commands get the secrets
     job: dict[str, Any] = record["document"]
     test = PhaseRun(store, guest_id, Phase.TEST)  # no task of its own: nothing to announce
     if not test.transition(JobState.TEST, allowed_from=[JobState.WAITING]):

@@ -49,9 +49,6 @@ def test_secrets_are_masked_in_output_and_shown_nowhere(start_cluster):
     assert 0 < store.client.ttl(keys.job_secrets(job)) <= 3600  # the job is final: its secrets go soon
 
 
-@pytest.mark.xfail(strict=True, reason="the tasks do not read the document with_secrets yet "
-                                       "(tasks/device.py, tasks/parent.py, tasks/run/guests.py: store.get(..., "
-                                       "with_secrets=True)); remove this mark once they do")
 def test_a_secret_reaches_the_commands_environment(start_cluster):
     q = unique_queue("secrets-env")
     start_cluster({q: 1})
@@ -59,3 +56,13 @@ def test_a_secret_reaches_the_commands_environment(start_cluster):
                                                      "secrets": {"API_TOKEN": SECRET}}})
     assert wait_for_job(job, timeout=120) == "complete"
     assert "token=***." in job_results(job)["test_output"]
+    # a multi job: the parent's commands (on the coordinator) and a child's (on its device's host) get theirs
+    multi = submit_job({"job_queue": "multi",
+                        "provision_data": {"jobs": [{"job_queue": q, "test_data": {
+                            "test_cmds": f'test "${{#API_TOKEN}}" = {len(SECRET)} && echo child-has-it',
+                            "secrets": {"API_TOKEN": SECRET}}}]},
+                        "test_data": {"test_cmds": 'echo "parent=$API_TOKEN."', "secrets": {"API_TOKEN": SECRET}}})
+    assert wait_for_job(multi, timeout=120) == "complete"
+    assert "parent=***." in job_results(multi)["test_output"]
+    (child,) = get_store().children(multi)
+    assert "child-has-it" in get_store().output(child, "test")
