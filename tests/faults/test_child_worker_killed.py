@@ -24,15 +24,14 @@ pytestmark = pytest.mark.integration
 JOB_TIMEOUT = 120
 
 
-def test_a_child_whose_device_worker_is_killed_after_allocation_fails_the_job_by_name(start_cluster, tmp_path):
+def test_a_child_whose_device_worker_is_killed_after_allocation_fails_the_job_by_name(start_cluster):
     steady_q, victim_q = unique_queue("steady"), unique_queue("victim")
     cluster = start_cluster({steady_q: 1, victim_q: 1})
-    go = tmp_path / "go"
     parent = submit_job({
         "job_queue": "multi",
         "provision_data": {"jobs": [{"job_queue": steady_q}, {"job_queue": victim_q}]},
-        # waits (bounded) for the test's go-ahead; exit 9 if it never comes
-        "test_data": {"test_cmds": f"for i in $(seq 1200); do [ -e {go} ] && exit 0; sleep 0.1; done; exit 9"},
+        # waits (bounded) for the test's go-ahead, a file in its own directory; exit 9 if it never comes
+        "test_data": {"test_cmds": "for i in $(seq 1200); do [ -e go ] && exit 0; sleep 0.1; done; exit 9"},
     })
     store = get_store()
     steady, victim = store.children(parent)
@@ -44,7 +43,7 @@ def test_a_child_whose_device_worker_is_killed_after_allocation_fails_the_job_by
 
     # the restarted worker ends the job its predecessor held, and the device is cleaned
     wait_for_state(victim, "cancelled")
-    go.touch()
+    (cluster.state_dir / "jobs" / parent / "go").touch()
     assert wait_for_job(parent, timeout=JOB_TIMEOUT) == "complete"
 
     results = job_results(parent)

@@ -36,7 +36,14 @@ from keyserver import KeyServer
 pytestmark = pytest.mark.integration
 JOB_TIMEOUT = 120
 #: a test command that waits (bounded) for the test's go-ahead file; exit 9 if it never comes
-WAIT_FOR = "for i in $(seq 1200); do [ -e {go} ] && exit 0; sleep 0.1; done; exit 9"
+#: test commands waiting (bounded) for the test's go-ahead: a file ``go`` in their own job directory (a job's
+#: commands see nothing else of the host's: let_go puts it there)
+WAIT_FOR = "for i in $(seq 1200); do [ -e go ] && exit 0; sleep 0.1; done; exit 9"
+
+
+def let_go(lab, *job_ids: str) -> None:
+    for job_id in job_ids:
+        (Path(lab.env["CONVOY_STATE_DIR"]) / "jobs" / job_id / "go").touch()
 
 
 @pytest.fixture(scope="module")
@@ -104,15 +111,14 @@ def running_in_group(pgid: int) -> list[psutil.Process]:
 
 # --- the coordinator's Celery worker --------------------------------------------------------------
 
-def test_coordinator_killed_while_a_job_waits_its_allocation_timeout_still_fires(lab, fresh, tmp_path):
-    go = tmp_path / "go"
-    blocker = submit_job({"job_queue": lab.queues[0], "test_data": {"test_cmds": WAIT_FOR.format(go=go)}})
+def test_coordinator_killed_while_a_job_waits_its_allocation_timeout_still_fires(lab, fresh):
+    blocker = submit_job({"job_queue": lab.queues[0], "test_data": {"test_cmds": WAIT_FOR}})
     lab.wait_job(blocker, lambda: lab.store.state(blocker) == "test", what="the blocker's test")
     parent, _ = job(lab, fresh, allocation_timeout=8, test_data={"test_cmds": "true"})
     lab.kill(lab.coordinator_pid())  # the deadline lives in Redis, not in a countdown message of this process
     results = ended(lab, parent)
     assert results["outcome"] == "fail" and results["message"] == "Timed out waiting for devices to allocate"
-    go.touch()
+    let_go(lab, blocker)
     lab.wait_job(blocker, lambda: lab.store.state(blocker) == "complete", what="the blocker's end")
 
 
@@ -146,14 +152,13 @@ def test_coordinator_killed_during_the_parents_test_fails_it_and_cleans_up(lab, 
     assert not running_in_group(pgid), "the parent's test commands were left running"
 
 
-def test_coordinator_killed_while_children_test_the_job_completes(lab, fresh, tmp_path):
-    go = tmp_path / "go"
-    parent, children = job(lab, fresh, children={"test_data": {"test_cmds": WAIT_FOR.format(go=go)}})
+def test_coordinator_killed_while_children_test_the_job_completes(lab, fresh):
+    parent, children = job(lab, fresh, children={"test_data": {"test_cmds": WAIT_FOR}})
     for child in children:
         lab.wait_job(child, lambda c=child: lab.store.state(c) == "test", what="the child's test")
     lab.kill(lab.coordinator_pid())
     lab.wait_ready()
-    go.touch()
+    let_go(lab, *children)
     results = ended(lab, parent)
     assert (results["job_state"], results["outcome"]) == ("complete", "pass"), results.get("message")
 
@@ -198,13 +203,12 @@ def test_device_worker_killed_during_a_reservation_fails_the_job_naming_it(lab, 
     assert results["outcome"] == "fail" and died(device, "allocated") in results["message"]
 
 
-def test_device_worker_killed_during_the_parents_test_fails_the_job_naming_it(lab, fresh, tmp_path):
-    go = tmp_path / "go"
-    parent, (_, victim) = job(lab, fresh, test_data={"test_cmds": WAIT_FOR.format(go=go)})
+def test_device_worker_killed_during_the_parents_test_fails_the_job_naming_it(lab, fresh):
+    parent, (_, victim) = job(lab, fresh, test_data={"test_cmds": WAIT_FOR})
     lab.wait_job(parent, lambda: bool(lab.field(parent, "script_pgid")), what="the parent's test_cmds")
     device = kill_device_worker(lab, victim)
     lab.wait_job(victim, lambda: lab.store.state(victim) == "cancelled", what="the victim's end")
-    go.touch()
+    let_go(lab, parent)
     results = ended(lab, parent)
     assert results["test_status"] == 0, "the parent's own test passed: only the child fails the job"
     assert results["outcome"] == "fail" and died(device, "allocated") in results["message"]
@@ -231,16 +235,15 @@ def test_device_worker_killed_during_cleanup_the_rest_finishes(lab, fresh):
 
 # --- the convoy worker supervisor: every device worker of the host dies with it ---------------------
 
-def test_worker_supervisor_killed_while_devices_are_held_fails_the_job_then_cleans_them(lab, fresh, tmp_path):
-    go = tmp_path / "go"
-    parent, children = job(lab, fresh, test_data={"test_cmds": WAIT_FOR.format(go=go)})
+def test_worker_supervisor_killed_while_devices_are_held_fails_the_job_then_cleans_them(lab, fresh):
+    parent, children = job(lab, fresh, test_data={"test_cmds": WAIT_FOR})
     lab.wait_job(parent, lambda: bool(lab.field(parent, "script_pgid")), what="the parent's test_cmds")
     devices = [device_of(lab, child) for child in children]
     lab.kill_worker_supervisor()
     # the scheduler notices the dead workers by their leases and ends their jobs, naming each device
     for child in children:
         lab.wait_job(child, lambda c=child: lab.store.state(c) == "cancelled", what="the child's end")
-    go.touch()
+    let_go(lab, parent)
     results = ended(lab, parent)
     assert results["outcome"] == "fail"
     for device in devices:

@@ -131,9 +131,9 @@ def test_retention_removes_old_final_job_dirs_and_keeps_a_running_ones(start_clu
     q1, q2 = unique_queue("keep"), unique_queue("keep")
     start_cluster({q1: 1, q2: 1})
     jobs_dir = load_settings().jobs_dir
-    release = tmp_path / "release"
-    running = submit_job({"job_queue": q1, "test_data": {
-        "test_cmds": f"while [ ! -e {release} ]; do sleep 0.1; done"}})
+    running = submit_job({"job_queue": q1, "test_data": {  # release: a file in its own directory
+        "test_cmds": "while [ ! -e release ]; do sleep 0.1; done"}})
+    release = jobs_dir / running / "release"
     wait_for_state(running, "test", timeout=JOB_TIMEOUT)
     # the running job's directory exists before the others: when theirs are old enough to go, so is it
     finished = submit_job({"job_queue": q2, "test_data": {"test_cmds": "mkdir artifacts && echo x > artifacts/x"}})

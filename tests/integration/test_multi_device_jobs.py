@@ -102,9 +102,9 @@ def test_allocation_timeout_of_a_waiting_job_ends_it_holding_nothing(start_clust
     """The job never gets its busy device: it waits holding nothing, and times out from submission."""
     free, taken = unique_queue("free"), unique_queue("taken")
     cluster = start_cluster({free: 1, taken: 1})
-    release = tmp_path / "release"
-    blocker = submit_job({"job_queue": taken,
-                          "test_data": {"test_cmds": f"while [ ! -e {release} ]; do sleep 0.1; done"}})
+    blocker = submit_job({"job_queue": taken,  # release: a file in its own directory (it sees no other of root's)
+                          "test_data": {"test_cmds": "while [ ! -e release ]; do sleep 0.1; done"}})
+    release = cluster.state_dir / "jobs" / blocker / "release"
     wait_for_state(blocker, "test")
     parent = submit_job(multi(free, taken, allocation_timeout=3))
     assert wait_for_job(parent, timeout=JOB_TIMEOUT) == "complete"

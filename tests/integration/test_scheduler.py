@@ -18,7 +18,6 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime
 from itertools import pairwise
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -391,12 +390,12 @@ def test_three_failed_provisionings_in_a_row_put_the_device_in_maintenance(start
 
 
 # --- priority -------------------------------------------------------------------------------------
-def test_when_the_device_frees_the_higher_priority_job_starts_first(start_cluster, tmp_path: Path):
+def test_when_the_device_frees_the_higher_priority_job_starts_first(start_cluster):
     queue = unique_queue("prio")
-    start_cluster({queue: 1})
-    gate = tmp_path / "go"
-    blocker = submit_job({"job_queue": queue, "test_data": {
-        "test_cmds": f"for i in $(seq 1200); do [ -e {gate} ] && exit 0; sleep 0.05; done; exit 1"}})
+    cluster = start_cluster({queue: 1})
+    blocker = submit_job({"job_queue": queue, "test_data": {  # the go-ahead: a file in its own directory
+        "test_cmds": "for i in $(seq 1200); do [ -e go ] && exit 0; sleep 0.05; done; exit 1"}})
+    gate = cluster.state_dir / "jobs" / blocker / "go"
     wait_for_state(blocker, "test")
 
     low = [submit_job({"job_queue": queue, "job_priority": 0}) for _ in range(2)]
