@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import shutil
+from pathlib import Path
 
 import pytest
 
@@ -54,16 +55,17 @@ def final(lab: Lab, job_id: str) -> str:
     return lab.store.state(job_id)
 
 
-def test_redis_restarted_with_its_append_only_file_mid_job_the_job_completes(lab_on_own_redis, tmp_path):
+def test_redis_restarted_with_its_append_only_file_mid_job_the_job_completes(lab_on_own_redis):
     server, lab = lab_on_own_redis
-    go = tmp_path / "go"
-    parent = submit(lab, f"echo testing; for i in $(seq 600); do [ -e {go} ] && exit 0; sleep 0.1; done; exit 9")
+    # the children wait for the test's go-ahead: a file in each one's own job directory
+    parent = submit(lab, "echo testing; for i in $(seq 600); do [ -e go ] && exit 0; sleep 0.1; done; exit 9")
     children = lab.store.children(parent)
     for child in children:
         lab.wait_job(child, lambda c=child: "testing" in lab.store.output(c, "test"), what="the child's test")
     server.kill()
     server.start()
-    go.touch()
+    for child in children:
+        (Path(lab.env["CONVOY_STATE_DIR"]) / "jobs" / child / "go").touch()
     assert final(lab, parent) == "complete"
     assert lab.store.get(parent)["outcome"] == "pass", lab.store.get(parent).get("message")
     wait_for(lab.all_idle, timeout=60, what="every device idle")

@@ -34,10 +34,10 @@ LINES = 20
 JOB_TIMEOUT = 120
 
 
-def printing_job(queue: str, progress: Path) -> dict:
-    """``line 1`` … ``line 20``, one a second; ``progress`` holds the last number printed."""
+def printing_job(queue: str) -> dict:
+    """``line 1`` … ``line 20``, one a second; ``progress`` in its job directory holds the last number printed."""
     return {"job_queue": queue, "test_data": {"test_cmds": (
-        f'for i in $(seq 1 {LINES}); do echo "line $i"; echo $i > {progress}; sleep 1; done')}}
+        f'for i in $(seq 1 {LINES}); do echo "line $i"; echo $i > progress; sleep 1; done')}}
 
 
 def printed(progress: Path) -> int:
@@ -59,10 +59,10 @@ def test_a_redis_restart_mid_job_loses_no_output_silently(tmp_path):
                               redis_url=server.url, configure_process=False, log=lambda m: print(f"[cluster] {m}"))
     try:
         cluster.start()
-        progress = tmp_path / "progress"
         job_file = tmp_path / "job.yaml"
-        job_file.write_text(yaml.safe_dump(printing_job(queue, progress)))
+        job_file.write_text(yaml.safe_dump(printing_job(queue)))
         job_id = convoy(server.url, "submit", str(job_file)).strip()
+        progress = tmp_path / "cluster" / "jobs" / job_id / "progress"  # the job's own directory
         store = JobStore(make_client(server.url))
 
         assert store.wait_until([job_id], lambda: "line 5\n" in store.output(job_id, "test"), JOB_TIMEOUT), \
