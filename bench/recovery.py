@@ -78,8 +78,8 @@ TARGET_S = 10.0
 DELAY_S = 1.5
 STAGE_TIMEOUT = 120.0
 IDLE_TIMEOUT = 300.0
-#: a test command that waits (bounded) for the bench's go-file, as in the fault table
-WAIT_FOR = "for i in $(seq 1200); do [ -e {go} ] && exit 0; sleep 0.1; done; exit 9"
+#: a test command that waits (bounded) for the bench's go-file in its own job directory, as in the fault table
+WAIT_FOR = "for i in $(seq 1200); do [ -e go ] && exit 0; sleep 0.1; done; exit 9"
 COORDINATOR, DEVICE, SUPERVISOR = "coordinator", "device worker", "worker supervisor"
 FAULTS = {COORDINATOR: "coordinator's Celery worker", DEVICE: "a busy device's Celery worker",
           SUPERVISOR: "convoy worker (+ restart)"}
@@ -123,11 +123,11 @@ def reach(condition: Callable[[], object], what: str, timeout: float = STAGE_TIM
         raise RuntimeError(f"{what} not reached within {timeout:g}s")
 
 
-def stage(lab: Lab, fault: str, phase: str, go: Path) -> tuple[str, list[str]]:
+def stage(lab: Lab, fault: str, phase: str) -> tuple[str, list[str]]:
     """Submit the cell's two-device job and wait until the kill can land in ``phase``; (parent, children)."""
     from convoy.coordinator.api import submit_job
 
-    wait = WAIT_FOR.format(go=go)
+    wait = WAIT_FOR
     parent_doc: dict[str, Any] = {"test_data": {"test_cmds": "true"}}
     child_doc: dict[str, Any] = {}
     if phase == "reserve":
@@ -154,10 +154,18 @@ def stage(lab: Lab, fault: str, phase: str, go: Path) -> tuple[str, list[str]]:
     return parent, children
 
 
-def one_run(lab: Lab, fault: str, phase: str, go: Path) -> Run:
+def let_go(lab: Lab, job_ids: list[str]) -> None:
+    """The go-file, in each job's own directory (its commands see nothing else of the host's)."""
+    for job_id in job_ids:
+        job_dir = Path(lab.env["CONVOY_STATE_DIR"]) / "jobs" / job_id
+        if job_dir.is_dir():
+            (job_dir / "go").touch()
+
+
+def one_run(lab: Lab, fault: str, phase: str) -> Run:
     from convoy.coordinator.api import release_reservation
 
-    parent, children = stage(lab, fault, phase, go)
+    parent, children = stage(lab, fault, phase)
     pid = 0
     if fault == DEVICE:
         reach(lambda: bool(lab.field(children[1], "device")), "the victim's device")
@@ -170,7 +178,7 @@ def one_run(lab: Lab, fault: str, phase: str, go: Path) -> Run:
         lab.start_worker()  # the service manager starts the host again
     else:
         killed = lab.kill(pid)
-    go.touch()
+    let_go(lab, [parent, *children])
     if phase == "reserve":
         try:
             release_reservation(parent)
@@ -207,7 +215,7 @@ def kills(runs: int, scratch: Path, *, keep: bool) -> None:
                     lab.wait_idle(IDLE_TIMEOUT)
                     time.sleep(0.3)  # the devices' Celery tasks end a moment after their release
                     try:
-                        result = one_run(lab, fault, phase, scratch / f"go-{run}-{phase}-{fault}".replace(" ", "_"))
+                        result = one_run(lab, fault, phase)
                     except ERRORS as exc:
                         failures.append(f"run {run + 1}, {fault} / {phase}: {exc}")
                         log(f"FAILED: {failures[-1]}")
