@@ -150,7 +150,8 @@ def hidden_dirs(needed: Sequence[Path], private: Path = Path("/tmp"),
     return tuple((d, tuple(names)) for d, names in sorted(found.items()))
 
 
-def _convoy_paths() -> list[Path]:
+def convoy_paths() -> list[Path]:
+    """Where convoy's Python, its environment and its code are: what the job's ``lava-*`` commands run from."""
     return [Path(sys.base_prefix), Path(sys.prefix), Path(__file__).resolve().parents[2]]
 
 
@@ -283,7 +284,7 @@ def job_user(owner: str, job_dir: Path, extra: Sequence[Path] = ()) -> Iterator[
         held = _held.get(owner)
         if held is None:
             fd, slot = _acquire(owner)
-            needed = [*_convoy_paths(), job_dir, *extra]
+            needed = [*convoy_paths(), job_dir, *extra]
             held = _Held(JobUser(uid_base() + slot, slot, hidden_dirs(needed)), fd)
             _held[owner] = held
         else:

@@ -20,7 +20,7 @@ import threading
 import time
 from pathlib import Path
 from shlex import quote
-from typing import IO, Callable, Mapping
+from typing import IO, Callable, Iterable, Mapping
 
 from convoy.coordinator.multinode.commands import SOCKET_ENV
 from convoy.tasks.run import jobuser
@@ -91,7 +91,7 @@ def private_mounts_supported() -> bool:
 
 def script_command(script_path: Path, private_files: Mapping[str, Path] | None = None,
                    user: JobUser | None = None, private_tmp: Path | None = None,
-                   keep_in_tmp: tuple[Path, ...] = ()) -> list[str]:
+                   keep_in_tmp: tuple[Path, ...] = (), read_only_in_tmp: tuple[Path, ...] = ()) -> list[str]:
     """``bash -e script``; with ``private_files``, each target path shows this job's own file; with
     ``user``, as that job's own uid (:mod:`~convoy.tasks.run.jobuser`).
 
@@ -103,7 +103,8 @@ def script_command(script_path: Path, private_files: Mapping[str, Path] | None =
     ``private_tmp`` as its ``/tmp`` (still showing ``keep_in_tmp``: its
     directory or relay socket if they are under /tmp) and replaces
     directories the job's uid could not enter on the way to what it needs
-    (convoy's Python, its directory) by ones showing only that.
+    (convoy's Python, its directory) by ones showing only that; ``read_only_in_tmp`` (convoy's own
+    code and Python where they live under /tmp, as in a checkout there) shows read-only.
     """
     run = ["bash", "-e", str(script_path)]
     if user is not None:
@@ -112,11 +113,12 @@ def script_command(script_path: Path, private_files: Mapping[str, Path] | None =
     if user is not None and private_tmp is not None:
         # the job's own /tmp (its TMPDIR), still showing the paths under /tmp it needs (its directory, its relay)
         tmp = quote(str(private_tmp))
-        for path in keep_in_tmp:
+        for path in (*keep_in_tmp, *read_only_in_tmp):
             inside = quote(str(private_tmp / path.relative_to("/tmp")))
             first = quote(str(private_tmp / path.relative_to("/tmp").parts[0]))
+            read_only = f" && mount -o remount,bind,ro {inside}" if path in read_only_in_tmp else ""
             steps.append(f"{{ [ ! -L {first} ] || rm -f {first}; }} && mkdir -p {inside} && "
-                         f"mount --bind {quote(str(path))} {inside} || exit 125")
+                         f"mount --bind {quote(str(path))} {inside}{read_only} || exit 125")
         steps.append(f"mount --rbind {tmp} /tmp || exit 125")
     if user is not None and private_tmp is not None and user.hidden:
         # a directory the job's uid cannot enter on the way to what it needs: an empty one showing just that
@@ -137,6 +139,12 @@ def script_command(script_path: Path, private_files: Mapping[str, Path] | None =
         return run
     return ["unshare", "--mount", "--propagation", "private", "sh", "-c",
             "; ".join([*steps, 'exec "$@"']), "convoy-script", *run]
+
+
+def _outermost(paths: Iterable[Path]) -> tuple[Path, ...]:
+    """``paths`` without those inside another of them, each once."""
+    unique = sorted(set(paths), key=lambda p: len(p.parts))
+    return tuple(p for i, p in enumerate(unique) if not any(p.is_relative_to(q) for q in unique[:i]))
 
 
 def run_script(script: str, *, cwd: Path, env: Mapping[str, str], on_output: Callable[[str], None],
@@ -180,6 +188,7 @@ def run_script(script: str, *, cwd: Path, env: Mapping[str, str], on_output: Cal
         source.touch()
     private_tmp: Path | None = None
     keep_in_tmp: tuple[Path, ...] = ()
+    read_only_in_tmp: tuple[Path, ...] = ()
     if job is None:
         isolated: contextlib.AbstractContextManager[JobUser | None] = contextlib.nullcontext(None)
     else:
@@ -190,6 +199,8 @@ def run_script(script: str, *, cwd: Path, env: Mapping[str, str], on_output: Cal
         private_tmp = tmp if tmp is not None and tmp.is_relative_to(top) and not tmp.is_symlink() else cwd / "tmp"
         private_tmp.mkdir(parents=True, exist_ok=True, mode=0o700)
         keep_in_tmp = tuple(p for p in (top, *extra[1:]) if p.is_relative_to("/tmp") and p != Path("/tmp"))
+        read_only_in_tmp = _outermost(p.resolve() for p in jobuser.convoy_paths()
+                                      if p.resolve().is_relative_to("/tmp") and p.resolve() != Path("/tmp"))
     output = OutputForwarder(on_output, name=name)
     silence = OutputTimeout(output_timeout) if output_timeout else None
     conditions: list[StopCondition] = [c for c in (Timeout(timeout, name, limit=timeout_limit) if timeout else None,
@@ -202,7 +213,7 @@ def run_script(script: str, *, cwd: Path, env: Mapping[str, str], on_output: Cal
 
     try:
         with isolated as user:
-            command = script_command(script_path, private_files, user, private_tmp, keep_in_tmp)
+            command = script_command(script_path, private_files, user, private_tmp, keep_in_tmp, read_only_in_tmp)
             code = _run(command, cwd, env, output, write, cancel, conditions, on_start, user)
     finally:
         lost = output.close(output_grace)
