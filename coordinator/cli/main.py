@@ -320,6 +320,7 @@ def main() -> None:
     """Entry point: run the CLI, turning every convoy error into a message and exit code."""
     from convoy.coordinator.cli import cluster as cli_cluster  # noqa: F401  (registers run, worker, ...)
     from convoy.coordinator.cli import redis_acl as cli_redis_acl  # noqa: F401  (registers redis-acl)
+    from convoy.coordinator.cli import server as cli_server  # noqa: F401  (registers server, clients)
 
     try:
         cli.main(standalone_mode=False)

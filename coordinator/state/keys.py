@@ -153,3 +153,28 @@ def group_keys(group_id: str) -> str:
 def job_testcases(job_id: str) -> str:
     """List: JSON test cases of the job (``lava-test-case`` and the like), in the order reported."""
     return f"{PREFIX}:job:{job_id}:testcases"
+
+
+# --- clients of convoy server (coordinator/state/clients.py) ----------------
+#: set: the ids of every client of ``convoy server``
+CLIENTS = f"{PREFIX}:clients"
+
+
+def client(client_id: str) -> str:
+    """Hash: one client of ``convoy server`` (hashed secret, admin flag, permissions as JSON)."""
+    return f"{PREFIX}:client:{client_id}"
+
+
+def client_jobs(client_id: str) -> str:
+    """Sorted set: the top-level jobs a client (or ``anonymous``) submitted -> submission time."""
+    return f"{PREFIX}:client:{client_id}:jobs"
+
+
+def access_token(digest: str) -> str:
+    """String with a TTL: the client id an access token (by its SHA-256) stands for."""
+    return f"{PREFIX}:token:access:{digest}"
+
+
+def refresh_token(digest: str) -> str:
+    """String with a TTL: the client id a refresh token (by its SHA-256) stands for."""
+    return f"{PREFIX}:token:refresh:{digest}"

@@ -1,0 +1,1 @@
+"""convoy server: the HTTP front door (see app.py)."""

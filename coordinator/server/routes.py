@@ -1,0 +1,257 @@
+"""The routes of ``convoy server``: a thin layer over ``coordinator/api.py`` and the state readers.
+
+Every job route first checks that the caller may see the job (``auth.may_see``); a job the caller may not
+see answers 404, exactly like a job that does not exist, so ids of other clients' jobs leak nothing.
+"""
+from __future__ import annotations
+
+import copy
+import dataclasses
+import json
+import time
+from datetime import UTC, datetime
+from typing import Annotated, Any
+
+import redis
+from fastapi import APIRouter, Body, Depends, Header, Request
+from pydantic import BaseModel
+
+from convoy.config.jobs import load_job
+from convoy.coordinator import api
+from convoy.coordinator.server import auth
+from convoy.coordinator.server.app import PermissionDenied, ServerConfig, Unauthorized
+from convoy.coordinator.state import clients
+from convoy.coordinator.state.connection import get_client, get_store
+from convoy.coordinator.state.jobs import JobStore
+from convoy.errors import ConvoyError, JobNotFound
+
+router = APIRouter()
+
+
+def _config(request: Request) -> ServerConfig:
+    config: ServerConfig = request.app.state.config
+    return config
+
+
+def _redis(request: Request) -> redis.Redis:
+    return get_client(_config(request).settings)
+
+
+def _store(request: Request) -> JobStore:
+    return get_store(_config(request).settings)
+
+
+def identity(request: Request, authorization: Annotated[str | None, Header()] = None) -> auth.Identity:
+    """The caller: the client of a valid bearer token, anonymous without one; 401 for a bad token."""
+    if not authorization:
+        return auth.Identity()
+    token = auth.bearer_token(authorization)
+    client = clients.client_for_token(_redis(request), token) if token else None
+    if client is None:
+        raise Unauthorized("invalid or expired token: get one at POST /v1/oauth2/token")
+    return auth.Identity(client)
+
+
+Caller = Annotated[auth.Identity, Depends(identity)]
+
+
+def signed_in(who: Caller) -> auth.Identity:
+    if who.anonymous:
+        raise Unauthorized("this needs a token: get one at POST /v1/oauth2/token")
+    return who
+
+
+Client = Annotated[auth.Identity, Depends(signed_in)]
+
+
+def _visible(request: Request, who: auth.Identity, job_id: str) -> None:
+    """JobNotFound unless the job exists and ``who`` may see it."""
+    _store(request).state(job_id)  # JobNotFound for an unknown job
+    if not auth.may_see(who, clients.submitted_by(_redis(request), job_id)):
+        raise JobNotFound(job_id)
+
+
+def _changeable(request: Request, who: auth.Identity, job_id: str) -> None:
+    _visible(request, who, job_id)
+    if not auth.may_change(who, clients.submitted_by(_redis(request), job_id)):
+        raise Unauthorized("changing a job needs a token")
+
+
+# --- credentials ------------------------------------------------------------------
+class TokenRequest(BaseModel):
+    client_id: str
+    secret_key: str
+
+
+class RefreshRequest(BaseModel):
+    refresh_token: str
+
+
+class Tokens(BaseModel):
+    access_token: str
+    token_type: str = "Bearer"
+    expires_in: int
+    refresh_token: str | None = None
+
+
+@router.post("/v1/oauth2/token", response_model=Tokens, response_model_exclude_none=True, tags=["credentials"])
+def token(request: Request, body: Annotated[TokenRequest | None, Body()] = None,
+          authorization: Annotated[str | None, Header()] = None) -> Tokens:
+    """Exchange a client id and secret (HTTP Basic ``client_id:secret``, or JSON) for a bearer token."""
+    creds = auth.basic_credentials(authorization) or ((body.client_id, body.secret_key) if body else None)
+    config = _config(request)
+    client = clients.authenticate(_redis(request), *creds) if creds else None
+    if client is None:
+        raise Unauthorized("invalid client id or secret")
+    access, refresh = clients.issue_tokens(_redis(request), client.client_id, config.access_ttl, config.refresh_ttl)
+    return Tokens(access_token=access, expires_in=config.access_ttl, refresh_token=refresh)
+
+
+@router.post("/v1/oauth2/refresh", response_model=Tokens, response_model_exclude_none=True, tags=["credentials"])
+def refresh(request: Request, body: RefreshRequest) -> Tokens:
+    """A new access token for a refresh token."""
+    config = _config(request)
+    access = clients.refresh_access(_redis(request), body.refresh_token, config.access_ttl)
+    if access is None:
+        raise ConvoyError("invalid or expired refresh token: log in again at POST /v1/oauth2/token")
+    return Tokens(access_token=access, expires_in=config.access_ttl)
+
+
+# --- jobs -----------------------------------------------------------------------
+class Submitted(BaseModel):
+    job_id: str
+    submitted_by: str
+
+
+class JobState(BaseModel):
+    job_id: str
+    state: str
+
+
+@router.post("/api/v1/jobs", response_model=Submitted, tags=["jobs"])
+def submit(request: Request, who: Caller, job: Annotated[dict[str, Any], Body()]) -> Submitted:
+    """Submit a job document (JSON; Testflinger or LAVA form, as ``convoy submit`` takes as YAML).
+
+    422 names every invalid field; 403 names every limit of the caller the job exceeds; nothing is queued
+    in either case."""
+    config = _config(request)
+    if who.anonymous and not config.anonymous_submit:
+        raise Unauthorized("this server takes jobs only with a token")
+    normalized = load_job(copy.deepcopy(job))
+    errors = auth.permission_errors(who, normalized, config.settings.max_reservation)
+    if errors:
+        raise PermissionDenied(errors)
+    job_id = api.submit_job(copy.deepcopy(job), settings=config.settings)
+    store = _store(request)
+    clients.set_submitter(_redis(request), job_id, store.children(job_id), who.name, time.time())
+    return Submitted(job_id=job_id, submitted_by=who.name)
+
+
+@router.get("/api/v1/jobs", tags=["jobs"])
+def jobs(request: Request, who: Client, limit: int = 20) -> list[dict[str, Any]]:
+    """The caller's newest top-level jobs (an admin: everyone's jobs, children too), newest first."""
+    store = _store(request)
+    limit = max(1, min(limit, 1000))
+    ids = store.newest(limit) if who.admin else clients.client_job_ids(_redis(request), who.name, limit)
+    out = []
+    for job_id in ids:
+        try:
+            record = store.get(job_id)
+        except JobNotFound:
+            continue  # removed by retention meanwhile
+        out.append({k: record.get(k) for k in ("job_id", "state", "job_queue", "created_at", "parent_job_id",
+                                               "submitted_by") if record.get(k) is not None})
+    return out
+
+
+@router.get("/api/v1/jobs/{job_id}", tags=["jobs"])
+def show(request: Request, who: Caller, job_id: str) -> dict[str, Any]:
+    """The job's record (as ``convoy show``): document, state, device, children; waiting, its position."""
+    _visible(request, who, job_id)
+    store = _store(request)
+    record = store.get(job_id)
+    record["children"] = store.children(job_id)
+    from convoy.tasks.scheduler import waiting_reasons
+
+    for _, reason in waiting_reasons(store, [job_id]):
+        record["position"] = reason.position
+        record["waiting_for"] = reason.message()
+    if record.get("reserve_until") and not record.get("step_reserve"):
+        expires = datetime.fromtimestamp(float(record["reserve_until"]), UTC)
+        record["reservation_expires"] = expires.isoformat(timespec="seconds")
+    return record
+
+
+@router.get("/api/v1/jobs/{job_id}/status", response_model=JobState, tags=["jobs"])
+def status(request: Request, who: Caller, job_id: str) -> JobState:
+    """The job's state: waiting, provision, allocated, reserve, test, cleanup, complete, cancelled."""
+    _visible(request, who, job_id)
+    return JobState(job_id=job_id, state=api.job_status(job_id, settings=_config(request).settings))
+
+
+@router.get("/api/v1/jobs/{job_id}/results", tags=["jobs"])
+def results(request: Request, who: Caller, job_id: str) -> dict[str, Any]:
+    """The job's results (as ``convoy results``): per-phase status and output, children, test_results."""
+    _visible(request, who, job_id)
+    return api.job_results(job_id, settings=_config(request).settings)
+
+
+@router.post("/api/v1/jobs/{job_id}/cancel", response_model=JobState, tags=["jobs"])
+def cancel(request: Request, who: Client, job_id: str) -> JobState:
+    """Cancel the caller's job (a multi job: every child); cleanup still runs."""
+    _changeable(request, who, job_id)
+    api.cancel_job(job_id, settings=_config(request).settings)
+    return JobState(job_id=job_id, state=api.job_status(job_id, settings=_config(request).settings))
+
+
+class Extend(BaseModel):
+    duration: str | float
+
+
+class Reservation(BaseModel):
+    job_id: str
+    expires: str
+
+
+@router.post("/api/v1/jobs/{job_id}/reservation/extend", response_model=Reservation, tags=["jobs"])
+def reserve_extend(request: Request, who: Client, job_id: str, body: Extend) -> Reservation:
+    """Hold the job's reserved devices ``duration`` longer (``3600``, ``"2h"``), within the caller's limit."""
+    _changeable(request, who, job_id)
+    settings = _config(request).settings
+    document = json.loads(_store(request).get(job_id).get("document") or "{}")
+    cap = auth.reservation_cap(who, document, settings.max_reservation)
+    until = api.extend_reservation(job_id, body.duration, settings=dataclasses.replace(settings, max_reservation=cap))
+    return Reservation(job_id=job_id, expires=datetime.fromtimestamp(until, UTC).isoformat(timespec="seconds"))
+
+
+@router.post("/api/v1/jobs/{job_id}/reservation/release", response_model=JobState, tags=["jobs"])
+def reserve_release(request: Request, who: Client, job_id: str) -> JobState:
+    """End the job's reservation now: it goes on to its test phase and cleanup."""
+    _changeable(request, who, job_id)
+    api.release_reservation(job_id, settings=_config(request).settings)
+    return JobState(job_id=job_id, state=api.job_status(job_id, settings=_config(request).settings))
+
+
+# --- the lab --------------------------------------------------------------------
+@router.get("/api/v1/queues", tags=["lab"])
+def queues(request: Request) -> list[dict[str, Any]]:
+    """The queues devices serve: devices online, busy, total, and how many jobs wait."""
+    from convoy.coordinator.state.devices import queue_summaries
+
+    return [{"queue": s.queue, "online": s.online, "busy": s.busy, "total": s.total, "waiting": len(s.waiting)}
+            for s in queue_summaries(_redis(request))]
+
+
+@router.get("/api/v1/devices", tags=["lab"])
+def devices(request: Request) -> list[dict[str, Any]]:
+    """Every device (as ``convoy agents --json``): health, host, queues, type, tags, its job."""
+    from convoy.coordinator.state.devices import device_summaries
+
+    return [dataclasses.asdict(d) for d in device_summaries(_redis(request))]
+
+
+@router.get("/", tags=["lab"])
+def root(request: Request) -> dict[str, str]:
+    """What this server is, and where its API description is."""
+    return {"service": "convoy", "version": request.app.version, "openapi": "/openapi.json"}
+

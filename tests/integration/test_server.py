@@ -1,0 +1,217 @@
+"""The real ``convoy server`` process over HTTP, with a real cluster behind it.
+
+Clients are made with the real ``convoy clients`` command; requests go through the standard library's HTTP
+client to a server on a free loopback port.  Covered: login (HTTP Basic and JSON) and refresh, submit →
+status → complete → results, 401 without a token, 403 above ``max_priority`` and ``max_reservation_time``,
+422 naming an invalid field, one client not seeing or cancelling another's job, tokens expiring and dying
+with their client.
+"""
+from __future__ import annotations
+
+import base64
+import json
+import os
+import signal
+import socket
+import subprocess
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis as redis_lib
+
+from convoy.coordinator.state import clients
+from helpers import CONVOY, unique_queue, wait_for
+
+pytestmark = pytest.mark.integration
+JOB_TIMEOUT = 120
+
+
+class Server:
+    def __init__(self, base: str) -> None:
+        self.base = base
+
+    def call(self, method: str, path: str, body: Any = None, token: str | None = None,
+             headers: dict[str, str] | None = None) -> tuple[int, Any]:
+        data = json.dumps(body).encode() if body is not None else None
+        request = urllib.request.Request(self.base + path, data=data, method=method,
+                                         headers={"Content-Type": "application/json", **(headers or {})})
+        if token:
+            request.add_header("Authorization", f"Bearer {token}")
+        try:
+            with urllib.request.urlopen(request, timeout=30) as reply:
+                return reply.status, json.loads(reply.read() or b"null")
+        except urllib.error.HTTPError as exc:
+            return exc.code, json.loads(exc.read() or b"null")
+
+    def login(self, client_id: str, secret: str) -> dict[str, Any]:
+        basic = base64.b64encode(f"{client_id}:{secret}".encode()).decode()
+        status, tokens = self.call("POST", "/v1/oauth2/token", headers={"Authorization": f"Basic {basic}"})
+        assert status == 200, tokens
+        return tokens
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def add_client(*args: str) -> str:
+    """``convoy clients add ARGS``; the printed secret."""
+    done = subprocess.run([CONVOY, "clients", "add", *args], capture_output=True, text=True, timeout=30,
+                          env=os.environ.copy())
+    assert done.returncode == 0, done.stderr
+    lines = dict(line.split(": ", 1) for line in done.stdout.splitlines())
+    return lines["secret"]
+
+
+def start_server(tmp_path: Path, *extra: str) -> Iterator[Server]:
+    port = free_port()
+    log = tmp_path / f"server-{port}.log"
+    with log.open("ab") as out:
+        proc = subprocess.Popen([CONVOY, "server", "--port", str(port), *extra], stdout=out,
+                                stderr=subprocess.STDOUT, env=os.environ.copy(), start_new_session=True)
+    server = Server(f"http://127.0.0.1:{port}")
+
+    def up() -> bool:
+        assert proc.poll() is None, f"convoy server exited: {log.read_text()[-2000:]}"
+        try:
+            return server.call("GET", "/")[0] == 200
+        except OSError:
+            return False
+
+    try:
+        wait_for(up, 30, "convoy server answering")
+        yield server
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(timeout=30)
+
+
+@pytest.fixture
+def server(cluster_redis_url: str, tmp_path: Path) -> Iterator[Server]:
+    yield from start_server(tmp_path)
+
+
+@pytest.fixture
+def short_tokens(cluster_redis_url: str, tmp_path: Path) -> Iterator[Server]:
+    yield from start_server(tmp_path, "--token-ttl", "10")
+
+
+def test_a_client_submits_follows_and_reads_its_job_and_nobody_else_does(start_cluster, server: Server) -> None:
+    queue = unique_queue("server")
+    start_cluster({queue: 1})
+    suffix = queue.rsplit("-", 1)[1]
+    alice, bob = f"alice-{suffix}", f"bob-{suffix}"
+    alice_secret = add_client(alice, "--max-priority", f"{queue}=5", "--max-reservation-time", f"{queue}=1h")
+    bob_secret = add_client(bob)
+
+    # OpenAPI generated from the code, at the root of the host
+    status, spec = server.call("GET", "/openapi.json")
+    assert status == 200 and "/api/v1/jobs" in spec["paths"] and "/v1/oauth2/token" in spec["paths"]
+
+    # login: HTTP Basic (as testflinger-cli) or JSON; a wrong secret is refused
+    tokens = server.login(alice, alice_secret)
+    assert tokens["token_type"] == "Bearer" and tokens["expires_in"] > 0 and tokens["refresh_token"]
+    status, body = server.call("POST", "/v1/oauth2/token", {"client_id": bob, "secret_key": bob_secret})
+    assert status == 200
+    bob_token = body["access_token"]
+    assert server.call("POST", "/v1/oauth2/token", {"client_id": alice, "secret_key": "wrong"})[0] == 401
+    assert server.call("POST", "/v1/oauth2/token", {"client_id": "nobody", "secret_key": "x"})[0] == 401
+    status, refreshed = server.call("POST", "/v1/oauth2/refresh", {"refresh_token": tokens["refresh_token"]})
+    assert status == 200 and refreshed["access_token"] != tokens["access_token"]
+    assert server.call("POST", "/v1/oauth2/refresh", {"refresh_token": "forged"})[0] == 400
+    token = refreshed["access_token"]
+
+    # submit, follow to complete, read the results
+    job = {"job_queue": queue, "job_priority": 5, "test_data": {"test_cmds": "echo hello from the server"}}
+    status, body = server.call("POST", "/api/v1/jobs", job, token=token)
+    assert status == 200, body
+    job_id = body["job_id"]
+    assert body["submitted_by"] == alice
+
+    def complete() -> bool:
+        status, body = server.call("GET", f"/api/v1/jobs/{job_id}/status", token=token)
+        assert status == 200, body
+        return body["state"] == "complete"
+
+    wait_for(complete, JOB_TIMEOUT, f"job {job_id} complete")
+    status, results = server.call("GET", f"/api/v1/jobs/{job_id}/results", token=token)
+    assert status == 200 and results["outcome"] == "pass"
+    assert "hello from the server" in results["test_output"]
+    status, record = server.call("GET", f"/api/v1/jobs/{job_id}", token=token)
+    assert status == 200 and record["submitted_by"] == alice and record["state"] == "complete"
+    status, listed = server.call("GET", "/api/v1/jobs", token=token)
+    assert status == 200 and [j["job_id"] for j in listed] == [job_id]
+
+    # 403 above a limit, naming it; nothing queued
+    for too_much, field, limit in (
+            ({**job, "job_priority": 6}, "job_priority", "max_priority 5"),
+            ({**job, "reserve_data": {"ssh_keys": ["lp:someone"], "timeout": 3601}}, "reserve_data.timeout",
+             "max_reservation_time 3600s")):
+        status, body = server.call("POST", "/api/v1/jobs", too_much, token=token)
+        assert status == 403, body
+        assert [e["field"] for e in body["errors"]] == [field] and limit in body["errors"][0]["message"]
+    assert server.call("POST", "/api/v1/jobs", {**job, "job_priority": 1}, token=bob_token)[0] == 403
+    assert server.call("GET", "/api/v1/jobs", token=token)[1][0]["job_id"] == job_id  # still only the first
+
+    # 422 naming the invalid field
+    status, body = server.call("POST", "/api/v1/jobs", {"job_queue": queue, "global_timeout": "soon"}, token=token)
+    assert status == 422 and [e["field"] for e in body["errors"]] == ["global_timeout"]
+
+    # another client sees nothing of alice's job, and cannot cancel it
+    for path in (f"/api/v1/jobs/{job_id}", f"/api/v1/jobs/{job_id}/status", f"/api/v1/jobs/{job_id}/results"):
+        assert server.call("GET", path, token=bob_token)[0] == 404
+    assert server.call("POST", f"/api/v1/jobs/{job_id}/cancel", token=bob_token)[0] == 404
+    assert server.call("GET", "/api/v1/jobs", token=bob_token) == (200, [])
+
+    # without a token: protected routes 401, someone's job invisible, a forged token 401
+    assert server.call("GET", "/api/v1/jobs")[0] == 401
+    assert server.call("POST", f"/api/v1/jobs/{job_id}/cancel")[0] == 401
+    assert server.call("GET", f"/api/v1/jobs/{job_id}/results")[0] == 404
+    assert server.call("GET", "/api/v1/jobs", token="forged")[0] == 401
+
+    # anonymous: submits with the defaults (no priority), reads its job by id, cannot cancel it
+    assert server.call("POST", "/api/v1/jobs", job)[0] == 403
+    status, body = server.call("POST", "/api/v1/jobs", {**job, "job_priority": 0})
+    assert status == 200 and body["submitted_by"] == "anonymous"
+    anon_job = body["job_id"]
+    assert server.call("GET", f"/api/v1/jobs/{anon_job}/status")[0] == 200
+    assert server.call("POST", f"/api/v1/jobs/{anon_job}/cancel")[0] == 401
+    assert server.call("GET", f"/api/v1/jobs/{anon_job}/status", token=token)[0] == 404
+
+    # the lab, for everyone
+    status, queues = server.call("GET", "/api/v1/queues")
+    assert status == 200 and queue in [q["queue"] for q in queues]
+    status, devices = server.call("GET", "/api/v1/devices")
+    assert status == 200 and any(queue in d["queues"] for d in devices)
+
+
+def test_tokens_expire_and_die_with_their_client(short_tokens: Server, cluster_redis_url: str) -> None:
+    client_id = unique_queue("expiring")
+    secret = add_client(client_id)
+    tokens = short_tokens.login(client_id, secret)
+    assert tokens["expires_in"] == 10
+    assert short_tokens.call("GET", "/api/v1/jobs", token=tokens["access_token"]) == (200, [])
+
+    r = redis_lib.Redis.from_url(cluster_redis_url, decode_responses=True)
+    assert clients.client_for_token(r, tokens["access_token"]) is not None
+    started = time.monotonic()
+    wait_for(lambda: short_tokens.call("GET", "/api/v1/jobs", token=tokens["access_token"])[0] == 401, 20,
+             "the access token expiring")
+    assert time.monotonic() - started > 5  # it lived (about) its 10 s, not less
+    status, body = short_tokens.call("POST", "/v1/oauth2/refresh", {"refresh_token": tokens["refresh_token"]})
+    assert status == 200 and short_tokens.call("GET", "/api/v1/jobs", token=body["access_token"]) == (200, [])
+
+    removed = subprocess.run([CONVOY, "clients", "remove", client_id], capture_output=True, text=True, timeout=30)
+    assert removed.returncode == 0, removed.stderr
+    assert short_tokens.call("GET", "/api/v1/jobs", token=body["access_token"])[0] == 401
+    assert short_tokens.call("POST", "/v1/oauth2/refresh", {"refresh_token": tokens["refresh_token"]})[0] == 400
+    listed = subprocess.run([CONVOY, "clients", "list"], capture_output=True, text=True, timeout=30)
+    assert client_id not in [c["client_id"] for c in json.loads(listed.stdout)]
+    r.close()
