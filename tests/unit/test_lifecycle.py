@@ -100,7 +100,7 @@ def test_is_final(state: str | None, final: bool) -> None:
 @pytest.mark.parametrize("enum, words", [
     (JobState, ["waiting", "provision", "allocated", "reserve", "test", "cleanup", "complete", "cancelled"]),
     (Phase, ["provision", "allocate", "reserve", "test", "cleanup"]),
-    (Signal, ["cancel", "test", "release", "start", "timeout"]),
+    (Signal, ["cancel", "test", "release", "start", "timeout", "authorize"]),
     (Outcome, ["pass", "fail", "cancelled"]),
 ])
 def test_names_are_testflingers_words(enum: type, words: list[str]) -> None:
