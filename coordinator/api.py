@@ -20,6 +20,7 @@ from convoy.coordinator.results import job_results as _job_results
 from convoy.coordinator.scheduling.feasibility import feasible
 from convoy.coordinator.scheduling.model import WaitingJob
 from convoy.coordinator.scheduling.requirements import requirements
+from convoy.coordinator.state import clients
 from convoy.coordinator.state.connection import check_redis, get_client, get_store
 from convoy.coordinator.state.devices import device_summaries, known_queues
 from convoy.coordinator.state.schedule import enqueue
@@ -58,11 +59,15 @@ def _check_satisfiable(job: dict[str, Any], client: redis.Redis) -> None:
 
 
 def submit_job(job: dict[str, Any] | str | os.PathLike[str], *, settings: Settings | None = None,
-               require_known_queue: bool = True) -> str:
+               require_known_queue: bool = True, submitted_by: str | None = None,
+               idempotency_key: str | None = None, idempotency_ttl: float = 600) -> str:
     """Validate a job (a dict, YAML text or a path) and put it in line for its devices; return its id.
 
     ``require_known_queue=False`` skips the check that the registered devices can ever run the
-    job: it then waits until devices that can register.
+    job: it then waits until devices that can register.  ``submitted_by`` (``convoy server``'s caller)
+    is recorded on the job and its children.  ``idempotency_key``: a second submission with the same key
+    within ``idempotency_ttl`` seconds answers the first one's id and creates nothing (a client that
+    resubmits after losing the answer to a server error gets one job, not two).
 
     The job is recorded and handed to the scheduler in one Redis transaction:
     it is either fully submitted or not at all.  Nothing is published to the
@@ -75,26 +80,42 @@ def submit_job(job: dict[str, Any] | str | os.PathLike[str], *, settings: Settin
     if require_known_queue:
         _check_satisfiable(normalized, client)
     store = get_store(settings)
+    once = clients.submission_key(idempotency_key) if idempotency_key else None
     job_id = str(uuid.uuid4())
     submitted = time.time()
     child_ids: list[str] = []
     deadline = None
     try:
-        pipe = store.pipeline(transaction=True)
-        if is_multi(normalized):
-            children = normalized["provision_data"]["jobs"]
-            child_ids = [str(uuid.uuid4()) for _ in children]
-            store.create(job_id, normalized, queue="multi", pipe=pipe)
-            for child_id, child in zip(child_ids, children, strict=True):
-                store.create(child_id, child, queue=child.get("job_queue") or GUEST_QUEUE, parent_job_id=job_id,
-                             role=child.get("role"), pipe=pipe)
-            deadline = submitted + float(normalized["allocation_timeout"])
-        else:
-            store.create(job_id, normalized, queue=normalized["job_queue"], pipe=pipe)
-        enqueue(pipe, job_id, submitted, deadline)
-        pipe.execute()
+        with store.pipeline(transaction=True) as pipe:
+            if once:
+                pipe.watch(once)  # a concurrent twin makes execute() fail, and this one answers the twin's id
+                earlier = pipe.get(once)
+                if earlier:
+                    return str(earlier)
+                pipe.multi()
+                pipe.set(once, job_id, ex=max(1, int(idempotency_ttl)))
+            if is_multi(normalized):
+                children = normalized["provision_data"]["jobs"]
+                child_ids = [str(uuid.uuid4()) for _ in children]
+                store.create(job_id, normalized, queue="multi", submitted_by=submitted_by, pipe=pipe)
+                for child_id, child in zip(child_ids, children, strict=True):
+                    store.create(child_id, child, queue=child.get("job_queue") or GUEST_QUEUE,
+                                 parent_job_id=job_id, role=child.get("role"), submitted_by=submitted_by, pipe=pipe)
+                deadline = submitted + float(normalized["allocation_timeout"])
+            else:
+                store.create(job_id, normalized, queue=normalized["job_queue"], submitted_by=submitted_by,
+                             pipe=pipe)
+            if submitted_by:
+                clients.list_job(pipe, submitted_by, job_id, submitted)
+            enqueue(pipe, job_id, submitted, deadline)
+            pipe.execute()
         if child_ids:
             _create_group(client, job_id, normalized, child_ids)
+    except redis.WatchError:
+        earlier = client.get(once) if once else None
+        if earlier:
+            return str(earlier)
+        raise ServiceUnavailable(redact_url(settings.redis_url), "could not submit job: try again") from None
     except redis.RedisError as exc:
         raise ServiceUnavailable(redact_url(settings.redis_url), f"could not submit job: {exc}") from None
     return job_id

@@ -146,3 +146,40 @@ def clients_set(client_id: str, admin: bool | None, max_priority: tuple[str, ...
     record.allowed_queues = sorted(set(record.allowed_queues) | set(allowed))
     save_client(r, record)
     click.echo(json.dumps(record.public(), indent=2))
+
+
+@cli.group("restricted-queues")
+def restricted_group() -> None:
+    """Queues only some clients of convoy server may use (lab side: needs the lab's Redis URL)."""
+
+
+@restricted_group.command("add")
+@click.argument("queues", nargs=-1, required=True)
+def restricted_add(queues: tuple[str, ...]) -> None:
+    """Restrict QUEUES: only clients allowed them (convoy clients set ID --allow-queue Q) may use them."""
+    from convoy.coordinator.cli.main import _client
+    from convoy.coordinator.state.clients import restrict_queues
+
+    restrict_queues(_client(), list(queues))
+    click.echo(f"restricted: {' '.join(queues)}")
+
+
+@restricted_group.command("remove")
+@click.argument("queues", nargs=-1, required=True)
+def restricted_remove(queues: tuple[str, ...]) -> None:
+    """Open QUEUES to every client again."""
+    from convoy.coordinator.cli.main import _client
+    from convoy.coordinator.state.clients import restrict_queues
+
+    restrict_queues(_client(), list(queues), restricted=False)
+    click.echo(f"no longer restricted: {' '.join(queues)}")
+
+
+@restricted_group.command("list")
+def restricted_list() -> None:
+    """The restricted queues, one per line."""
+    from convoy.coordinator.cli.main import _client
+    from convoy.coordinator.state.clients import restricted_queues
+
+    for queue in sorted(restricted_queues(_client())):
+        click.echo(queue)

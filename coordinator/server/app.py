@@ -37,6 +37,8 @@ class ServerConfig:
     refresh_ttl: int = REFRESH_TTL
     #: whether a caller without a token may submit (with the anonymous defaults)
     anonymous_submit: bool = True
+    #: how long (seconds) a resubmitted identical document answers the first job (``access.submit_as``)
+    idempotency_ttl: float = 600
 
 
 class PermissionDenied(ConvoyError):
@@ -59,13 +61,15 @@ def create_app(config: ServerConfig | None = None) -> FastAPI:
     """The ASGI app of ``convoy server`` (``config`` defaults to the environment's settings)."""
     from importlib.metadata import version
 
-    from convoy.coordinator.server import routes
+    from convoy.coordinator.server import lavarpc, routes, testflinger
 
     config = config or ServerConfig(load_settings())
     app = FastAPI(title="convoy", version=version("convoy"),
                   description="convoy's JSON API: submit and follow multi-device test jobs, with credentials.")
     app.state.config = config
     app.include_router(routes.router)
+    app.include_router(testflinger.router)
+    app.include_router(lavarpc.router)
 
     @app.exception_handler(ConvoyError)
     def convoy_error(request: Request, exc: ConvoyError) -> JSONResponse:

@@ -9,8 +9,10 @@ for every queue not named:
 
 A job is checked against every queue it uses (a multi job: each child's queue, or its LAVA
 ``device_type``): the strictest limit holds.  Anonymous callers (no token) get the defaults: priority 0,
-the deployment's reservation cap.  Admins are not limited.  Restricted queues (``allowed_queues``) are
-stored but not enforced yet.
+the deployment's reservation cap.  Admins are not limited.  A restricted queue (``convoy
+restricted-queues add``) takes only jobs of clients whose ``allowed_queues`` names it.  A multi job's
+children are checked against their parent's submitter: a child can never do what its parent may not,
+and a refusal names the child's field path.
 
 Who sees what: a client sees, follows and cancels the jobs it submitted; an admin every job; a caller
 without a token sees an anonymously submitted job by its id (a random UUID, as Testflinger does) and can
@@ -64,14 +66,38 @@ def job_queues(job: dict[str, Any]) -> list[str]:
     return [c.get("job_queue") or c.get("device_type") or GUEST_QUEUE for c in children] or ["multi"]
 
 
-def permission_errors(identity: Identity, job: dict[str, Any], max_reservation: float) -> list[FieldError]:
+def _queue_field(job: dict[str, Any], index: int | None) -> str:
+    if index is None:
+        return "job_queue"
+    child = job.get("provision_data", {}).get("jobs", [])[index]
+    return f"provision_data.jobs[{index}]." + ("job_queue" if child.get("job_queue") else "device_type")
+
+
+def queue_errors(identity: Identity, job: dict[str, Any], restricted: set[str] | frozenset[str]) -> list[FieldError]:
+    """A refusal for each restricted queue the job (or a child) uses that ``identity`` is not allowed."""
+    if identity.admin or not restricted:
+        return []
+    allowed = set(identity.client.allowed_queues) if identity.client else set()
+    who = f"client {identity.name}" if identity.client else "anonymous users (no token)"
+    errors = []
+    indexed: list[tuple[int | None, str]] = list(enumerate(job_queues(job))) if is_multi(job) \
+        else [(None, job_queues(job)[0])]
+    for index, queue in indexed:
+        if queue in restricted and queue not in allowed:
+            errors.append(FieldError(_queue_field(job, index), f"queue {queue!r} is restricted and {who} "
+                                                               f"is not allowed it"))
+    return errors
+
+
+def permission_errors(identity: Identity, job: dict[str, Any], max_reservation: float,
+                      restricted: set[str] | frozenset[str] = frozenset()) -> list[FieldError]:
     """Every limit a normalised job exceeds for ``identity`` (empty: allowed), each naming field and limit."""
     if identity.admin:
         return []
     priorities = identity.client.max_priority if identity.client else {}
     reservations = identity.client.max_reservation_time if identity.client else {}
     who = f"client {identity.name}" if identity.client else "anonymous users (no token)"
-    errors: list[FieldError] = []
+    errors: list[FieldError] = queue_errors(identity, job, restricted)
     queues = job_queues(job)
 
     def priority_limit(queue_list: list[str]) -> tuple[int, str]:

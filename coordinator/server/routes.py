@@ -5,51 +5,30 @@ see answers 404, exactly like a job that does not exist, so ids of other clients
 """
 from __future__ import annotations
 
-import copy
 import dataclasses
 import json
-import time
 from datetime import UTC, datetime
 from typing import Annotated, Any
 
-import redis
 from fastapi import APIRouter, Body, Depends, Header, Request
 from pydantic import BaseModel
 
-from convoy.config.jobs import load_job
 from convoy.coordinator import api
-from convoy.coordinator.server import auth
-from convoy.coordinator.server.app import PermissionDenied, ServerConfig, Unauthorized
+from convoy.coordinator.server import access, auth
+from convoy.coordinator.server.app import Unauthorized
 from convoy.coordinator.state import clients
-from convoy.coordinator.state.connection import get_client, get_store
-from convoy.coordinator.state.jobs import JobStore
 from convoy.errors import ConvoyError, JobNotFound
 
 router = APIRouter()
-
-
-def _config(request: Request) -> ServerConfig:
-    config: ServerConfig = request.app.state.config
-    return config
-
-
-def _redis(request: Request) -> redis.Redis:
-    return get_client(_config(request).settings)
-
-
-def _store(request: Request) -> JobStore:
-    return get_store(_config(request).settings)
+_config, _redis, _store = access.server_config, access.redis_of, access.store_of
+_visible, _changeable = access.check_visible, access.check_changeable
 
 
 def identity(request: Request, authorization: Annotated[str | None, Header()] = None) -> auth.Identity:
     """The caller: the client of a valid bearer token, anonymous without one; 401 for a bad token."""
-    if not authorization:
-        return auth.Identity()
-    token = auth.bearer_token(authorization)
-    client = clients.client_for_token(_redis(request), token) if token else None
-    if client is None:
+    if authorization and not auth.bearer_token(authorization):
         raise Unauthorized("invalid or expired token: get one at POST /v1/oauth2/token")
-    return auth.Identity(client)
+    return access.caller_for_token(request, auth.bearer_token(authorization))
 
 
 Caller = Annotated[auth.Identity, Depends(identity)]
@@ -62,19 +41,6 @@ def signed_in(who: Caller) -> auth.Identity:
 
 
 Client = Annotated[auth.Identity, Depends(signed_in)]
-
-
-def _visible(request: Request, who: auth.Identity, job_id: str) -> None:
-    """JobNotFound unless the job exists and ``who`` may see it."""
-    _store(request).state(job_id)  # JobNotFound for an unknown job
-    if not auth.may_see(who, clients.submitted_by(_redis(request), job_id)):
-        raise JobNotFound(job_id)
-
-
-def _changeable(request: Request, who: auth.Identity, job_id: str) -> None:
-    _visible(request, who, job_id)
-    if not auth.may_change(who, clients.submitted_by(_redis(request), job_id)):
-        raise Unauthorized("changing a job needs a token")
 
 
 # --- credentials ------------------------------------------------------------------
@@ -129,21 +95,14 @@ class JobState(BaseModel):
 
 
 @router.post("/api/v1/jobs", response_model=Submitted, tags=["jobs"])
-def submit(request: Request, who: Caller, job: Annotated[dict[str, Any], Body()]) -> Submitted:
+def submit(request: Request, who: Caller, job: Annotated[dict[str, Any], Body()],
+           idempotency_key: Annotated[str | None, Header()] = None) -> Submitted:
     """Submit a job document (JSON; Testflinger or LAVA form, as ``convoy submit`` takes as YAML).
 
     422 names every invalid field; 403 names every limit of the caller the job exceeds; nothing is queued
-    in either case."""
-    config = _config(request)
-    if who.anonymous and not config.anonymous_submit:
-        raise Unauthorized("this server takes jobs only with a token")
-    normalized = load_job(copy.deepcopy(job))
-    errors = auth.permission_errors(who, normalized, config.settings.max_reservation)
-    if errors:
-        raise PermissionDenied(errors)
-    job_id = api.submit_job(copy.deepcopy(job), settings=config.settings)
-    store = _store(request)
-    clients.set_submitter(_redis(request), job_id, store.children(job_id), who.name, time.time())
+    in either case.  With an ``Idempotency-Key`` header, sending the same document again (after losing
+    the answer) returns the first job's id instead of queueing a second job."""
+    job_id = access.submit_as(request, who, job, idempotency_key=idempotency_key)
     return Submitted(job_id=job_id, submitted_by=who.name)
 
 

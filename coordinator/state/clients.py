@@ -170,14 +170,27 @@ def client_for_token(r: redis.Redis, access: str) -> Client | None:
     return get_client_record(r, client_id) if client_id else None
 
 
+# --- restricted queues ----------------------------------------------------------
+def restricted_queues(r: redis.Redis) -> set[str]:
+    """The restricted queues: a client may use one only if its ``allowed_queues`` names it."""
+    return {_text(q) or "" for q in r.smembers(keys.RESTRICTED_QUEUES)}
+
+
+def restrict_queues(r: redis.Redis, queues: list[str], restricted: bool = True) -> None:
+    """Make ``queues`` restricted (or, ``restricted=False``, open to every client again)."""
+    if queues:
+        (r.sadd if restricted else r.srem)(keys.RESTRICTED_QUEUES, *queues)
+
+
 # --- who submitted which job ----------------------------------------------------
-def set_submitter(r: redis.Redis, job_id: str, child_ids: list[str], who: str, submitted: float) -> None:
-    """Record ``submitted_by`` on a job and its children, and list the job among ``who``'s jobs."""
-    pipe = r.pipeline(transaction=True)
-    for jid in [job_id, *child_ids]:
-        pipe.hset(keys.job(jid), "submitted_by", who)
-    pipe.zadd(keys.client_jobs(who), {job_id: submitted})
-    pipe.execute()
+def submission_key(idempotency_key: str) -> str:
+    """The key holding the job an idempotent submission created (watch it, then set it with the job)."""
+    return keys.submission(hashlib.sha256(idempotency_key.encode()).hexdigest())
+
+
+def list_job(target: redis.Redis | redis.client.Pipeline, who: str, job_id: str, submitted: float) -> None:
+    """List a new top-level job among ``who``'s jobs (inside the submission's transaction)."""
+    target.zadd(keys.client_jobs(who), {job_id: submitted})
 
 
 def submitted_by(r: redis.Redis, job_id: str) -> str | None:

@@ -88,7 +88,7 @@ class JobStore:
 
     # --- records ------------------------------------------------------------
     def create(self, job_id: str, document: dict[str, Any], *, queue: str,
-               parent_job_id: str | None = None, role: str | None = None,
+               parent_job_id: str | None = None, role: str | None = None, submitted_by: str | None = None,
                pipe: redis.client.Pipeline | None = None) -> None:
         """Store a new job record in state ``waiting`` (inside ``pipe`` when given).
 
@@ -108,6 +108,8 @@ class JobStore:
             record["parent_job_id"] = parent_job_id
         if role:
             record["role"] = role
+        if submitted_by:
+            record["submitted_by"] = submitted_by
         target = pipe if pipe is not None else self._r
         if secrets:
             target.hset(keys.job_secrets(job_id), mapping=secrets)

@@ -170,6 +170,15 @@ def client_jobs(client_id: str) -> str:
     return f"{PREFIX}:client:{client_id}:jobs"
 
 
+#: set: the restricted queues (only clients allowed them may use them; ``convoy queues restrict``)
+RESTRICTED_QUEUES = f"{PREFIX}:queues:restricted"
+
+
+def submission(digest: str) -> str:
+    """String with a TTL: the job id an idempotent submission (by its SHA-256 key) created."""
+    return f"{PREFIX}:submission:{digest}"
+
+
 def access_token(digest: str) -> str:
     """String with a TTL: the client id an access token (by its SHA-256) stands for."""
     return f"{PREFIX}:token:access:{digest}"

@@ -1,0 +1,82 @@
+"""What every front of ``convoy server`` shares: the request's Redis, its caller, who may see or change a
+job, and submitting a job as the caller.
+
+convoy's own JSON API (``routes.py``), Testflinger's REST v1 (``testflinger.py``) and LAVA's XML-RPC
+(``lavarpc.py``) all go through these, so a permission holds the same whichever protocol a client speaks.
+"""
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+import redis
+from fastapi import Request
+
+from convoy.config.jobs import load_job
+from convoy.coordinator import api
+from convoy.coordinator.server import auth
+from convoy.coordinator.server.app import PermissionDenied, ServerConfig, Unauthorized
+from convoy.coordinator.state import clients
+from convoy.coordinator.state.connection import get_client, get_store
+from convoy.coordinator.state.jobs import JobStore
+from convoy.errors import JobNotFound
+
+
+def server_config(request: Request) -> ServerConfig:
+    config: ServerConfig = request.app.state.config
+    return config
+
+
+def redis_of(request: Request) -> redis.Redis:
+    return get_client(server_config(request).settings)
+
+
+def store_of(request: Request) -> JobStore:
+    return get_store(server_config(request).settings)
+
+
+def caller_for_token(request: Request, token: str | None) -> auth.Identity:
+    """The client of a valid access token; anonymous for no token; 401 (``Unauthorized``) for a bad one."""
+    if not token:
+        return auth.Identity()
+    client = clients.client_for_token(redis_of(request), token)
+    if client is None:
+        raise Unauthorized("invalid or expired token: get one at POST /v1/oauth2/token")
+    return auth.Identity(client)
+
+
+def check_visible(request: Request, who: auth.Identity, job_id: str) -> None:
+    """``JobNotFound`` unless the job exists and ``who`` may see it (another client's job looks absent)."""
+    store_of(request).state(job_id)  # JobNotFound for an unknown job
+    if not auth.may_see(who, clients.submitted_by(redis_of(request), job_id)):
+        raise JobNotFound(job_id)
+
+
+def check_changeable(request: Request, who: auth.Identity, job_id: str) -> None:
+    """As :func:`check_visible`, and ``who`` may cancel or change the job (its own, with a token)."""
+    check_visible(request, who, job_id)
+    if not auth.may_change(who, clients.submitted_by(redis_of(request), job_id)):
+        raise Unauthorized("changing a job needs a token")
+
+
+def submit_as(request: Request, who: auth.Identity, job: dict[str, Any] | str, *,
+              idempotency_key: str | None = None) -> str:
+    """Submit ``job`` (a document, or its YAML/JSON text) for ``who``; its id.
+
+    422 (``JobValidationError``) for an invalid job, 403 (``PermissionDenied``) naming every limit it
+    exceeds (priority, reservation, restricted queue; a child's field path for a child): nothing is queued
+    in either case.  ``idempotency_key`` (the client's, or a digest of the document): the same caller
+    submitting with the same key again within the server's ``idempotency_ttl`` gets the first job's id and
+    nothing new is queued (a resubmission after a lost answer)."""
+    config = server_config(request)
+    if who.anonymous and not config.anonymous_submit:
+        raise Unauthorized("this server takes jobs only with a token")
+    normalized = load_job(copy.deepcopy(job))
+    errors = auth.permission_errors(who, normalized, config.settings.max_reservation,
+                                    clients.restricted_queues(redis_of(request)))
+    if errors:
+        raise PermissionDenied(errors)
+    key = f"{who.name}\0{idempotency_key}" if idempotency_key else None
+    return api.submit_job(copy.deepcopy(job), settings=config.settings, submitted_by=who.name,
+                          idempotency_key=key, idempotency_ttl=config.idempotency_ttl)
+

@@ -1,0 +1,6 @@
+"""Placeholder: filled in by issue 14's lavarpc front."""
+from __future__ import annotations
+
+from fastapi import APIRouter
+
+router = APIRouter()
