@@ -109,6 +109,19 @@ class ServiceUnavailable(ConvoyError):
         super().__init__(f"cannot reach {self.url}: {reason}")
 
 
+class PermissionDenied(ConvoyError):
+    """A job asks for more than its submitter may (``convoy server`` answers 403 naming each limit)."""
+
+    def __init__(self, errors: list[FieldError]) -> None:
+        self.errors = list(errors)
+        lines = "\n".join(f"  - {e}" for e in self.errors)
+        super().__init__(f"permission denied: {len(self.errors)} limit(s) exceeded\n{lines}")
+
+
+class Unauthorized(ConvoyError):
+    """No valid credentials for what was asked (``convoy server`` answers 401)."""
+
+
 class DeviceError(ConvoyError):
     """A device could not be provisioned, reached or cleaned up."""
 

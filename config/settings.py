@@ -47,6 +47,13 @@ class Settings:
     #: the only directories a test definition ``from: url`` may name with ``file://`` (CONVOY_DEFINITION_DIRS,
     #: separated by ':'): a job must not read the worker's own files (its keys) through a URL
     definition_dirs: tuple[Path, ...] = ()
+    #: ``convoy server``'s address (CONVOY_SERVER): set, the CLI and ``submit_job()`` & co. talk to it, not Redis
+    server_url: str | None = None
+    #: credentials for the server: an access token (CONVOY_TOKEN), or a client id and secret exchanged
+    #: for one (CONVOY_CLIENT_ID, CONVOY_SECRET_KEY, as Testflinger's client names them)
+    server_token: str | None = field(default=None, repr=False)
+    client_id: str | None = None
+    secret_key: str | None = field(default=None, repr=False)
 
     @property
     def effective_broker_url(self) -> str:
@@ -82,6 +89,10 @@ _FROM_ENV: dict[str, tuple[str, Callable[[str], Any]]] = {
     "CONVOY_REDIS_TLS_KEY": ("redis_tls_key", str),
     "CONVOY_KEEP_JOB_DIRS": ("keep_job_dirs", _duration),
     "CONVOY_MAX_ARTIFACT_BYTES": ("max_artifact_bytes", int),
+    "CONVOY_SERVER": ("server_url", lambda text: text.rstrip("/")),
+    "CONVOY_TOKEN": ("server_token", str),
+    "CONVOY_CLIENT_ID": ("client_id", str),
+    "CONVOY_SECRET_KEY": ("secret_key", str),
     "CONVOY_DEFINITION_DIRS": ("definition_dirs", lambda text: tuple(Path(p) for p in text.split(os.pathsep) if p)),
 }
 

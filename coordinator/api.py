@@ -3,11 +3,17 @@
 ``submit_job`` validates the whole document (and that the lab can ever run
 it) before anything is stored; a job is either fully recorded and in line
 for the scheduler, or not at all.
+
+Two ways to reach the lab, one API: with ``CONVOY_SERVER`` set (a user's
+machine) every function asks ``convoy server`` (``coordinator/remote.py``,
+with the user's token); without it (lab components, the embedded ``convoy
+run``) they read and write Redis directly.
 """
 from __future__ import annotations
 
 import os
 import time
+import urllib.parse
 import uuid
 from typing import Any
 
@@ -16,6 +22,9 @@ import redis
 from convoy.config.jobs import GUEST_QUEUE, is_multi, load_job
 from convoy.config.lifecycle import FINAL_STATES
 from convoy.config.settings import Settings, load_settings
+from convoy.config.yamlsafe import read_document
+from convoy.coordinator.follow import LiveSource, StoreSource
+from convoy.coordinator.remote import ServerClient, ServerSource
 from convoy.coordinator.results import job_results as _job_results
 from convoy.coordinator.scheduling.feasibility import feasible
 from convoy.coordinator.scheduling.model import WaitingJob
@@ -25,9 +34,15 @@ from convoy.coordinator.state.connection import check_redis, get_client, get_sto
 from convoy.coordinator.state.devices import device_summaries, known_queues
 from convoy.coordinator.state.schedule import enqueue
 from convoy.coordinator.state.urls import redact_url
-from convoy.errors import ConvoyError, FieldError, JobValidationError, ServiceUnavailable
+from convoy.errors import ConvoyError, FieldError, JobNotFound, JobValidationError, ServiceUnavailable
 from convoy.tasks.cancel import cancel_job as _cancel_job
 from convoy.tasks.scheduler import device_view
+
+
+def _server(settings: Settings | None) -> tuple[Settings, ServerClient | None]:
+    """The settings, and the client of ``convoy server`` when ``CONVOY_SERVER`` names one."""
+    settings = settings or load_settings()
+    return settings, (ServerClient(settings) if settings.server_url else None)
 
 
 def _check_satisfiable(job: dict[str, Any], client: redis.Redis) -> None:
@@ -73,7 +88,11 @@ def submit_job(job: dict[str, Any] | str | os.PathLike[str], *, settings: Settin
     it is either fully submitted or not at all.  Nothing is published to the
     broker here: the scheduler does that once the job's devices are assigned.
     """
-    settings = settings or load_settings()
+    settings, server = _server(settings)
+    if server:  # the server validates, checks the caller's permissions, and records who submitted
+        document = read_document(job)
+        headers_key = idempotency_key or str(uuid.uuid4())  # a retried request never queues a second job
+        return str(server.call("POST", "/api/v1/jobs", document, headers={"Idempotency-Key": headers_key})["job_id"])
     normalized = load_job(job)
     check_redis(settings)
     client = get_client(settings)
@@ -131,6 +150,9 @@ def _create_group(client: redis.Redis, job_id: str, job: dict[str, Any], child_i
 
 def job_status(job_id: str, *, settings: Settings | None = None) -> str:
     """The job's state: waiting, provision, allocated, reserve, test, cleanup, complete, cancelled."""
+    settings, server = _server(settings)
+    if server:
+        return str(server.call("GET", f"/api/v1/jobs/{job_id}/status")["state"])
     return get_store(settings).state(job_id)
 
 
@@ -138,12 +160,19 @@ def job_results(job_id: str, *, settings: Settings | None = None) -> dict[str, A
     """Testflinger-style results: per-phase status and output, device_info, children; LAVA's
     ``test_results`` (suites of cases) for the job and each child (``convoy.config.testresults``
     renders them as JUnit)."""
+    settings, server = _server(settings)
+    if server:
+        return dict(server.call("GET", f"/api/v1/jobs/{job_id}/results"))
     return _job_results(get_store(settings), job_id)
 
 
 def cancel_job(job_id: str, *, settings: Settings | None = None) -> None:
     """Cancel a job (and, for a multi job, every child); cleanup still runs."""
-    _cancel_job(get_store(settings), job_id, settings or load_settings())
+    settings, server = _server(settings)
+    if server:
+        server.call("POST", f"/api/v1/jobs/{job_id}/cancel")
+        return
+    _cancel_job(get_store(settings), job_id, settings)
 
 
 def extend_reservation(job_id: str, duration: str | float, *, settings: Settings | None = None) -> float:
@@ -154,7 +183,10 @@ def extend_reservation(job_id: str, duration: str | float, *, settings: Settings
     from convoy.config.durations import DurationError, parse_duration
     from convoy.tasks.parent import extend_reservation as _extend
 
-    settings = settings or load_settings()
+    settings, server = _server(settings)
+    if server:
+        return float(server.call("POST", f"/api/v1/jobs/{job_id}/reservation/extend",
+                                 {"duration": duration})["until"])
     try:
         seconds = parse_duration(duration, field="duration")
     except DurationError as exc:
@@ -166,6 +198,10 @@ def release_reservation(job_id: str, *, settings: Settings | None = None) -> Non
     """End a multi job's reservation now: its devices go on to the test phase and cleanup."""
     from convoy.tasks.parent import end_reservation
 
+    settings, server = _server(settings)
+    if server:
+        server.call("POST", f"/api/v1/jobs/{job_id}/reservation/release")
+        return
     store = get_store(settings)
     state = store.state(job_id)
     if not end_reservation(store, job_id, "reservation released by convoy release"):
@@ -179,7 +215,9 @@ def wait_for_job(job_id: str, timeout: float | None = None, *, settings: Setting
     ridden out.  Raises ConvoyError on timeout, ServiceUnavailable when Redis
     stays unreachable until the deadline.
     """
-    settings = settings or load_settings()
+    settings, server = _server(settings)
+    if server:
+        return _wait_remote(ServerSource(server), job_id, timeout)
     store = get_store(settings)
     try:
         store.state(job_id)  # JobNotFound early
@@ -200,6 +238,120 @@ def job_artifacts(job_id: str, *, settings: Settings | None = None) -> bytes | N
     """
     from convoy.coordinator.state.artifacts import load_artifacts
 
+    settings, server = _server(settings)
+    if server:
+        data = server.call("GET", f"/api/v1/jobs/{job_id}/artifacts", raw=True)
+        return bytes(data) if data else None
     store = get_store(settings)
     store.state(job_id)  # JobNotFound
     return load_artifacts(store.client, job_id)
+
+
+def _wait_remote(source: ServerSource, job_id: str, timeout: float | None) -> str:
+    """``wait_for_job`` through the server: long polls on the job's events until its state is final."""
+    deadline = None if timeout is None else time.monotonic() + timeout
+    positions = {job_id: "$"}  # only what happens from now on
+    while True:
+        remaining = None if deadline is None else deadline - time.monotonic()
+        block_ms = 1000 if remaining is None else max(1, int(min(remaining, 1.0) * 1000))
+        step = source.step(job_id, positions, 0, block_ms)
+        for jid, event_id, _ in step.events:
+            positions[jid] = event_id
+        state = step.states[job_id]
+        if state in FINAL_STATES:
+            return state
+        if remaining is not None and remaining <= 0:
+            raise ConvoyError(f"job {job_id} still {state} after {timeout:g}s")
+
+
+def live_source(settings: Settings | None = None) -> LiveSource:
+    """Where a live view reads jobs: ``convoy server`` in server mode, else the job store."""
+    settings, server = _server(settings)
+    return ServerSource(server) if server else StoreSource(get_store(settings))
+
+
+def show_job(job_id: str, *, settings: Settings | None = None) -> dict[str, Any]:
+    """The job's record (``convoy show``): document, state, device, children; waiting: its position and
+    what it waits for; reserved: when the reservation expires."""
+    from datetime import UTC, datetime
+
+    from convoy.tasks.scheduler import waiting_reasons
+
+    settings, server = _server(settings)
+    if server:
+        return dict(server.call("GET", f"/api/v1/jobs/{job_id}"))
+    store = get_store(settings)
+    record = store.get(job_id)
+    record["children"] = store.children(job_id)
+    for _, reason in waiting_reasons(store, [job_id]):
+        record["position"] = reason.position
+        record["waiting_for"] = reason.message()
+    if record.get("reserve_until") and not record.get("step_reserve"):
+        expires = datetime.fromtimestamp(float(record["reserve_until"]), UTC)
+        record["reservation_expires"] = expires.isoformat(timespec="seconds")
+    return record
+
+
+#: the fields of a job in a listing
+LISTED_FIELDS = ("job_id", "state", "job_queue", "created_at", "parent_job_id", "submitted_by")
+
+
+def job_summaries(store_ids: list[str], *, settings: Settings | None = None) -> list[dict[str, Any]]:
+    """The listing fields of these jobs, in order (a job removed meanwhile is left out)."""
+    store = get_store(settings)
+    out = []
+    for job_id in store_ids:
+        try:
+            record = store.get(job_id)
+        except JobNotFound:
+            continue  # removed by retention meanwhile
+        out.append({k: record[k] for k in LISTED_FIELDS if record.get(k) is not None})
+    return out
+
+
+def list_jobs(limit: int = 20, *, settings: Settings | None = None) -> list[dict[str, Any]]:
+    """The newest jobs, newest first (through the server: the caller's own; an admin's: everyone's)."""
+    settings, server = _server(settings)
+    if server:
+        return list(server.call("GET", "/api/v1/jobs", params={"limit": limit}))
+    return job_summaries(get_store(settings).newest(limit), settings=settings)
+
+
+def queues(*, settings: Settings | None = None) -> list[dict[str, Any]]:
+    """The queues devices serve: devices online, busy, total, and how many jobs wait."""
+    from convoy.coordinator.state.devices import queue_summaries
+
+    settings, server = _server(settings)
+    if server:
+        return list(server.call("GET", "/api/v1/queues"))
+    return [{"queue": s.queue, "online": s.online, "busy": s.busy, "total": s.total, "waiting": len(s.waiting)}
+            for s in queue_summaries(get_client(settings))]
+
+
+def queue_status(queue: str, *, settings: Settings | None = None) -> dict[str, Any]:
+    """One queue's devices (name, health, job) and its waiting jobs in the scheduler's order, with why."""
+    from convoy.coordinator.state.devices import queue_summaries
+    from convoy.tasks.scheduler import waiting_reasons
+
+    settings, server = _server(settings)
+    if server:
+        return dict(server.call("GET", f"/api/v1/queues/{urllib.parse.quote(queue, safe='')}"))
+    client = get_client(settings)
+    if not any(s.queue == queue for s in queue_summaries(client)):
+        raise ConvoyError(f"no device serves queue {queue!r}")
+    devices = [{"name": d.name, "health": d.health, "job_id": d.job_id}
+               for d in device_summaries(client) if queue in d.queues]
+    waiting = [{"job_id": job.job_id, "priority": job.priority, "reason": reason.message()}
+               for job, reason in waiting_reasons(get_store(settings))
+               if any(queue in (r.queue, r.device_type) for r in job.requirements)]
+    return {"queue": queue, "devices": devices, "waiting": waiting}
+
+
+def devices(*, settings: Settings | None = None) -> list[dict[str, Any]]:
+    """Every device (``convoy agents --json``): health, host, queues, type, tags, its job, maintenance."""
+    import dataclasses
+
+    settings, server = _server(settings)
+    if server:
+        return list(server.call("GET", "/api/v1/devices"))
+    return [dataclasses.asdict(d) for d in device_summaries(get_client(settings))]

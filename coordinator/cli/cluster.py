@@ -131,12 +131,13 @@ def _run_job(job: dict[str, Any], artifacts: str | None, quiet: bool, guard: Int
     from convoy.coordinator.api import cancel_job, job_results, submit_job
     from convoy.coordinator.state.connection import get_store
     from convoy.coordinator.cli.live import LiveView
+    from convoy.coordinator.follow import StoreSource
     from convoy.errors import JobStateError
 
     guard.patient = True  # from here on a signal cancels the job, once it is submitted
     job_id = submit_job(job)
     click.echo(f"convoy run: job {job_id} submitted")
-    view = LiveView(get_store(), job_id, show_output=not quiet)
+    view = LiveView(StoreSource(get_store()), job_id, show_output=not quiet)
     cleanup_deadline: float | None = None
 
     def cancel_on_signal() -> None:
@@ -171,15 +172,13 @@ def write_artifacts(root: Path, job_id: str, results: dict[str, Any],
     job's test commands left in ``artifacts/``: the job's own in DIR/<job_id>/artifacts/, each child's in
     DIR/<job_id>/children/<child id>/artifacts/.  ``report`` hears one line per job about its artifacts."""
     from convoy.config.settings import load_settings
-    from convoy.coordinator.state.connection import get_store
-    from convoy.coordinator.results import job_results
+    from convoy.coordinator.api import job_results
 
     target = root / job_id
     target.mkdir(parents=True, exist_ok=True)
-    store = get_store()
     full = dict(results)
     if "children" in results:
-        full["children"] = [job_results(store, child["job_id"]) for child in results["children"]]
+        full["children"] = [job_results(child["job_id"]) for child in results["children"]]
     (target / "results.json").write_text(json.dumps(full, indent=2) + "\n")
     _write_phase_logs(target, results)
     _write_job_artifacts(target, job_id, report)
@@ -196,13 +195,12 @@ def _write_job_artifacts(target: Path, job_id: str, report: Callable[[str], None
     """One job's stored ``artifacts/`` unpacked into ``target`` (safely: tarfile's ``data`` filter)."""
     import tarfile
 
-    from convoy.coordinator.api import job_artifacts
-    from convoy.coordinator.state.connection import get_store
+    from convoy.coordinator.api import job_artifacts, show_job
     from convoy.tasks.run.artifacts import unpack_artifacts
 
     data = job_artifacts(job_id)
     if data is None:
-        note = get_store().fields([job_id], "artifacts")[0]["artifacts"] or "none: its test commands have not ended"
+        note = show_job(job_id).get("artifacts") or "none: its test commands have not ended"
         if report is not None:
             report(f"job {job_id}: no artifacts ({note})")
         return

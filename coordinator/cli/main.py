@@ -33,6 +33,17 @@ def _store() -> JobStore:
     return get_store()
 
 
+def _reach() -> None:
+    """A clear error now when the lab cannot be reached: Redis checked here, unless ``CONVOY_SERVER`` is set
+    (then the server's own errors say it)."""
+    from convoy.config.settings import load_settings
+    from convoy.coordinator.state.connection import check_redis
+
+    settings = load_settings()
+    if not settings.server_url:
+        check_redis(settings)
+
+
 def _client() -> redis.Redis:
     """The configured Redis, for the device registry's summaries (a clear error when it is down)."""
     from convoy.coordinator.state.connection import check_redis, get_client
@@ -96,10 +107,11 @@ def submit(job_file: str, poll: bool) -> None:
 
 
 def _follow(job_id: str) -> int:
-    from convoy.coordinator.api import job_results
+    from convoy.coordinator.api import job_results, live_source
     from convoy.coordinator.cli.live import LiveView
 
-    LiveView(_store(), job_id).follow()
+    _reach()
+    LiveView(live_source(), job_id).follow()
     results = job_results(job_id)
     click.echo(f"job {job_id}: {results['job_state']} ({results['outcome']})"
                + (f": {results['message']}" if results.get("message") else ""))
@@ -115,7 +127,10 @@ def exit_code(results: dict[str, Any]) -> int:
 @click.argument("job_id")
 def status(job_id: str) -> None:
     """Print the job's state."""
-    click.echo(_store().state(job_id))
+    from convoy.coordinator.api import job_status
+
+    _reach()
+    click.echo(job_status(job_id))
 
 
 @cli.command()
@@ -125,9 +140,10 @@ def status(job_id: str) -> None:
 def results(job_id: str, junit_file: str | None) -> None:
     """Print the job's results as JSON (per-phase exit codes and output, LAVA test_results)."""
     from convoy.config.testresults import junit_xml, write_junit
-    from convoy.coordinator.results import job_results
+    from convoy.coordinator.api import job_results
 
-    data = job_results(_store(), job_id)
+    _reach()
+    data = job_results(job_id)
     if junit_file == "-":
         click.echo(junit_xml(data))
         return
@@ -153,7 +169,7 @@ def cancel(job_id: str) -> None:
     """Cancel a job (a multi job cancels every child); cleanup still runs."""
     from convoy.coordinator.api import cancel_job
 
-    _store()
+    _reach()
     cancel_job(job_id)
     click.echo(f"cancelling {job_id}")
 
@@ -176,7 +192,7 @@ def reserve_extend(job_id: str, duration: str) -> None:
     """Hold JOB_ID's reserved devices DURATION longer (3600, 30m, 2h), within the deployment's limit."""
     from convoy.coordinator.api import extend_reservation
 
-    _store()
+    _reach()
     click.echo(f"reservation of {job_id} now expires at {_expiry(extend_reservation(job_id, duration))}")
 
 
@@ -186,7 +202,7 @@ def release(job_id: str) -> None:
     """End JOB_ID's reservation now: the job goes on to its test phase and cleanup."""
     from convoy.coordinator.api import release_reservation
 
-    _store()
+    _reach()
     release_reservation(job_id)
     click.echo(f"released the reservation of {job_id}")
 
@@ -195,77 +211,65 @@ def release(job_id: str) -> None:
 @click.argument("job_id")
 def show(job_id: str) -> None:
     """Print the job's record: its document, state, device and children (and, waiting, its position and why)."""
-    store = _store()
-    record = store.get(job_id)
-    record["children"] = store.children(job_id)
-    from convoy.tasks.scheduler import waiting_reasons
+    from convoy.coordinator.api import show_job
 
-    for _, reason in waiting_reasons(store, [job_id]):  # a job waiting for devices: its place and what it lacks
-        record["position"] = reason.position
-        record["waiting_for"] = reason.message()
-    if record.get("reserve_until") and not record.get("step_reserve"):
-        record["reservation_expires"] = _expiry(float(record["reserve_until"]))
-    _print_json(record)
+    _reach()
+    _print_json(show_job(job_id))
 
 
 @cli.command()
 @click.option("--limit", default=20, show_default=True, help="How many of the newest jobs.")
 def jobs(limit: int) -> None:
-    """List the newest jobs."""
-    store = _store()
-    for job_id in store.newest(limit):
-        record = store.get(job_id)
-        parent = f" (child of {record['parent_job_id']})" if record.get("parent_job_id") else ""
-        click.echo(f"{job_id}  {record['state']:<10} {record['job_queue']:<20} {record['created_at']}{parent}")
+    """List the newest jobs (through convoy server: your own)."""
+    from convoy.coordinator.api import list_jobs
+
+    _reach()
+    for job in list_jobs(limit):
+        parent = f" (child of {job['parent_job_id']})" if job.get("parent_job_id") else ""
+        click.echo(f"{job['job_id']}  {job['state']:<10} {job['job_queue']:<20} {job['created_at']}{parent}")
 
 
 @cli.command("list-queues")
 def list_queues() -> None:
     """List the queues devices serve, with online devices and waiting jobs."""
-    from convoy.coordinator.state.devices import queue_summaries
+    from convoy.coordinator.api import queues
 
-    for summary in queue_summaries(_client()):
-        click.echo(f"{summary.queue:<24} devices online {summary.online}/{summary.total}  "
-                   f"busy {summary.busy}  waiting jobs {len(summary.waiting)}")
+    _reach()
+    for q in queues():
+        click.echo(f"{q['queue']:<24} devices online {q['online']}/{q['total']}  "
+                   f"busy {q['busy']}  waiting jobs {q['waiting']}")
 
 
 @cli.command("queue-status")
 @click.argument("queue")
 def queue_status(queue: str) -> None:
     """Show a queue's devices (online, busy, offline) and waiting jobs."""
-    from convoy.coordinator.state.devices import device_summaries, queue_summaries
+    from convoy.coordinator.api import queue_status as _queue_status
 
-    client = _client()
-    summary = next((s for s in queue_summaries(client) if s.queue == queue), None)
-    if summary is None:
-        raise ConvoyError(f"no device serves queue {queue!r}")
-    for device in device_summaries(client):
-        if queue in device.queues:
-            click.echo(f"{device.name:<24} {device.health:<11} {device.job_id or ''}")
-    from convoy.tasks.scheduler import waiting_reasons
-
+    _reach()
+    status = _queue_status(queue)
+    for device in status["devices"]:
+        click.echo(f"{device['name']:<24} {device['health']:<11} {device.get('job_id') or ''}")
     # the jobs waiting for a device of this queue, in the scheduler's order, with why they wait
-    waiting = [(job, reason) for job, reason in waiting_reasons(_store())
-               if any(queue in (r.queue, r.device_type) for r in job.requirements)]
-    click.echo(f"waiting jobs: {len(waiting)}")
-    for job, reason in waiting:
-        click.echo(f"  {job.job_id}  priority {job.priority}: {reason.message()}")
+    click.echo(f"waiting jobs: {len(status['waiting'])}")
+    for job in status["waiting"]:
+        click.echo(f"  {job['job_id']}  priority {job['priority']}: {job['reason']}")
 
 
 @cli.command()
 @click.option("--json", "as_json", is_flag=True, help="Print the devices as a JSON list of objects.")
 def agents(as_json: bool) -> None:
     """List devices: health, host, queues, device type, tags, the job each holds, why in maintenance."""
-    import dataclasses
+    from convoy.coordinator.api import devices
+    from convoy.coordinator.state.devices import DeviceSummary
 
-    from convoy.coordinator.state.devices import device_summaries
-
-    summaries = device_summaries(_client())
+    _reach()
+    listed = devices()
     if as_json:
-        _print_json([dataclasses.asdict(device) for device in summaries])
+        _print_json(listed)
         return
-    for device in summaries:
-        click.echo(agent_line(device))
+    for device in listed:
+        click.echo(agent_line(DeviceSummary(**device)))
 
 
 def agent_line(device: DeviceSummary) -> str:

@@ -28,13 +28,15 @@ from convoy.errors import ConvoyError
               help="Whether a caller without a token may submit jobs (with the anonymous defaults).")
 def server(bind: str, port: int, token_ttl: int, anonymous_submit: bool) -> None:
     """Serve convoy's JSON API over HTTP at the root of BIND:PORT (OpenAPI at /openapi.json)."""
+    import dataclasses
+
     import uvicorn
 
     from convoy.config.settings import load_settings
     from convoy.coordinator.server.app import ServerConfig, create_app
     from convoy.coordinator.state.connection import check_redis
 
-    settings = load_settings()
+    settings = dataclasses.replace(load_settings(), server_url=None)  # the server itself talks to Redis
     check_redis(settings)
     app = create_app(ServerConfig(settings, access_ttl=token_ttl, anonymous_submit=anonymous_submit))
     click.echo(f"convoy server: listening on http://{bind}:{port}/ (OpenAPI at /openapi.json)", err=True)

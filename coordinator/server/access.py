@@ -15,11 +15,11 @@ from fastapi import Request
 from convoy.config.jobs import load_job
 from convoy.coordinator import api
 from convoy.coordinator.server import auth
-from convoy.coordinator.server.app import PermissionDenied, ServerConfig, Unauthorized
+from convoy.coordinator.server.app import ServerConfig
 from convoy.coordinator.state import clients
 from convoy.coordinator.state.connection import get_client, get_store
 from convoy.coordinator.state.jobs import JobStore
-from convoy.errors import JobNotFound
+from convoy.errors import JobNotFound, PermissionDenied, Unauthorized
 
 
 def server_config(request: Request) -> ServerConfig:

@@ -15,13 +15,22 @@ Testflinger's paths ``/v1/oauth2/token`` and ``/v1/oauth2/refresh``.  Rules for 
 """
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
 from convoy.config.settings import Settings, load_settings
-from convoy.errors import ConvoyError, JobNotFound, JobStateError, JobValidationError, ServiceUnavailable
+from convoy.errors import (
+    ConvoyError,
+    JobNotFound,
+    JobStateError,
+    JobValidationError,
+    PermissionDenied,
+    ServiceUnavailable,
+    Unauthorized,
+)
 
 #: how long an access token lives (seconds; Testflinger's are short-lived too), and a refresh token
 ACCESS_TTL = 30 * 60
@@ -41,18 +50,6 @@ class ServerConfig:
     idempotency_ttl: float = 600
 
 
-class PermissionDenied(ConvoyError):
-    """A job asks for more than its submitter may (the 403 names each limit)."""
-
-    def __init__(self, errors: list) -> None:
-        self.errors = errors
-        super().__init__("; ".join(str(e) for e in errors))
-
-
-class Unauthorized(ConvoyError):
-    """No valid credentials for a route that needs them (401)."""
-
-
 def _field_errors(errors: list) -> list[dict[str, str]]:
     return [{"field": e.path, "message": e.message} for e in errors]
 
@@ -63,7 +60,7 @@ def create_app(config: ServerConfig | None = None) -> FastAPI:
 
     from convoy.coordinator.server import lavarpc, routes, testflinger
 
-    config = config or ServerConfig(load_settings())
+    config = config or ServerConfig(dataclasses.replace(load_settings(), server_url=None))
     app = FastAPI(title="convoy", version=version("convoy"),
                   description="convoy's JSON API: submit and follow multi-device test jobs, with credentials.")
     app.state.config = config

@@ -10,14 +10,14 @@ import json
 from datetime import UTC, datetime
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Body, Depends, Header, Request
+from fastapi import APIRouter, Body, Depends, Header, Query, Request, Response
 from pydantic import BaseModel
 
 from convoy.coordinator import api
+from convoy.coordinator.follow import StoreSource
 from convoy.coordinator.server import access, auth
-from convoy.coordinator.server.app import Unauthorized
 from convoy.coordinator.state import clients
-from convoy.errors import ConvoyError, JobNotFound
+from convoy.errors import ConvoyError, Unauthorized
 
 router = APIRouter()
 _config, _redis, _store = access.server_config, access.redis_of, access.store_of
@@ -109,36 +109,51 @@ def submit(request: Request, who: Caller, job: Annotated[dict[str, Any], Body()]
 @router.get("/api/v1/jobs", tags=["jobs"])
 def jobs(request: Request, who: Client, limit: int = 20) -> list[dict[str, Any]]:
     """The caller's newest top-level jobs (an admin: everyone's jobs, children too), newest first."""
-    store = _store(request)
     limit = max(1, min(limit, 1000))
-    ids = store.newest(limit) if who.admin else clients.client_job_ids(_redis(request), who.name, limit)
-    out = []
-    for job_id in ids:
-        try:
-            record = store.get(job_id)
-        except JobNotFound:
-            continue  # removed by retention meanwhile
-        out.append({k: record.get(k) for k in ("job_id", "state", "job_queue", "created_at", "parent_job_id",
-                                               "submitted_by") if record.get(k) is not None})
-    return out
+    ids = _store(request).newest(limit) if who.admin else clients.client_job_ids(_redis(request), who.name, limit)
+    return api.job_summaries(ids, settings=_config(request).settings)
 
 
 @router.get("/api/v1/jobs/{job_id}", tags=["jobs"])
 def show(request: Request, who: Caller, job_id: str) -> dict[str, Any]:
     """The job's record (as ``convoy show``): document, state, device, children; waiting, its position."""
     _visible(request, who, job_id)
-    store = _store(request)
-    record = store.get(job_id)
-    record["children"] = store.children(job_id)
-    from convoy.tasks.scheduler import waiting_reasons
+    return api.show_job(job_id, settings=_config(request).settings)
 
-    for _, reason in waiting_reasons(store, [job_id]):
-        record["position"] = reason.position
-        record["waiting_for"] = reason.message()
-    if record.get("reserve_until") and not record.get("step_reserve"):
-        expires = datetime.fromtimestamp(float(record["reserve_until"]), UTC)
-        record["reservation_expires"] = expires.isoformat(timespec="seconds")
-    return record
+
+@router.get("/api/v1/jobs/{job_id}/labels", tags=["jobs"])
+def labels(request: Request, who: Caller, job_id: str) -> dict[str, str]:
+    """Short names of the job and its children for a live view: ``job``, ``server#1``, ``client#2`` ..."""
+    _visible(request, who, job_id)
+    return StoreSource(_store(request)).labels(job_id)
+
+
+@router.get("/api/v1/jobs/{job_id}/live", tags=["jobs"])
+def live(request: Request, who: Caller, job_id: str, after: Annotated[list[str] | None, Query()] = None,
+         calls: int = 0, wait_ms: int = 1000) -> dict[str, Any]:
+    """One step of a live view (a long poll): the events of the job and its children after the given
+    positions (``after=<job id>:<event id>``, ``0-0`` from the start), waiting up to ``wait_ms`` (at most
+    1000) for one; every such job's state; the group's MultiNode calls after the first ``calls``."""
+    _visible(request, who, job_id)
+    store = _store(request)
+    family = {job_id, *store.children(job_id)}
+    positions: dict[str, str] = {}
+    for item in after or [f"{job_id}:0-0"]:
+        jid, sep, event_id = item.rpartition(":")
+        if not sep or jid not in family:
+            raise ConvoyError(f"after={item!r}: want <job id>:<event id> of this job or one of its children")
+        positions[jid] = event_id
+    step = StoreSource(store).step(job_id, positions, max(0, calls), max(0, min(wait_ms, 1000)) or None)
+    return step.to_json()
+
+
+@router.get("/api/v1/jobs/{job_id}/artifacts", tags=["jobs"], response_class=Response,
+            responses={200: {"content": {"application/gzip": {}}}, 204: {"description": "no artifacts"}})
+def artifacts(request: Request, who: Caller, job_id: str) -> Response:
+    """The tar.gz of the job's ``artifacts/`` (204: the job left none)."""
+    _visible(request, who, job_id)
+    data = api.job_artifacts(job_id, settings=_config(request).settings)
+    return Response(data, media_type="application/gzip") if data else Response(status_code=204)
 
 
 @router.get("/api/v1/jobs/{job_id}/status", response_model=JobState, tags=["jobs"])
@@ -170,6 +185,7 @@ class Extend(BaseModel):
 class Reservation(BaseModel):
     job_id: str
     expires: str
+    until: float
 
 
 @router.post("/api/v1/jobs/{job_id}/reservation/extend", response_model=Reservation, tags=["jobs"])
@@ -180,7 +196,8 @@ def reserve_extend(request: Request, who: Client, job_id: str, body: Extend) -> 
     document = json.loads(_store(request).get(job_id).get("document") or "{}")
     cap = auth.reservation_cap(who, document, settings.max_reservation)
     until = api.extend_reservation(job_id, body.duration, settings=dataclasses.replace(settings, max_reservation=cap))
-    return Reservation(job_id=job_id, expires=datetime.fromtimestamp(until, UTC).isoformat(timespec="seconds"))
+    return Reservation(job_id=job_id, expires=datetime.fromtimestamp(until, UTC).isoformat(timespec="seconds"),
+                       until=until)
 
 
 @router.post("/api/v1/jobs/{job_id}/reservation/release", response_model=JobState, tags=["jobs"])
@@ -195,18 +212,35 @@ def reserve_release(request: Request, who: Client, job_id: str) -> JobState:
 @router.get("/api/v1/queues", tags=["lab"])
 def queues(request: Request) -> list[dict[str, Any]]:
     """The queues devices serve: devices online, busy, total, and how many jobs wait."""
-    from convoy.coordinator.state.devices import queue_summaries
+    return api.queues(settings=_config(request).settings)
 
-    return [{"queue": s.queue, "online": s.online, "busy": s.busy, "total": s.total, "waiting": len(s.waiting)}
-            for s in queue_summaries(_redis(request))]
+
+@router.get("/api/v1/queues/{queue}", tags=["lab"])
+def queue_status(request: Request, who: Caller, queue: str) -> dict[str, Any]:
+    """One queue's devices and its waiting jobs in the scheduler's order, with why each waits (the jobs
+    of other clients show as ``hidden``)."""
+    status = api.queue_status(queue, settings=_config(request).settings)
+    _hide_others_jobs(request, who, status["waiting"] + status["devices"])
+    return status
+
+
+def _hide_others_jobs(request: Request, who: auth.Identity, items: list[dict[str, Any]]) -> None:
+    """Replace the ids of jobs ``who`` may not see with ``hidden`` (a listing names only the caller's jobs)."""
+    if who.admin:
+        return
+    r = _redis(request)
+    for item in items:
+        if item.get("job_id") and not auth.may_see(who, clients.submitted_by(r, item["job_id"])):
+            item["job_id"] = "hidden"
 
 
 @router.get("/api/v1/devices", tags=["lab"])
-def devices(request: Request) -> list[dict[str, Any]]:
-    """Every device (as ``convoy agents --json``): health, host, queues, type, tags, its job."""
-    from convoy.coordinator.state.devices import device_summaries
-
-    return [dataclasses.asdict(d) for d in device_summaries(_redis(request))]
+def devices(request: Request, who: Caller) -> list[dict[str, Any]]:
+    """Every device (as ``convoy agents --json``): health, host, queues, type, tags, its job (another
+    client's job shows as ``hidden``)."""
+    listed = api.devices(settings=_config(request).settings)
+    _hide_others_jobs(request, who, listed)
+    return listed
 
 
 @router.get("/", tags=["lab"])
