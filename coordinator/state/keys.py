@@ -187,3 +187,13 @@ def access_token(digest: str) -> str:
 def refresh_token(digest: str) -> str:
     """String with a TTL: the client id a refresh token (by its SHA-256) stands for."""
     return f"{PREFIX}:token:refresh:{digest}"
+
+
+# --- LAVA job numbers of convoy server's XML-RPC front (coordinator/state/lavaids.py) ----------------
+# (issue 14: LAVA names jobs by integers, convoy by UUIDs; these keys map one onto the other)
+#: string: the last LAVA job number handed out (INCRBY)
+LAVA_ID_COUNTER = f"{PREFIX}:lava:ids:last"
+#: hash: LAVA job number -> convoy job id
+LAVA_ID_JOBS = f"{PREFIX}:lava:ids:jobs"
+#: hash: convoy job id -> LAVA job number
+LAVA_ID_NUMBERS = f"{PREFIX}:lava:ids:numbers"
