@@ -158,6 +158,17 @@ def test_lavacli_submits_follows_reads_and_cancels_jobs_with_its_credentials_onl
     refused(lavacli(None, "jobs", "cancel", sub_ids[0], home=home), "404")
     refused(lavacli(None, "results", sub_ids[0], home=home), "404")
 
+    # anonymous (the server takes anonymous jobs): submits, reads its own job, cannot cancel without a token
+    quick = tmp_path / "quick.yaml"
+    quick.write_text(sleeper_job(queue).replace("sleep 600", "echo done"))
+    anonymous = f"http://{host}/RPC2"
+    public = ok(lavacli(anonymous, "jobs", "submit", str(quick), home=home)).strip()
+    ok(lavacli(anonymous, "jobs", "wait", "--polling", "1", public, home=home))
+    shown = json.loads(ok(lavacli(anonymous, "jobs", "show", "--json", public, home=home)))
+    assert (shown["submitter"], shown["health"], shown["visibility"]) == ("anonymous", "Complete", "Publicly visible")
+    refused(lavacli(anonymous, "jobs", "cancel", public, home=home), "401", "needs a token")
+    refused(lavacli(uri, "jobs", "show", public, home=home), "404")  # not alice's
+
     # an access token from /v1/oauth2/token works as the token too
     token = server.login(alice, secret)["access_token"]
     shown = json.loads(ok(lavacli(f"http://{alice}:{token}@{host}/RPC2", "jobs", "show", "--json", job, home=home)))
