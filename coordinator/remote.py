@@ -137,8 +137,10 @@ def _error(status: int, payload: bytes, path: str) -> ConvoyError:
         return Unauthorized(f"convoy server: {detail} (set CONVOY_TOKEN, or CONVOY_CLIENT_ID and CONVOY_SECRET_KEY)")
     if status == 409:
         return JobStateError(job_id or "", "", detail)
-    if status >= 500:
+    if status in (502, 503, 504):
         return ServiceUnavailable(path, f"convoy server answered {status}: {detail}")
+    if status >= 500:
+        return ConvoyError(f"convoy server failed on {path} (HTTP {status}: {detail}); its log says why")
     return ConvoyError(f"convoy server: {detail}")
 
 

@@ -70,7 +70,8 @@ def _queue_field(job: dict[str, Any], index: int | None) -> str:
     if index is None:
         return "job_queue"
     child = job.get("provision_data", {}).get("jobs", [])[index]
-    return f"provision_data.jobs[{index}]." + ("job_queue" if child.get("job_queue") else "device_type")
+    lava_form = child.get("device_type") and child.get("job_queue") in (None, child.get("device_type"))
+    return f"provision_data.jobs[{index}]." + ("device_type" if lava_form else "job_queue")
 
 
 def queue_errors(identity: Identity, job: dict[str, Any], restricted: set[str] | frozenset[str]) -> list[FieldError]:
@@ -84,8 +85,9 @@ def queue_errors(identity: Identity, job: dict[str, Any], restricted: set[str] |
         else [(None, job_queues(job)[0])]
     for index, queue in indexed:
         if queue in restricted and queue not in allowed:
-            errors.append(FieldError(_queue_field(job, index), f"queue {queue!r} is restricted and {who} "
-                                                               f"is not allowed it"))
+            role = job["provision_data"]["jobs"][index].get("role") if index is not None else None
+            errors.append(FieldError(_queue_field(job, index), f"queue {queue!r}" + (f" (role {role})" if role else "")
+                                     + f" is restricted and {who} is not allowed it"))
     return errors
 
 

@@ -6,7 +6,6 @@ see answers 404, exactly like a job that does not exist, so ids of other clients
 from __future__ import annotations
 
 import dataclasses
-import json
 from datetime import UTC, datetime
 from typing import Annotated, Any
 
@@ -193,7 +192,7 @@ def reserve_extend(request: Request, who: Client, job_id: str, body: Extend) -> 
     """Hold the job's reserved devices ``duration`` longer (``3600``, ``"2h"``), within the caller's limit."""
     _changeable(request, who, job_id)
     settings = _config(request).settings
-    document = json.loads(_store(request).get(job_id).get("document") or "{}")
+    document = _store(request).get(job_id).get("document") or {}
     cap = auth.reservation_cap(who, document, settings.max_reservation)
     until = api.extend_reservation(job_id, body.duration, settings=dataclasses.replace(settings, max_reservation=cap))
     return Reservation(job_id=job_id, expires=datetime.fromtimestamp(until, UTC).isoformat(timespec="seconds"),

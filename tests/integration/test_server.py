@@ -147,3 +147,52 @@ def test_tokens_expire_and_die_with_their_client(short_tokens: Server, cluster_r
     listed = subprocess.run([CONVOY, "clients", "list"], capture_output=True, text=True, timeout=30)
     assert client_id not in [c["client_id"] for c in json.loads(listed.stdout)]
     r.close()
+
+
+def test_restricted_queues_bind_every_child_and_a_resubmission_queues_nothing_new(start_cluster, server: Server
+                                                                                  ) -> None:
+    open_queue, lab_queue = unique_queue("open"), unique_queue("labonly")
+    start_cluster({open_queue: 1, lab_queue: 1})
+    restrict = subprocess.run([CONVOY, "restricted-queues", "add", lab_queue], capture_output=True, text=True,
+                              timeout=30)
+    assert restrict.returncode == 0, restrict.stderr
+    listed = subprocess.run([CONVOY, "restricted-queues", "list"], capture_output=True, text=True, timeout=30)
+    assert lab_queue in listed.stdout.split()
+    dave = f"dave-{lab_queue.rsplit('-', 1)[1]}"
+    token = server.login(dave, add_client(dave))["access_token"]
+    group = {"job_queue": "multi", "provision_data": {"jobs": [
+        {"job_queue": open_queue, "test_data": {"test_cmds": "echo open"}},
+        {"job_queue": lab_queue, "test_data": {"test_cmds": "echo lab"}}]}}
+
+    # without the right: the queue refused, a child refused at its own path; nothing queued
+    status, body = server.call("POST", "/api/v1/jobs", {"job_queue": lab_queue}, token=token)
+    assert status == 403 and [e["field"] for e in body["errors"]] == ["job_queue"], body
+    assert f"{lab_queue!r} is restricted" in body["errors"][0]["message"]
+    status, body = server.call("POST", "/api/v1/jobs", group, token=token)
+    assert status == 403 and [e["field"] for e in body["errors"]] == ["provision_data.jobs[1].job_queue"], body
+    assert server.call("POST", "/api/v1/jobs", {"job_queue": lab_queue})[0] == 403  # anonymous: no right either
+    assert server.call("GET", "/api/v1/jobs", token=token) == (200, [])
+
+    # with the right: the whole group runs
+    allowed = subprocess.run([CONVOY, "clients", "set", dave, "--allow-queue", lab_queue], capture_output=True,
+                             text=True, timeout=30)
+    assert allowed.returncode == 0, allowed.stderr
+    status, body = server.call("POST", "/api/v1/jobs", group, token=token)
+    assert status == 200, body
+    group_id = body["job_id"]
+
+    # the same submission sent again (its answer lost): the first job's id, no second job
+    single = {"job_queue": open_queue, "test_data": {"test_cmds": "echo once"}}
+    first = server.call("POST", "/api/v1/jobs", single, token=token, headers={"Idempotency-Key": "try-1"})
+    again = server.call("POST", "/api/v1/jobs", single, token=token, headers={"Idempotency-Key": "try-1"})
+    assert first[0] == again[0] == 200 and first[1]["job_id"] == again[1]["job_id"]
+    listed_jobs = server.call("GET", "/api/v1/jobs", token=token)[1]
+    assert sorted(j["job_id"] for j in listed_jobs) == sorted([group_id, first[1]["job_id"]])
+
+    for job_id in (group_id, first[1]["job_id"]):
+        wait_for(lambda: server.call("GET", f"/api/v1/jobs/{job_id}/status", token=token)[1]["state"] == "complete",
+                 JOB_TIMEOUT, f"job {job_id} complete")
+    status, results = server.call("GET", f"/api/v1/jobs/{group_id}/results", token=token)
+    assert results["outcome"] == "pass" and [c["submitted_by"] for c in
+                                             (server.call("GET", f"/api/v1/jobs/{c['job_id']}", token=token)[1]
+                                              for c in results["children"])] == [dave, dave]

@@ -134,6 +134,40 @@ def test_permission_rules(who: Identity, job: dict, fields: list[str]) -> None:
         assert who.name in error.message or "anonymous" in error.message
 
 
+#: a restricted queue, "lab-only", that only CARL may use
+RESTRICTED = frozenset({"lab-only"})
+CARL = Identity(Client("carl", allowed_queues=["lab-only"]))
+
+
+def lava_group(*device_types: str) -> dict:
+    roles = {f"r{i}": {"device_type": t, "count": 1} for i, t in enumerate(device_types)}
+    return load_job({"job_name": "g", "visibility": "public", "timeouts": {"job": {"minutes": 5}},
+                     "protocols": {"lava-multinode": {"roles": roles, "timeout": {"minutes": 5}}},
+                     "actions": [{"deploy": {"to": "tmpfs", "role": list(roles)}}]})
+
+
+@pytest.mark.parametrize("who, job, fields", [
+    (ALICE, single("lab-only"), ["job_queue"]),
+    (ANON, single("lab-only"), ["job_queue"]),
+    (CARL, single("lab-only"), []),
+    (ADMIN, single("lab-only"), []),
+    (ALICE, single("gpu"), []),
+    # a child may never use what its parent's submitter may not: refused at the child's own path
+    (ALICE, multi("gpu", "lab-only"), ["provision_data.jobs[1].job_queue"]),
+    (ALICE, multi("lab-only", "gpu", "lab-only"), ["provision_data.jobs[0].job_queue",
+                                                   "provision_data.jobs[2].job_queue"]),
+    (CARL, multi("gpu", "lab-only"), []),
+    (ALICE, lava_group("qemu", "lab-only"), ["provision_data.jobs[1].device_type"]),
+    (CARL, lava_group("qemu", "lab-only"), []),
+])
+def test_restricted_queues(who: Identity, job: dict, fields: list[str]) -> None:
+    errors = permission_errors(who, job, CAP, RESTRICTED)
+    assert [e.path for e in errors] == fields
+    for error in errors:
+        assert "'lab-only'" in error.message and "is restricted" in error.message and (who.name in error.message
+                                                                or "anonymous" in error.message)
+
+
 def test_reservation_cap_for_extend() -> None:
     assert reservation_cap(ALICE, single("gpu"), CAP) == 7200
     assert reservation_cap(ALICE, multi("gpu", "cpu"), CAP) == 7200
