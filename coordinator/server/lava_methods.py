@@ -25,7 +25,7 @@ from convoy.coordinator.server import access, auth, lava_map
 from convoy.coordinator.server.lava_xml import FAULT_BAD_REQUEST, FAULT_NOT_FOUND
 from convoy.coordinator.state import clients, lavaids
 from convoy.coordinator.state.devices import device_summaries
-from convoy.errors import JobNotFound, JobStateError
+from convoy.errors import ConvoyError, JobNotFound, JobStateError
 
 #: the LAVA API level answered by ``system.version`` (lavacli picks its call forms by it)
 LAVA_API_VERSION = "2025.10"
@@ -123,18 +123,28 @@ def jobs_submit(call: Call, definition: Any) -> Any:
     if not isinstance(document, dict):
         raise _fault(FAULT_BAD_REQUEST, "Problem with submitted job data: the definition must be a mapping")
     store = access.store_of(call.request)
-    base = "lava-submit:" + hashlib.sha256(definition.encode("utf-8")).hexdigest()
-    key = base
-    for _ in range(64):
-        job_id = access.submit_as(call.request, call.who, document, idempotency_key=key)
-        if time.time() - store.submitted(job_id) < RESUBMIT_WINDOW:
-            break
-        key = f"{base}:after:{job_id}"  # an older twin: a new job, still idempotent itself
+    job_id = submit_once(definition, lambda key: access.submit_as(call.request, call.who, document,
+                                                                  idempotency_key=key), store.submitted)
     redis = access.redis_of(call.request)
     members = store.children(job_id)
     if members:
         return lava_map.sub_ids(lavaids.number_jobs(redis, members)[0], len(members))
     return lavaids.number_jobs(redis, [job_id])[0]
+
+
+def submit_once(text: str, submit: Callable[[str], str], submitted: Callable[[str], float],
+                now: Callable[[], float] = time.time) -> str:
+    """Submit ``text`` with an idempotency key made from it (``submit(key)``, the caller is added by
+    ``access.submit_as``); a job it answers that is older than :data:`RESUBMIT_WINDOW` is an earlier twin,
+    not this submission: then a key chained to that job makes a new one, itself idempotent."""
+    base = "lava-submit:" + hashlib.sha256(text.encode("utf-8")).hexdigest()
+    key = base
+    for _ in range(64):
+        job_id = submit(key)
+        if now() - submitted(job_id) < RESUBMIT_WINDOW:
+            return job_id
+        key = f"{base}:after:{job_id}"
+    raise ConvoyError("too many identical submissions: change the definition (its job_name, say)")
 
 
 def _name(call: Call, record: dict[str, Any]) -> str:

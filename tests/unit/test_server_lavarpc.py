@@ -12,7 +12,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from lavacli.utils import safe_yaml as lavacli_yaml
 
-from convoy.coordinator.server import lava_map, lavarpc
+from convoy.coordinator.server import lava_map, lava_methods, lavarpc
 from convoy.coordinator.server.lava_xml import MAX_REQUEST, BadRequest, answer, fault, parse_call
 
 
@@ -204,3 +204,76 @@ def test_parse_errors_and_unknown_methods_are_faults_with_xml_rpc_s_codes():
     with pytest.raises(xmlrpc.client.Fault) as caught:
         xmlrpc.client.loads(lavarpc.handle(None, xmlrpc.client.dumps((), "scheduler.jobs.list").encode()))  # type: ignore[arg-type]
     assert caught.value.faultCode == -32601 and "scheduler.jobs.list" in caught.value.faultString
+
+
+# --- idempotent submit ------------------------------------------------------------------------------------
+class Keys:
+    """A fake ``submit_as`` store: a key answers the job first made with it."""
+
+    def __init__(self) -> None:
+        self.jobs: dict[str, str] = {}
+        self.when: dict[str, float] = {}
+        self.clock = 1000.0
+
+    def submit(self, key: str) -> str:
+        if key not in self.jobs:
+            self.jobs[key] = f"job-{len(self.jobs)}"
+            self.when[self.jobs[key]] = self.clock
+        return self.jobs[key]
+
+    def once(self, text: str) -> str:
+        return lava_methods.submit_once(text, self.submit, self.when.__getitem__, lambda: self.clock)
+
+
+def test_the_same_text_within_the_window_is_one_job_and_after_it_a_new_one_itself_idempotent():
+    keys = Keys()
+    first = keys.once("job: a")
+    keys.clock += 5
+    assert keys.once("job: a") == first  # a retry after a lost answer
+    assert keys.once("job: b") != first  # another text
+    keys.clock += lava_methods.RESUBMIT_WINDOW
+    second = keys.once("job: a")
+    assert second != first
+    keys.clock += 1
+    assert keys.once("job: a") == second  # the new one's retry
+    keys.clock += lava_methods.RESUBMIT_WINDOW
+    third = keys.once("job: a")
+    assert third not in (first, second)
+    assert all(key.startswith("lava-submit:") for key in keys.jobs)
+
+
+# --- the route (in process; no credentials: nothing below touches Redis) --------------------------------------
+@pytest.fixture(scope="module")
+def rpc():
+    from fastapi.testclient import TestClient
+
+    from convoy.coordinator.server.app import create_app
+
+    with TestClient(create_app()) as client:
+        yield client
+
+
+def call(rpc, body: bytes, path: str = "/RPC2"):
+    reply = rpc.post(path, content=body, headers={"Content-Type": "text/xml"})
+    assert reply.status_code == 200 and reply.headers["content-type"].startswith("text/xml")
+    return xmlrpc.client.loads(reply.content)[0][0]
+
+
+@pytest.mark.parametrize("path", ["/RPC2", "/RPC2/"])
+def test_the_endpoint_answers_lavacli_s_first_call_at_both_paths(rpc, path):
+    version = call(rpc, xmlrpc.client.dumps((), "system.version").encode(), path)
+    assert version.startswith(lava_methods.LAVA_API_VERSION + "+convoy-")
+    from lavacli.utils import parse_version
+
+    assert parse_version(version) == (2025, 10)
+
+
+def test_the_route_answers_faults_for_bad_calls(rpc):
+    methods = call(rpc, xmlrpc.client.dumps((), "system.listMethods").encode())
+    assert {"scheduler.jobs.submit", "scheduler.jobs.logs", "results.get_testjob_results_yaml"} <= set(methods)
+    assert "jobs.logs" in call(rpc, xmlrpc.client.dumps(("scheduler.jobs.logs",), "system.methodHelp").encode())
+    too_many = xmlrpc.client.dumps((1, 2), "system.version").encode()
+    for body, code in ((too_many, -32602), (b"x" * (MAX_REQUEST + 1), -32700), (LAUGHS, -32700)):
+        with pytest.raises(xmlrpc.client.Fault) as caught:
+            call(rpc, body)
+        assert caught.value.faultCode == code
