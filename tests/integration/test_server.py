@@ -189,9 +189,11 @@ def test_restricted_queues_bind_every_child_and_a_resubmission_queues_nothing_ne
     listed_jobs = server.call("GET", "/api/v1/jobs", token=token)[1]
     assert sorted(j["job_id"] for j in listed_jobs) == sorted([group_id, first[1]["job_id"]])
 
+    def complete(job_id: str) -> bool:
+        return bool(server.call("GET", f"/api/v1/jobs/{job_id}/status", token=token)[1]["state"] == "complete")
+
     for job_id in (group_id, first[1]["job_id"]):
-        wait_for(lambda: server.call("GET", f"/api/v1/jobs/{job_id}/status", token=token)[1]["state"] == "complete",
-                 JOB_TIMEOUT, f"job {job_id} complete")
+        wait_for(lambda: complete(job_id), JOB_TIMEOUT, f"job {job_id} complete")  # noqa: B023 (waited on here)
     status, results = server.call("GET", f"/api/v1/jobs/{group_id}/results", token=token)
     assert results["outcome"] == "pass" and [c["submitted_by"] for c in
                                              (server.call("GET", f"/api/v1/jobs/{c['job_id']}", token=token)[1]
