@@ -14,13 +14,14 @@ absent (204).  ``POST /oidc/auth-init`` answers 404: testflinger-cli then knows 
 """
 from __future__ import annotations
 
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Mapping
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Body, Header, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from fastapi.routing import APIRoute
+from starlette.exceptions import HTTPException
 
 from convoy.coordinator import api
 from convoy.coordinator.server import access, auth
@@ -36,8 +37,15 @@ from convoy.errors import (
 )
 
 
-def _error(status: int, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
+def _error(status: int, message: str, headers: Mapping[str, str] | None = None) -> JSONResponse:
     return JSONResponse(shapes.error_body(message), status_code=status, headers=headers)
+
+
+def _not_json() -> JSONResponse:
+    """400 for a body that is not JSON at all, naming the body (``_schema``) as a 422 names a field."""
+    body = shapes.validation_body([FieldError("", "Invalid JSON body.")])
+    body["message"] = "Invalid JSON body."
+    return JSONResponse(body, status_code=400)
 
 
 class TestflingerRoute(APIRoute):
@@ -58,9 +66,15 @@ class TestflingerRoute(APIRoute):
             except Unauthorized as exc:
                 return _error(401, str(exc), {"WWW-Authenticate": "Bearer"})
             except RequestValidationError as exc:
+                if any(e.get("type") == "json_invalid" for e in exc.errors()):
+                    return _not_json()
                 problems = [FieldError(".".join(str(p) for p in e.get("loc", ())[1:]), str(e.get("msg")))
                             for e in exc.errors()]
                 return JSONResponse(shapes.validation_body(problems), status_code=422)
+            except HTTPException as exc:  # starlette's own: a body it cannot parse, ...
+                if exc.status_code == 400:
+                    return _not_json()
+                return _error(exc.status_code, str(exc.detail), exc.headers)
             except ServiceUnavailable as exc:
                 return _error(503, str(exc))
             except JobNotFound as exc:

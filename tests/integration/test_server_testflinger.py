@@ -273,7 +273,7 @@ def test_refusals_where_testflinger_refuses(start_cluster, cluster_redis_url: st
         assert reply.status_code == 422 and "_schema" in reply.json()["detail"]["json"]
         reply = http.post("/v1/job", content=b"{not json", headers={**bearer(token),
                                                                      "Content-Type": "application/json"})
-        assert reply.status_code == 422
+        assert reply.status_code == 400 and reply.json()["message"] == "Invalid JSON body."
         # above the client's limits: 403 naming the limit
         reply = http.post("/v1/job", json={**job, "job_priority": 50}, headers=bearer(token))
         assert reply.status_code == 403 and "max_priority" in reply.json()["message"]
