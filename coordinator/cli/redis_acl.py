@@ -29,8 +29,9 @@ def write_private(path: Path, text: str) -> None:
 @click.option("--redis-url", "base_url", required=True,
               help="Where the lab reaches Redis, without user or password (redis://host:6379/0, rediss://...).")
 def redis_acl(acl_file: str, urls_file: str, base_url: str) -> None:
-    """Write the Redis ACL file for a lab (users convoy-worker, convoy-coordinator, convoy-submitter, each
-    with only what it needs; the default user off) and the role URLs. No password is printed."""
+    """Write the Redis ACL file for a lab (users convoy-worker, convoy-coordinator, convoy-submitter and
+    convoy-server, each with only what it needs; the default user off) and the role URLs. No password is
+    printed."""
     from convoy.coordinator.state import acl
 
     urls_path = Path(urls_file)
@@ -48,4 +49,5 @@ def redis_acl(acl_file: str, urls_file: str, base_url: str) -> None:
     click.echo(f"convoy redis-acl: users {', '.join(acl.USERS[r] for r in acl.ROLES)} in {acl_file}")
     click.echo(f"convoy redis-acl: their URLs in {urls_file} (mode 0600"
                + (f"; kept the passwords of {', '.join(kept)}" if kept else "; new passwords") + ")")
-    click.echo("convoy redis-acl: give each role's URL as CONVOY_REDIS_URL (workers, coordinator, submitters)")
+    click.echo("convoy redis-acl: give each role's URL as CONVOY_REDIS_URL (workers, coordinator, convoy server, "
+               "lab-side submitters)")

@@ -16,6 +16,11 @@ The roles:
   consume the broker's queues (it may only push to the coordinator's queue:
   cancelling a multi job sends its cleanup step), subscribe to anything, or
   run an admin or dangerous command (``FLUSHALL``, ``CONFIG``, ``KEYS``...).
+* ``server``: ``convoy server``, the users' one front door: what a submitter
+  may, plus its own records: clients and their tokens (``convoy:client:*``,
+  ``convoy:token:*``), idempotent submissions and LAVA's job numbers.  With
+  a server, users hold no Redis credential at all; the submitter role is left
+  for lab-side tools.
 
 Lab components (workers, coordinator) own convoy's state and Celery's broker
 and result keys; they too are refused admin and dangerous commands.  The
@@ -39,7 +44,7 @@ from urllib.parse import quote, urlsplit
 
 from convoy.config.settings import COORDINATOR_QUEUE
 
-ROLES: tuple[str, ...] = ("worker", "coordinator", "submitter")
+ROLES: tuple[str, ...] = ("worker", "coordinator", "submitter", "server")
 #: ACL user names by role
 USERS: dict[str, str] = {role: f"convoy-{role}" for role in ROLES}
 
@@ -95,6 +100,16 @@ def _submitter_keys(coordinator_queue: str) -> tuple[str, ...]:
     )
 
 
+def _server_keys(coordinator_queue: str) -> tuple[str, ...]:
+    return (
+        *_submitter_keys(coordinator_queue),
+        "~convoy:clients", "~convoy:client:*",  # clients, their permissions and their lists of jobs
+        "~convoy:token:*",                      # access and refresh tokens (by digest, with TTLs)
+        "~convoy:submission:*",                 # idempotent submissions
+        "~convoy:lava:ids:*",                   # LAVA's job numbers for convoy's job ids
+    )
+
+
 def _submitter_channels(db: int) -> tuple[str, ...]:
     # Celery's task-sent event (Flower shows it) when it sends a cancelled multi job's cleanup
     return (f"&/{db}.celeryev/task.sent",)
@@ -136,6 +151,9 @@ def acl_users(passwords: Mapping[str, str], *, db: int = 0,
              for role in ("worker", "coordinator")]
     users.append(AclUser("submitter", USERS["submitter"], password_hash(passwords["submitter"]),
                          _submitter_keys(coordinator_queue), _submitter_channels(db),
+                         (*_BASE_COMMANDS, *_SUBMITTER_COMMANDS)))
+    users.append(AclUser("server", USERS["server"], password_hash(passwords["server"]),
+                         _server_keys(coordinator_queue), _submitter_channels(db),
                          (*_BASE_COMMANDS, *_SUBMITTER_COMMANDS)))
     return users
 

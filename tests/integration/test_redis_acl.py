@@ -125,3 +125,54 @@ def test_roles_run_jobs_with_only_their_permissions(acl_lab, tmp_path: Path):
     assert submitter.hget(f"convoy:job:{single}", "state") == "complete"  # what it may do
     with pytest.raises(redis_lib.RedisError, match="authenticat"):
         redis_lib.Redis(port=server.port).ping()  # the default user is off
+
+
+def test_convoy_server_needs_only_its_role_and_users_need_no_redis(acl_lab, tmp_path: Path,
+                                                                   monkeypatch: pytest.MonkeyPatch):
+    """``convoy server`` on the ``convoy-server`` user: clients, tokens, submit, follow, cancel, results, all
+    without one refusal; users hold only the server's address and their client's credentials."""
+    from serverclient import add_client, start_server
+
+    server, urls = acl_lab
+    q = unique_queue("aclsrv")
+    cluster = EmbeddedCluster(tmp_path / "cluster", emulated_devices({q: 1}, prefix=f"acs{os.getpid()}"),
+                              redis_url=server.url, worker_redis_url=urls["worker"],
+                              coordinator_redis_url=urls["coordinator"], configure_process=False,
+                              log=lambda m: print(f"[cluster] {m}"))
+    monkeypatch.setenv("CONVOY_REDIS_URL", urls["server"])  # the server host's admin commands and the server
+    with cluster:
+        secret = add_client("erin", "--max-priority", f"{q}=2")
+        front = start_server(tmp_path)
+        http = next(front)
+        try:
+            monkeypatch.setenv("CONVOY_REDIS_URL", "redis://127.0.0.1:1/0")  # the user reaches no Redis
+            for name, value in {"CONVOY_SERVER": http.base, "CONVOY_CLIENT_ID": "erin",
+                                "CONVOY_SECRET_KEY": secret}.items():
+                monkeypatch.setenv(name, value)
+            job = submit_job({"job_queue": "multi", "job_priority": 2, "provision_data": {"jobs": [
+                {"job_queue": q, "test_data": {"test_cmds": "echo via-server-ok",
+                                                "secrets": {"TOKEN": "acl-server-secret"}}}]}})
+            assert wait_for_job(job, timeout=180) == "complete", job_results(job)
+            child = job_results(job)["children"][0]["job_id"]
+            assert "via-server-ok" in job_results(child)["test_output"]
+            long = submit_job({"job_queue": q, "test_data": {"test_cmds": "sleep 300"}})
+            cancel_job(long)
+            assert wait_for_job(long, timeout=120) == "cancelled"
+        finally:
+            front.close()
+        admin = redis_lib.Redis.from_url(server.url, decode_responses=True)
+        refusals = [(e["username"], e["reason"], e["object"]) for e in admin.acl_log(count=100)]
+        assert refusals == [], f"a role was refused what it needs: {refusals}"
+
+    as_server = redis_lib.Redis.from_url(urls["server"], decode_responses=True)
+    _refused(as_server, "HGETALL", f"convoy.secret:job:{child}")  # the server stores secrets, reads none
+    _refused(as_server, "LRANGE", f"convoy.device.{cluster.devices[0].name}", "0", "-1")
+    _refused(as_server, "SET", f"convoy:device:{cluster.devices[0].name}:worker", "stolen")
+    _refused(as_server, "FLUSHALL")
+    _refused(as_server, "KEYS", "*")
+    assert as_server.scard("convoy:clients") == 1  # its own records
+    submitter = redis_lib.Redis.from_url(urls["submitter"], decode_responses=True)
+    # a lab-side submitter reads records (a client's secret only as its scrypt hash) but can neither make
+    # itself an admin nor forge a token
+    _refused(submitter, "HSET", "convoy:client:erin", "admin", "1")
+    _refused(submitter, "SET", "convoy:token:access:forged", "erin")

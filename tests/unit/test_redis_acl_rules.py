@@ -7,7 +7,7 @@ import pytest
 
 from convoy.coordinator.state import acl
 
-PASSWORDS = {"worker": "w-pw", "coordinator": "c-pw", "submitter": "s/pw@:"}
+PASSWORDS = {"worker": "w-pw", "coordinator": "c-pw", "submitter": "s/pw@:", "server": "srv-pw"}
 
 
 def _user_words(text: str, name: str) -> list[str]:
@@ -41,6 +41,15 @@ def test_the_default_user_is_off_and_every_role_has_a_user_with_its_password_has
     ("coordinator", "~_kombu.*", True),
     ("worker", "&/0.celery.pidbox", True),       # kombu's PSUBSCRIBE pattern, literally
     ("worker", "+client|unblock", True),
+    ("server", "%R~convoy:*", True),             # the server reads records as a submitter does ...
+    ("server", "~convoy:client:*", True),        # ... and owns clients, tokens, submissions, LAVA numbers
+    ("server", "~convoy:token:*", True),
+    ("server", "~convoy:lava:ids:*", True),
+    ("server", "~convoy:*", False),              # not the rest of convoy's state
+    ("server", "~convoy.secret:*", False),       # jobs' secrets: written, never read
+    ("server", "%W~convoy.secret:*", True),
+    ("submitter", "~convoy:client:*", False),    # a submitter cannot touch clients or tokens
+    ("submitter", "~convoy:token:*", False),
 ])
 def test_key_channel_and_command_rules(role: str, word: str, present: bool):
     assert (word in _user_words(acl.render_acl(PASSWORDS), acl.USERS[role])) is present
@@ -73,8 +82,8 @@ def test_the_urls_file_round_trips_its_passwords():
 
 
 @pytest.mark.parametrize(("passwords", "error"), [
-    ({"worker": "a", "coordinator": "b"}, "no password for submitter"),
-    ({"worker": "a", "coordinator": "", "submitter": "c"}, "no password for coordinator"),
+    ({"worker": "a", "coordinator": "b"}, "no password for submitter, server"),
+    ({"worker": "a", "coordinator": "", "submitter": "c", "server": "d"}, "no password for coordinator"),
 ])
 def test_every_role_needs_a_password(passwords: dict, error: str):
     with pytest.raises(ValueError, match=error):
