@@ -191,7 +191,11 @@ def facts(call: Call, job_id: str) -> Facts:
 
 def jobs_show(call: Call, ref: Any) -> dict[str, Any]:
     """``scheduler.jobs.show``: LAVA's job details (state, health, times as dateTime, device, ...)."""
-    job_id = resolve(call, ref)
+    return details(call, resolve(call, ref))
+
+
+def details(call: Call, job_id: str) -> dict[str, Any]:
+    """LAVA's details of a job the caller may see (``scheduler.jobs.show``; ``.list`` takes some)."""
     known = facts(call, job_id)
     record, phases = known.record, known.phases
     state = record["state"]

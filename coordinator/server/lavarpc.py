@@ -1,13 +1,14 @@
 """LAVA's XML-RPC API at ``/RPC2``: the part ``lavacli`` uses, so LAVA users keep their tool.
 
-Methods (``lava_methods.py``; shapes as LAVA's): ``system.version``, ``system.listMethods``,
-``system.methodHelp``, ``system.whoami``; ``scheduler.jobs.submit`` (an integer id; a MultiNode job's
-sub-job ids ``N.0``, ``N.1``, ...), ``.show``, ``.logs`` (LAVA's log format from a start line; ``[finished,
-data]``), ``.cancel``, ``.definition``; ``results.get_testjob_results_yaml`` and its suite and case
-variants; ``scheduler.devices.list``, ``scheduler.workers.list``.  That covers ``lavacli jobs submit |
-show | logs [--follow] | wait | cancel | definition``, ``lavacli results``, ``devices list`` and
-``workers list``.  LAVA's integer job ids map to convoy's UUIDs in Redis (``state/lavaids.py``); the
-mapping of states, healths, logs and results is in ``lava_map.py``; safe XML parsing in ``lava_xml.py``.
+Methods (``lava_methods.py``, ``lava_listing.py``; shapes as LAVA's): ``system.version``,
+``system.listMethods``, ``system.methodHelp``, ``system.whoami``; ``scheduler.jobs.submit`` (an integer
+id; a MultiNode job's sub-job ids ``N.0``, ``N.1``, ...), ``.show``, ``.logs`` (LAVA's log format from a
+start line; ``[finished, data]``), ``.cancel``, ``.definition``, ``.list``, ``.validate``;
+``results.get_testjob_results_yaml`` and its suite and case variants; ``scheduler.devices.list``,
+``scheduler.workers.list``.  That covers ``lavacli jobs submit | run | show | logs [--follow] | wait |
+cancel | definition | list | validate``, ``lavacli results``, ``devices list`` and ``workers list``.
+LAVA's integer job ids map to convoy's UUIDs in Redis (``state/lavaids.py``); the mapping of states,
+healths, logs and results is in ``lava_map.py``; safe XML parsing in ``lava_xml.py``.
 
 **Credentials**: HTTP Basic ``user:token``, as lavacli sends the identity ``uri:
 http://user:token@host/RPC2`` (or ``username``/``token`` in ``lavacli.yaml``).  ``user`` is the client
@@ -40,7 +41,7 @@ from typing import Any
 from fastapi import APIRouter, Request, Response
 from starlette.concurrency import run_in_threadpool
 
-from convoy.coordinator.server import access, auth
+from convoy.coordinator.server import access, auth, lava_listing
 from convoy.coordinator.server.lava_methods import METHODS, Call
 from convoy.coordinator.server.lava_xml import (
     FAULT_BAD_REQUEST,
@@ -74,7 +75,7 @@ _BAD_CREDENTIALS = ("Authentication failed: invalid user or token (the token is 
 
 def _system_list_methods(call: Call) -> list[str]:
     """``system.listMethods``: the methods this server answers."""
-    return sorted([*METHODS, "system.listMethods", "system.methodHelp"])
+    return sorted(_methods())
 
 
 def _system_method_help(call: Call, name: str) -> str:
@@ -84,7 +85,8 @@ def _system_method_help(call: Call, name: str) -> str:
 
 
 def _methods() -> dict[str, Any]:
-    return {**METHODS, "system.listMethods": _system_list_methods, "system.methodHelp": _system_method_help}
+    return {**METHODS, **lava_listing.METHODS, "system.listMethods": _system_list_methods,
+            "system.methodHelp": _system_method_help}
 
 
 # --- credentials ----------------------------------------------------------------------------------

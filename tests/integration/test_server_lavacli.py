@@ -144,6 +144,22 @@ def test_lavacli_submits_follows_reads_and_cancels_jobs_with_its_credentials_onl
     shown = json.loads(ok(lavacli(uri, "jobs", "show", "--json", job, home=home)))
     assert (shown["state"], shown["health"]) == ("Finished", "Canceled"), shown
 
+    # alice's jobs, MultiNode ones as their sub-jobs, newest first; filtered by LAVA's state and health
+    listed = json.loads(ok(lavacli(uri, "jobs", "list", "--json", home=home)))
+    assert [j["id"] for j in listed] == [int(job), *sub_ids], listed
+    cancelled = json.loads(ok(lavacli(uri, "jobs", "list", "--json", "--state", "FINISHED", "--health", "CANCELED",
+                                      home=home)))
+    assert [(j["id"], j["description"], j["submitter"]) for j in cancelled] == [
+        (int(job), "sleeps until cancelled", alice)]
+    assert "jobs.list" in refused(lavacli(f"http://{host}/RPC2", "jobs", "list", home=home), "401", "token")
+    # validate: nothing queued; an invalid definition named by its field
+    ok(lavacli(uri, "jobs", "validate", str(sleeper), home=home))
+    invalid = tmp_path / "invalid.yaml"
+    invalid.write_text(sleeper_job(queue).replace("minutes: 5", "minutes: soon"))
+    problem = lavacli(uri, "jobs", "validate", str(invalid), home=home)
+    assert problem.returncode == 1 and "key: timeouts" in problem.stdout and "msg: " in problem.stdout, problem
+    assert [j["id"] for j in json.loads(ok(lavacli(uri, "jobs", "list", "--json", home=home)))] == [int(job), *sub_ids]
+
     # wrong credentials: refused at once, clearly, the token never echoed
     for wrong in (f"http://{alice}:not-the-secret@{host}/RPC2", f"http://{bob}:{secret}@{host}/RPC2"):
         for args in (("jobs", "show", job), ("jobs", "submit", str(sleeper)), ("devices", "list")):
