@@ -202,8 +202,8 @@ def test_parse_errors_and_unknown_methods_are_faults_with_xml_rpc_s_codes():
         xmlrpc.client.loads(lavarpc.handle(None, LAUGHS))  # type: ignore[arg-type]  # refused before the request
     assert caught.value.faultCode == -32700 and "document type" in caught.value.faultString
     with pytest.raises(xmlrpc.client.Fault) as caught:
-        xmlrpc.client.loads(lavarpc.handle(None, xmlrpc.client.dumps((), "scheduler.jobs.list").encode()))  # type: ignore[arg-type]
-    assert caught.value.faultCode == -32601 and "scheduler.jobs.list" in caught.value.faultString
+        xmlrpc.client.loads(lavarpc.handle(None, xmlrpc.client.dumps((), "scheduler.jobs.lsit").encode()))  # type: ignore[arg-type]
+    assert caught.value.faultCode == -32601 and "scheduler.jobs.lsit" in caught.value.faultString
 
 
 # --- idempotent submit ------------------------------------------------------------------------------------
