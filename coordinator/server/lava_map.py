@@ -19,7 +19,8 @@ unit tests pin LAVA's shapes (tests/unit/test_server_lavarpc.py).
   ``target`` (the DUT's output in LAVA), other phases' output at ``debug``; once final, each test case
   at ``results`` and the verdict.  Lines are built from the job's event stream alone, so line ``n``
   never changes and lavacli's start-line offset is exact; a line still being written is held back until
-  its newline (or its phase's end).
+  its newline (or its phase's end).  (A job's stream keeps its newest ~20000 events, ``jobs.EVENTS_MAXLEN``:
+  a job with more output chunks than that loses its oldest lines, and numbering shifts as they go.)
 """
 from __future__ import annotations
 

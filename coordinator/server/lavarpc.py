@@ -38,6 +38,7 @@ import time
 import xmlrpc.client
 from typing import Any
 
+import redis
 from fastapi import APIRouter, Request, Response
 from starlette.concurrency import run_in_threadpool
 
@@ -124,12 +125,12 @@ def caller(request: Request) -> auth.Identity:
         return who
     if not user:
         raise access.Unauthorized(_BAD_CREDENTIALS)
-    redis = access.redis_of(request)
+    store = access.redis_of(request)
     digest = hashlib.sha256(f"{user}\0{token}".encode()).hexdigest()
     if _remembered_secret(digest):
-        client = clients.get_client_record(redis, user)  # removed meanwhile: refused at once
+        client = clients.get_client_record(store, user)  # removed meanwhile: refused at once
     else:
-        client = clients.authenticate(redis, user, token)
+        client = clients.authenticate(store, user, token)
         if client is not None:
             _remember_secret(digest)
     if client is None:
@@ -152,6 +153,8 @@ def _fault_of(exc: Exception) -> tuple[int, str]:
         return FAULT_BAD_REQUEST, f"Problem with submitted job data: {exc}"
     if isinstance(exc, ServiceUnavailable):
         return FAULT_UNAVAILABLE, str(exc)
+    if isinstance(exc, redis.RedisError):
+        return FAULT_UNAVAILABLE, "the job store (Redis) did not answer: try again"
     if isinstance(exc, ConvoyError):
         return FAULT_BAD_REQUEST, str(exc)
     return FAULT_INTERNAL, "internal server error (see the server's log)"
