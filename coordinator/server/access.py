@@ -12,7 +12,8 @@ from typing import Any
 import redis
 from fastapi import Request
 
-from convoy.config.jobs import load_job
+from convoy.config.jobs import validate_job
+from convoy.config.yamlsafe import read_document
 from convoy.coordinator import api
 from convoy.coordinator.server import auth
 from convoy.coordinator.server.app import ServerConfig
@@ -71,12 +72,14 @@ def submit_as(request: Request, who: auth.Identity, job: dict[str, Any] | str, *
     config = server_config(request)
     if who.anonymous and not config.anonymous_submit:
         raise Unauthorized("this server takes jobs only with a token")
-    normalized = load_job(copy.deepcopy(job))
+    # a caller's text is YAML, never a path (load_job would read a str naming a file from the server's disk)
+    document = read_document(job.encode("utf-8")) if isinstance(job, str) else job
+    normalized = validate_job(copy.deepcopy(document))
     errors = auth.permission_errors(who, normalized, config.settings.max_reservation,
                                     clients.restricted_queues(redis_of(request)))
     if errors:
         raise PermissionDenied(errors)
     key = f"{who.name}\0{idempotency_key}" if idempotency_key else None
-    return api.submit_job(copy.deepcopy(job), settings=config.settings, submitted_by=who.name,
+    return api.submit_job(copy.deepcopy(document), settings=config.settings, submitted_by=who.name,
                           idempotency_key=key, idempotency_ttl=config.idempotency_ttl)
 

@@ -277,3 +277,21 @@ def test_the_route_answers_faults_for_bad_calls(rpc):
         with pytest.raises(xmlrpc.client.Fault) as caught:
             call(rpc, body)
         assert caught.value.faultCode == code
+
+
+def test_a_submitted_text_naming_a_server_file_is_text_never_read_from_disk(tmp_path):
+    """``access.submit_as`` (every front's submit): a str is the caller's YAML, not a path to load."""
+    import dataclasses
+    from types import SimpleNamespace
+
+    from convoy.config.settings import load_settings
+    from convoy.coordinator.server import access, auth
+    from convoy.coordinator.server.app import ServerConfig
+    from convoy.errors import JobValidationError
+
+    secret_job = tmp_path / "server-side.yaml"
+    secret_job.write_text("job_queue: q\ntest_data: {test_cmds: echo read from the server's disk}\n")
+    nowhere = dataclasses.replace(load_settings(), redis_url="redis://127.0.0.1:1/0")  # never a real Redis
+    request = SimpleNamespace(app=SimpleNamespace(state=SimpleNamespace(config=ServerConfig(nowhere))))
+    with pytest.raises(JobValidationError, match="must be a mapping"):  # refused before any Redis is asked
+        access.submit_as(request, auth.Identity(), str(secret_job))  # type: ignore[arg-type]
