@@ -24,7 +24,7 @@ from convoy.config.lifecycle import FINAL_STATES
 from convoy.config.settings import Settings, load_settings
 from convoy.config.yamlsafe import read_document
 from convoy.coordinator.follow import LiveSource, StoreSource
-from convoy.coordinator.remote import ServerClient, ServerSource
+from convoy.coordinator.remote import ServerClient, ServerSource, client_for
 from convoy.coordinator.results import job_results as _job_results
 from convoy.coordinator.scheduling.feasibility import feasible
 from convoy.coordinator.scheduling.model import WaitingJob
@@ -42,7 +42,7 @@ from convoy.tasks.scheduler import device_view
 def _server(settings: Settings | None) -> tuple[Settings, ServerClient | None]:
     """The settings, and the client of ``convoy server`` when ``CONVOY_SERVER`` names one."""
     settings = settings or load_settings()
-    return settings, (ServerClient(settings) if settings.server_url else None)
+    return settings, (client_for(settings) if settings.server_url else None)
 
 
 def _check_satisfiable(job: dict[str, Any], client: redis.Redis) -> None:

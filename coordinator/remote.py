@@ -13,6 +13,7 @@ short while, as a restarting server is normal.
 from __future__ import annotations
 
 import base64
+import functools
 import json
 import threading
 import urllib.error
@@ -147,6 +148,13 @@ def _error(status: int, payload: bytes, path: str) -> ConvoyError:
 def _job_id_in(path: str) -> str | None:
     parts = path.strip("/").split("/")
     return parts[3] if len(parts) > 3 and parts[:3] == ["api", "v1", "jobs"] else None
+
+
+@functools.lru_cache(maxsize=16)
+def client_for(settings: Settings) -> ServerClient:
+    """One client per settings for the process: its token is fetched once (a login costs a scrypt hash on
+    the server, tens of ms) and its keep-alive state reused by every call of the API."""
+    return ServerClient(settings)
 
 
 class ServerSource:
