@@ -1,7 +1,8 @@
 """A lab of several hosts, built as the README's "Deploying a lab" says, out of network namespaces.
 
 Redis (ACL users and passwords from ``convoy redis-acl``, protected mode,
-append-only) on one host, a ``convoy coordinator`` on another, two device
+append-only) on one host, a ``convoy coordinator`` and ``convoy server`` (the
+users' front door, with the server's ACL user) on another, two device
 hosts whose ``convoy worker`` serves sandboxed emulated devices on the lab
 network at the addresses their agent files give (``config.bridge``), and a
 third host with a machine that a device host reaches as a ``noprovision``
@@ -10,11 +11,13 @@ hosts share a state directory; each has its own agent key.  Testflinger's
 coordinated-testing example, a LAVA-form MultiNode job with a role on each
 host, a reservation and a job leaving artifacts on every host all complete.
 No private key is on more than one host; after cleanup no job's or reserved
-user's key is trusted by any device.  Runs where ``ip netns`` works (root:
+user's key is trusted by any device.  The user holds only the server's address
+and a client's credentials.  Runs where ``ip netns`` works (root:
 CI); elsewhere it is skipped, saying why.
 """
 from __future__ import annotations
 
+import dataclasses
 import io
 import json
 import os
@@ -22,6 +25,7 @@ import subprocess
 import sys
 import tarfile
 import time
+import urllib.request
 from collections import defaultdict
 from pathlib import Path
 
@@ -29,7 +33,7 @@ import pytest
 import redis as redis_lib
 import yaml
 
-from convoy.config.jobs import load_job
+from convoy.config.settings import load_settings
 from convoy.connectors.emulated.connector import EmulatedConnector
 from convoy.connectors.emulated.farm import load_devices
 from convoy.connectors.sshkeys import ensure_agent_key, key_blob
@@ -112,7 +116,7 @@ def test_a_lab_of_hosts_runs_every_kind_of_job_and_keeps_keys_and_jobs_apart(lab
     assert made.returncode == 0, made.stderr
     urls = dict(line.split("=", 1) for line in urls_file.read_text().splitlines())
     worker_url, coordinator_url = urls["CONVOY_REDIS_URL_WORKER"], urls["CONVOY_REDIS_URL_COORDINATOR"]
-    submitter_url = urls["CONVOY_REDIS_URL_SUBMITTER"]
+    server_url = urls["CONVOY_REDIS_URL_SERVER"]
     for url in urls.values():  # no password was printed
         assert url.split("@")[0].rsplit(":", 1)[1] not in made.stdout + made.stderr
     db_host.start([find_redis_server(), "--bind", db_host.address, "--port", "6379", "--protected-mode", "yes",
@@ -137,6 +141,20 @@ def test_a_lab_of_hosts_runs_every_kind_of_job_and_keeps_keys_and_jobs_apart(lab
     keys = KeyServer({("gh", "alice"): Path(f"{alice}.pub").read_text()}, host=lab.address(254)).start()
     coord.start([CONVOY, "coordinator"], base_env(coord.state_dir, coordinator_url, **keys.env()),
                 coord.state_dir / "coordinator.log")
+    # ... and convoy server beside it, on the lab's network, with the server's role: the users' front door
+    coord.start([CONVOY, "server", "--bind", coord.address, "--port", "8000"],
+                base_env(coord.state_dir / "server", server_url), coord.state_dir / "server.log")
+    made = subprocess.run([CONVOY, "clients", "add", "alice"], capture_output=True, text=True, timeout=60,
+                          env={**os.environ, "CONVOY_REDIS_URL": server_url})
+    assert made.returncode == 0, made.stderr
+    secret = dict(line.split(": ", 1) for line in made.stdout.splitlines())["secret"]
+    front = f"http://{coord.address}:8000"
+    wait(lambda: _try(lambda: urllib.request.urlopen(front + "/", timeout=5).close()), 60, "convoy server")
+    # a user: the server's address and alice's credentials; no Redis URL that works
+    user = dataclasses.replace(load_settings(), redis_url="redis://127.0.0.1:1/0", server_url=front,
+                               client_id="alice", secret_key=secret)
+    user_env = {**os.environ, "CONVOY_REDIS_URL": user.redis_url, "CONVOY_SERVER": front,
+                "CONVOY_CLIENT_ID": "alice", "CONVOY_SECRET_KEY": secret}
 
     # --- h3: a machine that is already installed (an emulated device standing in for it) ------------------
     machine_cfg = hosts["h3"].state_dir / "machine.yaml"
@@ -180,15 +198,15 @@ def test_a_lab_of_hosts_runs_every_kind_of_job_and_keeps_keys_and_jobs_apart(lab
     wait(lambda: all(admin.hget(keys_of.device(n), "state") == "idle" for n in names), 120,
          f"devices {names} idle")
 
-    # --- the jobs, submitted as a user with the submitter's URL only --------------------------------------
-    monkeypatch.setenv("CONVOY_REDIS_URL", submitter_url)
-    coordinated = submit_job(load_job(REPO / "examples" / "coordinated-testing.yaml"))
-    lava = submit_job(lava_job())
-    artifacts = submit_job(artifacts_job())
+    # --- the jobs, submitted by a user through convoy server (the test reads Redis as the lab's operator) ----
+    monkeypatch.setenv("CONVOY_REDIS_URL", coordinator_url)
+    coordinated = submit_job(REPO / "examples" / "coordinated-testing.yaml", settings=user)
+    lava = submit_job(lava_job(), settings=user)
+    artifacts = submit_job(artifacts_job(), settings=user)
     reservation = submit_job({"job_queue": "multi",
                               "provision_data": {"jobs": [{"job_queue": "lab-a"}, {"job_queue": "np"}]},
                               "reserve_data": {"ssh_keys": ["gh:alice"], "timeout": "900"},
-                              "test_data": {"test_username": "ubuntu"}})
+                              "test_data": {"test_username": "ubuntu"}}, settings=user)
     store = get_store()
     wait(lambda: "*** CONVOY SYSTEMS RESERVED ***" in store.output(reservation, "reserve"), JOB_TIMEOUT,
          "the reservation")
@@ -200,16 +218,17 @@ def test_a_lab_of_hosts_runs_every_kind_of_job_and_keeps_keys_and_jobs_apart(lab
         assert login.returncode == 0, (info, login.stderr)
     assert_no_key_on_two_hosts(lab)  # the jobs' keys exist now, each on the host that made it
     release = subprocess.run([CONVOY, "release", reservation], capture_output=True, text=True, timeout=60,
-                             env={**os.environ, "CONVOY_REDIS_URL": submitter_url})
+                             env=user_env)
     assert release.returncode == 0, release.stderr
 
     for job in (coordinated, lava, artifacts, reservation):
-        assert wait_for_job(job, timeout=JOB_TIMEOUT) == "complete", job_results(job)
-        results = job_results(job)
+        assert wait_for_job(job, timeout=JOB_TIMEOUT, settings=user) == "complete", job_results(job)
+        results = job_results(job, settings=user)
+        assert store.get(job)["submitted_by"] == "alice"
         assert results["outcome"] == "pass", json.dumps(results)[-3000:]
         assert_all_released(job)
     # the coordinated test ran across hosts: iperf3 clients on h1 and h2 measured the server on h1
-    assert "iperf Done." in job_results(coordinated)["test_output"]
+    assert "iperf Done." in job_results(coordinated, settings=user)["test_output"]
     hosts_of = {store.get(c)["device"] for c in store.children(lava)}
     assert hosts_of & {"h1-dev1", "h1-dev2"} and hosts_of & {"h2-dev1", "h2-dev2"}, hosts_of
     found = {(c["suite"], c["case"]): c["result"] for child in store.children(lava)
@@ -218,7 +237,7 @@ def test_a_lab_of_hosts_runs_every_kind_of_job_and_keeps_keys_and_jobs_apart(lab
 
     # --- artifacts from the coordinator and both device hosts ---------------------------------------------
     for job_id in (artifacts, *store.children(artifacts)):
-        archive = job_artifacts(job_id)
+        archive = job_artifacts(job_id, settings=user)
         assert archive is not None, store.get(job_id).get("artifacts")
         with tarfile.open(fileobj=io.BytesIO(archive)) as tar:
             names_in = tar.getnames()
