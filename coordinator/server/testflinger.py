@@ -164,18 +164,21 @@ def log(request: Request, job_id: str, log_type: str) -> dict[str, Any] | Respon
 
 @router.get("/v1/job/{job_id}/position", response_model=None)
 def position(request: Request, job_id: str) -> Response:
-    """How many jobs start before this waiting one (0: it is next), as a bare number; 410 once it no
-    longer waits (or for a job this caller cannot see)."""
+    """How many jobs wait before this one for its queues, in convoy's scheduling order (0: it is next),
+    as a bare number; 410 once it no longer waits (or for a job this caller cannot see)."""
     who = caller(request)
     if bad := _bad_id(job_id):
         return bad
     if not _visible(request, who, job_id):
         return _error(410, shapes.NOT_WAITING)
-    from convoy.tasks.scheduler import waiting_reasons
+    from convoy.coordinator.scheduling.allocator import ordered
+    from convoy.tasks.scheduler import Scheduler, app
 
-    for _, reason in waiting_reasons(access.store_of(request), [job_id]):
-        return JSONResponse(reason.position - 1)
-    return _error(410, shapes.NOT_WAITING)
+    plans, _ = Scheduler(access.store_of(request), app).read_waiting()  # a look, as waiting_reasons takes
+    line = [(job.job_id, [r.queue or f"device_type:{r.device_type}" for r in job.requirements])
+            for job in ordered(plan.job for plan in plans.values())]
+    ahead = shapes.jobs_ahead(job_id, line)
+    return _error(410, shapes.NOT_WAITING) if ahead is None else JSONResponse(ahead)
 
 
 @router.post("/v1/job/{job_id}/action", response_model=None)

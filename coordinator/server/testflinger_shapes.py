@@ -162,6 +162,19 @@ def log_body(fragments: Iterable[Fragment], log_type: str, start: int = 0, since
     return {log_type: body}
 
 
+def jobs_ahead(job_id: str, line: Iterable[tuple[str, Iterable[str]]]) -> int | None:
+    """How many jobs wait before ``job_id`` for a queue it wants too (Testflinger's position: 0 is next),
+    from every waiting job ``(id, the queues or device types it wants)`` in the scheduling order; None
+    when ``job_id`` no longer waits."""
+    ahead: list[frozenset[str]] = []
+    for other, wants in line:
+        wanted = frozenset(wants)
+        if other == job_id:
+            return sum(1 for earlier in ahead if earlier & wanted)
+        ahead.append(wanted)
+    return None
+
+
 def agent_shape(name: str, health: str, queues: Iterable[str], host: str, connector: str,
                 job_id: str | None, job_state: str | None, comment: str = "") -> dict[str, Any]:
     """A device as a Testflinger agent (``GET /v1/queues/<q>/agents``): ``state`` is ``waiting`` when

@@ -121,3 +121,13 @@ def test_agent_state_says_waiting_running_offline_or_maintenance() -> None:
     assert shapes.agent_shape("d1", "offline", ["q"], "h", "c", None, None)["state"] == "offline"
     down = shapes.agent_shape("d1", "maintenance", ["q"], "h", "c", None, None, "3 failures")
     assert down["state"] == "maintenance" and down["comment"] == "3 failures"
+
+
+def test_position_counts_the_waiting_jobs_ahead_that_want_the_same_queue() -> None:
+    line = [("a", ["q1"]), ("b", ["q2"]), ("c", ["q1", "q2"]), ("d", ["q1"]), ("e", ["device_type:x"])]
+    assert shapes.jobs_ahead("a", line) == 0
+    assert shapes.jobs_ahead("b", line) == 0  # a waits for another queue
+    assert shapes.jobs_ahead("c", line) == 2
+    assert shapes.jobs_ahead("d", line) == 2  # a and c, not b
+    assert shapes.jobs_ahead("e", line) == 0
+    assert shapes.jobs_ahead("gone", line) is None
