@@ -220,7 +220,7 @@ def artifact(request: Request, job_id: str) -> Response:
 @router.get("/v1/queues/{queue}/agents", response_model=None)
 def queue_agents(request: Request, queue: str) -> list[dict[str, Any]] | Response:
     """The devices serving ``queue`` as Testflinger agents; 404 for a queue no device serves."""
-    caller(request)
+    who = caller(request)
     from convoy.coordinator.state.devices import device_summaries, known_queues
 
     client = access.redis_of(request)
@@ -231,7 +231,9 @@ def queue_agents(request: Request, queue: str) -> list[dict[str, Any]] | Respons
         return Response(status_code=NO_CONTENT)
     store = access.store_of(request)
     states = store.states([d.job_id for d in devices if d.job_id])
-    return [shapes.agent_shape(d.name, d.health, d.queues, d.host, d.connector, d.job_id,
+    mine = {j for j in states if _visible(request, who, j)}  # another client's job: its state, not its id
+    return [shapes.agent_shape(d.name, d.health, d.queues, d.host, d.connector,
+                               d.job_id if d.job_id in mine else "",
                                states.get(d.job_id) if d.job_id else None, d.maintenance) for d in devices]
 
 

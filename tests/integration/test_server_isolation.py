@@ -84,7 +84,7 @@ def test_a_user_reaches_nothing_of_another_users_job_through_the_server(start_cl
         assert server.call("POST", f"/api/v1/jobs/{job_id}/reservation/extend", {"duration": 60},
                            token=mallory_token)[0] == 404
     assert server.call("GET", "/api/v1/jobs", token=mallory_token) == (200, [])
-    for path in ("/api/v1/devices", f"/api/v1/queues/{q}"):
+    for path in ("/api/v1/devices", f"/api/v1/queues/{q}", f"/v1/queues/{q}/agents"):
         status, body = server.call("GET", path, token=mallory_token)
         assert status == 200 and parent not in json.dumps(body) and victim not in json.dumps(body), body
     # Testflinger's REST: nothing of hers in any answer, no cancel
