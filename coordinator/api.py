@@ -93,7 +93,16 @@ def submit_job(job: dict[str, Any] | str | os.PathLike[str], *, settings: Settin
         document = read_document(job)
         headers_key = idempotency_key or str(uuid.uuid4())  # a retried request never queues a second job
         return str(server.call("POST", "/api/v1/jobs", document, headers={"Idempotency-Key": headers_key})["job_id"])
-    normalized = load_job(job)
+    return submit_validated(load_job(job), settings=settings, require_known_queue=require_known_queue,
+                            submitted_by=submitted_by, idempotency_key=idempotency_key,
+                            idempotency_ttl=idempotency_ttl)
+
+
+def submit_validated(normalized: dict[str, Any], *, settings: Settings, require_known_queue: bool = True,
+                     submitted_by: str | None = None, idempotency_key: str | None = None,
+                     idempotency_ttl: float = 600) -> str:
+    """:func:`submit_job` of a job ``load_job`` already normalised (``convoy server`` validates once, to
+    check the caller's permissions on the normalised job, and submits that)."""
     check_redis(settings)
     client = get_client(settings)
     if require_known_queue:
@@ -217,7 +226,7 @@ def wait_for_job(job_id: str, timeout: float | None = None, *, settings: Setting
     """
     settings, server = _server(settings)
     if server:
-        return _wait_remote(ServerSource(server), job_id, timeout)
+        return _wait_remote(server, job_id, timeout)
     store = get_store(settings)
     try:
         store.state(job_id)  # JobNotFound early
@@ -247,20 +256,20 @@ def job_artifacts(job_id: str, *, settings: Settings | None = None) -> bytes | N
     return load_artifacts(store.client, job_id)
 
 
-def _wait_remote(source: ServerSource, job_id: str, timeout: float | None) -> str:
-    """``wait_for_job`` through the server: long polls on the job's events until its state is final."""
+#: the longest one wait request to convoy server lasts (a longer wait is several requests)
+SERVER_WAIT_SLICE = 30.0
+
+
+def _wait_remote(server: ServerClient, job_id: str, timeout: float | None) -> str:
+    """``wait_for_job`` through the server: long polls that each end when the job does (or after a slice)."""
     deadline = None if timeout is None else time.monotonic() + timeout
-    positions = {job_id: "$"}  # only what happens from now on
     while True:
-        remaining = None if deadline is None else deadline - time.monotonic()
-        block_ms = 1000 if remaining is None else max(1, int(min(remaining, 1.0) * 1000))
-        step = source.step(job_id, positions, 0, block_ms)
-        for jid, event_id, _ in step.events:
-            positions[jid] = event_id
-        state = step.states[job_id]
+        remaining = SERVER_WAIT_SLICE if deadline is None else min(SERVER_WAIT_SLICE, deadline - time.monotonic())
+        state = str(server.call("GET", f"/api/v1/jobs/{job_id}/wait", params={"timeout": max(0.0, remaining)},
+                                timeout=remaining + 60)["state"])
         if state in FINAL_STATES:
             return state
-        if remaining is not None and remaining <= 0:
+        if deadline is not None and time.monotonic() >= deadline:
             raise ConvoyError(f"job {job_id} still {state} after {timeout:g}s")
 
 

@@ -80,6 +80,6 @@ def submit_as(request: Request, who: auth.Identity, job: dict[str, Any] | str, *
     if errors:
         raise PermissionDenied(errors)
     key = f"{who.name}\0{idempotency_key}" if idempotency_key else None
-    return api.submit_job(copy.deepcopy(document), settings=config.settings, submitted_by=who.name,
-                          idempotency_key=key, idempotency_ttl=config.idempotency_ttl)
+    return api.submit_validated(normalized, settings=config.settings, submitted_by=who.name,
+                                idempotency_key=key, idempotency_ttl=config.idempotency_ttl)
 

@@ -12,6 +12,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Body, Depends, Header, Query, Request, Response
 from pydantic import BaseModel
 
+from convoy.config.lifecycle import FINAL_STATES
 from convoy.coordinator import api
 from convoy.coordinator.follow import StoreSource
 from convoy.coordinator.server import access, auth
@@ -160,6 +161,16 @@ def status(request: Request, who: Caller, job_id: str) -> JobState:
     """The job's state: waiting, provision, allocated, reserve, test, cleanup, complete, cancelled."""
     _visible(request, who, job_id)
     return JobState(job_id=job_id, state=api.job_status(job_id, settings=_config(request).settings))
+
+
+@router.get("/api/v1/jobs/{job_id}/wait", response_model=JobState, tags=["jobs"])
+def wait(request: Request, who: Caller, job_id: str, timeout: float = 30.0) -> JobState:
+    """A long poll: answers when the job's state is final, or after ``timeout`` seconds (at most 30) with
+    its state then (``wait_for_job`` asks again)."""
+    _visible(request, who, job_id)
+    store = _store(request)
+    store.wait_until([job_id], lambda: store.state(job_id) in FINAL_STATES, max(0.0, min(timeout, 30.0)))
+    return JobState(job_id=job_id, state=store.state(job_id))
 
 
 @router.get("/api/v1/jobs/{job_id}/results", tags=["jobs"])
