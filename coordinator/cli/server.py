@@ -40,7 +40,8 @@ def server(bind: str, port: int, token_ttl: int, anonymous_submit: bool) -> None
     check_redis(settings)
     app = create_app(ServerConfig(settings, access_ttl=token_ttl, anonymous_submit=anonymous_submit))
     click.echo(f"convoy server: listening on http://{bind}:{port}/ (OpenAPI at /openapi.json)", err=True)
-    uvicorn.run(app, host=bind, port=port, log_level="warning", access_log=False)
+    # long polls (a wait lasts up to a minute) must not hold a stop: they end after 5 s, clients ask again
+    uvicorn.run(app, host=bind, port=port, log_level="warning", access_log=False, timeout_graceful_shutdown=5)
 
 
 def _limits(pairs: tuple[str, ...], option: str, kind: Callable[[str], Any]) -> dict[str, Any]:

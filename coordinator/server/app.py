@@ -15,7 +15,9 @@ Testflinger's paths ``/v1/oauth2/token`` and ``/v1/oauth2/refresh``.  Rules for 
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
 from fastapi import FastAPI, Request
@@ -61,7 +63,14 @@ def create_app(config: ServerConfig | None = None) -> FastAPI:
     from convoy.coordinator.server import lavarpc, routes, testflinger
 
     config = config or ServerConfig(dataclasses.replace(load_settings(), server_url=None))
-    app = FastAPI(title="convoy", version=version("convoy"),
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        yield
+        finals = getattr(app.state, "finals", None)  # routes.wait's watcher, if a wait made one
+        if finals is not None:
+            finals.close()
+
+    app = FastAPI(title="convoy", version=version("convoy"), lifespan=lifespan,
                   description="convoy's JSON API: submit and follow multi-device test jobs, with credentials.")
     app.state.config = config
     app.include_router(routes.router)

@@ -5,18 +5,21 @@ see answers 404, exactly like a job that does not exist, so ids of other clients
 """
 from __future__ import annotations
 
+import asyncio
 import dataclasses
+import threading
 from datetime import UTC, datetime
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Body, Depends, Header, Query, Request, Response
 from pydantic import BaseModel
+from starlette.concurrency import run_in_threadpool
 
-from convoy.config.lifecycle import FINAL_STATES
 from convoy.coordinator import api
 from convoy.coordinator.follow import StoreSource
 from convoy.coordinator.server import access, auth
 from convoy.coordinator.state import clients
+from convoy.coordinator.state.finals import FinalWatcher
 from convoy.errors import ConvoyError, Unauthorized
 
 router = APIRouter()
@@ -163,14 +166,40 @@ def status(request: Request, who: Caller, job_id: str) -> JobState:
     return JobState(job_id=job_id, state=api.job_status(job_id, settings=_config(request).settings))
 
 
+_finals_lock = threading.Lock()
+
+
+def _finals(request: Request) -> FinalWatcher:
+    """The app's one watcher of final states (made on first use, closed with the app)."""
+    with _finals_lock:
+        watcher: FinalWatcher | None = getattr(request.app.state, "finals", None)
+        if watcher is None:
+            watcher = request.app.state.finals = FinalWatcher(_redis(request), name="convoy-server-finals")
+        return watcher
+
+
 @router.get("/api/v1/jobs/{job_id}/wait", response_model=JobState, tags=["jobs"])
-def wait(request: Request, who: Caller, job_id: str, timeout: float = 30.0) -> JobState:
-    """A long poll: answers when the job's state is final, or after ``timeout`` seconds (at most 30) with
-    its state then (``wait_for_job`` asks again)."""
-    _visible(request, who, job_id)
-    store = _store(request)
-    store.wait_until([job_id], lambda: store.state(job_id) in FINAL_STATES, max(0.0, min(timeout, 30.0)))
-    return JobState(job_id=job_id, state=store.state(job_id))
+async def wait(request: Request, job_id: str, timeout: float = 30.0,
+               authorization: Annotated[str | None, Header()] = None) -> JobState:
+    """A long poll: answers when the job's state is final, or after ``timeout`` seconds (at most 60) with
+    its state then (``wait_for_job`` asks again).  A waiting request holds no thread and no Redis
+    connection of its own: one watcher serves every waiter (``state/finals.py``)."""
+    who = await run_in_threadpool(identity, request, authorization)
+    await run_in_threadpool(_visible, request, who, job_id)
+    loop = asyncio.get_running_loop()
+    done: asyncio.Future[str] = loop.create_future()
+
+    def finished(state: str) -> None:
+        loop.call_soon_threadsafe(lambda: None if done.done() else done.set_result(state))
+
+    unwatch = await run_in_threadpool(_finals(request).watch, job_id, finished)
+    try:
+        state = await asyncio.wait_for(done, max(0.0, min(timeout, 60.0)))
+    except TimeoutError:
+        state = await run_in_threadpool(_store(request).state, job_id)
+    finally:
+        unwatch()
+    return JobState(job_id=job_id, state=state)
 
 
 @router.get("/api/v1/jobs/{job_id}/results", tags=["jobs"])
