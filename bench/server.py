@@ -31,7 +31,9 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
@@ -70,8 +72,10 @@ def start_server(redis_url: str, logs: Path) -> tuple[subprocess.Popen[bytes], s
     raise RuntimeError("convoy server did not answer within 60 s")
 
 
-def hammer(port: int, path: str, headers: dict[str, str], clients: int, seconds: float) -> tuple[int, list[float], int]:
-    """``clients`` threads GET ``path`` on keep-alive connections for ``seconds``: (requests, latencies, errors)."""
+def under_load(clients: int, seconds: float, make_request: Callable[[], Callable[[], bool]]
+               ) -> tuple[int, list[float], int]:
+    """``clients`` threads, each repeating its own ``make_request()`` for ``seconds`` (all start together):
+    (requests done, their latencies, failed ones)."""
     latencies: list[float] = []
     errors = [0]
     lock = threading.Lock()
@@ -79,22 +83,13 @@ def hammer(port: int, path: str, headers: dict[str, str], clients: int, seconds:
     stop_at = [0.0]
 
     def client() -> None:
-        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+        request = make_request()
         mine: list[float] = []
         bad = 0
         start.wait()
         while time.perf_counter() < stop_at[0]:
             t = time.perf_counter()
-            try:
-                conn.request("GET", path, headers=headers)
-                reply = conn.getresponse()
-                reply.read()
-                if reply.status != 200:
-                    bad += 1
-            except OSError:
-                bad += 1
-                conn.close()
-                conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+            bad += not request()
             mine.append(time.perf_counter() - t)
         with lock:
             latencies.extend(mine)
@@ -110,33 +105,32 @@ def hammer(port: int, path: str, headers: dict[str, str], clients: int, seconds:
     return len(latencies), latencies, errors[0]
 
 
-def direct_reads(job_id: str, settings, clients: int, seconds: float) -> tuple[int, list[float]]:
-    """The same load on ``job_results()`` straight from Redis (the server's own work per request)."""
+def http_reader(port: int, path: str, headers: dict[str, str]) -> Callable[[], Callable[[], bool]]:
+    """A client of GET ``path`` on a keep-alive connection of its own (reopened after an error)."""
+    def make() -> Callable[[], bool]:
+        conn = [http.client.HTTPConnection("127.0.0.1", port, timeout=30)]
+
+        def get() -> bool:
+            try:
+                conn[0].request("GET", path, headers=headers)
+                reply = conn[0].getresponse()
+                reply.read()
+                return reply.status == 200
+            except OSError:
+                conn[0].close()
+                conn[0] = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+                return False
+        return get
+    return make
+
+
+def redis_reader(job_id: str, settings: Any) -> Callable[[], Callable[[], bool]]:
+    """A client reading ``job_results()`` straight from Redis (the server's own work per request)."""
     from convoy.coordinator.api import job_results
 
-    latencies: list[float] = []
-    lock = threading.Lock()
-    start = threading.Barrier(clients + 1)
-    stop_at = [0.0]
-
-    def client() -> None:
-        mine = []
-        start.wait()
-        while time.perf_counter() < stop_at[0]:
-            t = time.perf_counter()
-            job_results(job_id, settings=settings)
-            mine.append(time.perf_counter() - t)
-        with lock:
-            latencies.extend(mine)
-
-    threads = [threading.Thread(target=client, daemon=True) for _ in range(clients)]
-    for thread in threads:
-        thread.start()
-    stop_at[0] = time.perf_counter() + seconds
-    start.wait()
-    for thread in threads:
-        thread.join()
-    return len(latencies), latencies
+    def make() -> Callable[[], bool]:
+        return lambda: bool(job_results(job_id, settings=settings))
+    return make
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -192,10 +186,10 @@ def main(argv: list[str] | None = None) -> int:
                             headers={"Content-Type": "application/json"})
         token = json.loads(token_reply.getresponse().read())["access_token"]
         log(f"{args.clients} clients reading GET /v1/result/{last_job} for {args.seconds:g}s")
-        n_http, lat_http, errors = hammer(port, f"/v1/result/{last_job}", {"Authorization": f"Bearer {token}"},
-                                          args.clients, args.seconds)
+        n_http, lat_http, errors = under_load(args.clients, args.seconds, http_reader(
+            port, f"/v1/result/{last_job}", {"Authorization": f"Bearer {token}"}))
         log(f"{args.clients} threads reading job_results() from Redis for {args.seconds:g}s")
-        n_direct, lat_direct = direct_reads(last_job, direct, args.clients, args.seconds)
+        n_direct, lat_direct, direct_errors = under_load(args.clients, args.seconds, redis_reader(last_job, direct))
 
         d, s = summary(total["direct"]), summary(total["server"])
         ds, ss = summary(submit["direct"]), summary(submit["server"])
@@ -217,7 +211,7 @@ def main(argv: list[str] | None = None) -> int:
             ["GET /v1/result/<id> through convoy server", f"{n_http / args.seconds:,.0f}", fmt_ms(h["p50"]),
              fmt_ms(h["p95"]), str(errors)],
             ["job_results() straight from Redis (peer)", f"{n_direct / args.seconds:,.0f}", fmt_ms(r["p50"]),
-             fmt_ms(r["p95"]), "0"],
+             fmt_ms(r["p95"]), str(direct_errors)],
         ]))
         if failures:
             print(f"  !! {failures} job(s) did not end 'complete'")
