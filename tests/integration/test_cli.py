@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -69,8 +70,9 @@ def test_there_are_at_least_a_dozen_bad_inputs(bad_job_files):
 @pytest.mark.parametrize("command", ["validate", "submit", "run"])
 def test_every_bad_file_is_refused_by_the_cli_before_anything_runs(cluster_redis_url, bad_job_files, command):
     before = job_count()
-    for path in bad_job_files:
-        result = run_cli(command, str(path))
+    with ThreadPoolExecutor(max_workers=4) as pool:  # independent processes: four at a time
+        results = list(pool.map(lambda p: run_cli(command, str(p)), bad_job_files))
+    for path, result in zip(bad_job_files, results, strict=True):
         assert result.returncode != 0, f"{command} accepted {path.name}"
         assert "Traceback" not in result.stderr + result.stdout, f"{command} {path.name}: traceback shown"
         assert "error:" in result.stderr and path.name not in ("",), result.stderr
