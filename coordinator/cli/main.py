@@ -20,17 +20,9 @@ from convoy.errors import ConvoyError
 
 if TYPE_CHECKING:
     from convoy.coordinator.state.devices import DeviceSummary
-    from convoy.coordinator.state.jobs import JobStore
 
 EXIT_FAIL = 1
 EXIT_CANCELLED = 3
-
-
-def _store() -> JobStore:
-    from convoy.coordinator.state.connection import check_redis, get_store
-
-    check_redis()
-    return get_store()
 
 
 def _reach() -> None:

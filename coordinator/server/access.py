@@ -46,17 +46,29 @@ def caller_for_token(request: Request, token: str | None) -> auth.Identity:
     return auth.Identity(client)
 
 
-def check_visible(request: Request, who: auth.Identity, job_id: str) -> None:
-    """``JobNotFound`` unless the job exists and ``who`` may see it (another client's job looks absent)."""
-    store_of(request).state(job_id)  # JobNotFound for an unknown job
-    if not auth.may_see(who, clients.submitted_by(redis_of(request), job_id)):
+def caller_for_header(request: Request, header: str | None) -> auth.Identity:
+    """The caller of an ``Authorization`` header (``Bearer <token>``, or the bare token as testflinger-cli
+    sends it): anonymous without one, 401 for a malformed or bad one."""
+    token = auth.bearer_token(header)
+    if header and not token:
+        raise Unauthorized("invalid or expired token: get one at POST /v1/oauth2/token")
+    return caller_for_token(request, token)
+
+
+def check_visible(request: Request, who: auth.Identity, job_id: str) -> str | None:
+    """``JobNotFound`` unless the job exists and ``who`` may see it (another client's job looks absent);
+    returns who submitted it.  One round trip: the job's state and submitter together."""
+    (record,) = store_of(request).fields([job_id], "state", "submitted_by")
+    if record["state"] is None:
         raise JobNotFound(job_id)
+    if not auth.may_see(who, record["submitted_by"]):
+        raise JobNotFound(job_id)
+    return record["submitted_by"]
 
 
 def check_changeable(request: Request, who: auth.Identity, job_id: str) -> None:
     """As :func:`check_visible`, and ``who`` may cancel or change the job (its own, with a token)."""
-    check_visible(request, who, job_id)
-    if not auth.may_change(who, clients.submitted_by(redis_of(request), job_id)):
+    if not auth.may_change(who, check_visible(request, who, job_id)):
         raise Unauthorized("changing a job needs a token")
 
 

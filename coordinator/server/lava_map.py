@@ -32,6 +32,8 @@ from typing import Any
 
 import yaml
 
+from convoy.coordinator.server.streams import event_time
+
 LAVA_STATES = ("Submitted", "Scheduling", "Scheduled", "Running", "Canceling", "Finished")
 LAVA_HEALTHS = ("Unknown", "Complete", "Incomplete", "Canceled")
 #: LAVA's log levels (lavacli colours them)
@@ -100,14 +102,6 @@ def lava_datetime(value: str | float | None) -> datetime | None:
 def log_dt(epoch: float) -> str:
     """LAVA's ``dt`` of a log line: UTC, microseconds, no zone (``2024-01-31T12:00:00.123000``)."""
     return datetime.fromtimestamp(epoch, UTC).strftime("%Y-%m-%dT%H:%M:%S.%f")
-
-
-def event_time(event_id: str) -> float:
-    """When a Redis stream entry was added (its id is ``<milliseconds>-<sequence>``)."""
-    try:
-        return int(event_id.split("-", 1)[0]) / 1000
-    except ValueError:
-        return 0.0
 
 
 def log_lines(events: Iterable[tuple[str, Mapping[str, str]]],

@@ -29,9 +29,7 @@ _visible, _changeable = access.check_visible, access.check_changeable
 
 def identity(request: Request, authorization: Annotated[str | None, Header()] = None) -> auth.Identity:
     """The caller: the client of a valid bearer token, anonymous without one; 401 for a bad token."""
-    if authorization and not auth.bearer_token(authorization):
-        raise Unauthorized("invalid or expired token: get one at POST /v1/oauth2/token")
-    return access.caller_for_token(request, auth.bearer_token(authorization))
+    return access.caller_for_header(request, authorization)
 
 
 Caller = Annotated[auth.Identity, Depends(identity)]

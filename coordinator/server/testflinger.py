@@ -91,11 +91,7 @@ NO_CONTENT = 204
 
 def caller(request: Request) -> auth.Identity:
     """The caller of the ``Authorization`` header (``Bearer <token>`` or the bare token): 401 for a bad one."""
-    header = request.headers.get("authorization")
-    token = auth.bearer_token(header)
-    if header and not token:
-        raise Unauthorized("invalid or expired token: get one at POST /v1/oauth2/token")
-    return access.caller_for_token(request, token)
+    return access.caller_for_header(request, request.headers.get("authorization"))
 
 
 def _visible(request: Request, who: auth.Identity, job_id: str) -> bool:

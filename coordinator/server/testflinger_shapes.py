@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+from convoy.coordinator.server.streams import event_time
 from convoy.errors import FieldError
 
 #: Testflinger's test phases in its own order: every log answer has one entry for each
@@ -105,11 +106,6 @@ class Fragment:
     text: str
     #: when it was written (epoch seconds)
     at: float
-
-
-def event_time(event_id: str) -> float:
-    """When a Redis stream entry was added: its id is ``<milliseconds>-<sequence>``."""
-    return int(event_id.split("-", 1)[0]) / 1000
 
 
 def fragments_of(events: Iterable[tuple[str, Mapping[str, str]]]) -> list[Fragment]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import uuid
 
 from convoy.coordinator.server import testflinger_shapes as shapes
+from convoy.coordinator.server.streams import event_time
 from convoy.errors import FieldError
 
 
@@ -68,7 +69,7 @@ def test_fragments_are_the_output_events_numbered_across_the_job() -> None:
     assert [(f.number, f.phase, f.text) for f in fragments] == [
         (0, "provision", "booting\n"), (1, "test", "one\n"), (2, "test", "two\n"), (3, "cleanup", "bye\n")]
     assert fragments[0].at == 2.5
-    assert shapes.event_time("1733212345678-3") == 1733212345.678
+    assert event_time("1733212345678-3") == 1733212345.678
 
 
 def test_log_body_has_every_testflinger_phase_from_start_fragment_on() -> None:
